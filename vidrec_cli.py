@@ -1,0 +1,79 @@
+"""The `vidrec` command. Sub-commands import their module lazily so that serving never
+imports the offline build (and so never imports torch)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+SERVICES = ("all", "gateway", "retrieval", "ranking", "feature-store")
+DEFAULT_PORTS = {"all": 8000, "gateway": 8000, "retrieval": 8001, "ranking": 8002,
+                 "feature-store": 8003}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vidrec", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build", help="Build an evaluated artifact bundle from a dataset.")
+    b.add_argument("--dataset", required=True,
+                   help="microlens-50k, ml-latest-small, or a folder in the custom format")
+    b.add_argument("--sample-users", type=int, default=None,
+                   help="Build on a random sample of this many users (quick runs, tests).")
+    b.add_argument("--epochs", type=int, default=None, help="Override training epochs.")
+    b.add_argument("--train-minutes", type=float, default=None,
+                   help="Stop training after this many minutes (best epoch kept).")
+    b.add_argument("--version", default=None, help="Bundle folder name (default: dataset+time).")
+
+    e = sub.add_parser("evaluate", help="Recompute metrics.json of a bundle.")
+    e.add_argument("bundle", help="Bundle folder, or a version under the artifacts dir.")
+
+    d = sub.add_parser("data", help="Dataset utilities.")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    dl = dsub.add_parser("download", help="Download a dataset from its official source.")
+    dl.add_argument("name", help="microlens-50k or ml-latest-small")
+    dl.add_argument("--dest", default=None, help="Data folder (default: VIDREC_DATA_DIR).")
+
+    ld = sub.add_parser("load", help="Bulk-load a bundle's users and items into Redis.")
+    ld.add_argument("--bundle", default=None, help="Bundle version (default: VIDREC_BUNDLE).")
+
+    s = sub.add_parser("serve", help="Serve the API (all services in one process by default).")
+    s.add_argument("service", nargs="?", default="all", choices=SERVICES)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=None)
+    s.add_argument("--workers", type=int, default=1)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from shared.settings import get_settings
+
+    settings = get_settings()
+    if args.command == "build":
+        from offline.build import run_build
+
+        run_build(settings, dataset=args.dataset, sample_users=args.sample_users,
+                  epochs=args.epochs, train_minutes=args.train_minutes, version=args.version)
+    elif args.command == "evaluate":
+        from offline.evaluate_bundle import evaluate_bundle
+
+        evaluate_bundle(settings, args.bundle)
+    elif args.command == "data":
+        from shared.data.download import download
+
+        download(args.name, args.dest or settings.data_dir)
+    elif args.command == "load":
+        from services.feature_store.loader import load_bundle
+
+        load_bundle(settings, args.bundle or settings.bundle)
+    elif args.command == "serve":
+        from services.gateway.serve import serve
+
+        serve(settings, args.service, args.host, args.port or DEFAULT_PORTS[args.service],
+              workers=args.workers)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
