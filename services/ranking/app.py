@@ -1,0 +1,106 @@
+"""The ranking service over HTTP: POST /v1/score, POST /admin/reload, /healthz /readyz /metrics.
+
+The model is loaded in the lifespan, never at import time; a bundle whose ranker does not match
+what the scorer feeds stops start-up with `ModelSchemaMismatch` naming the difference.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from services.ranking.errors import RankerLoadError
+from services.ranking.service import RankingService
+from shared.contracts import ScoreRequest, ScoreResponse, ServiceUnavailable
+from shared.observability import add_ops_routes
+from shared.settings import Settings
+
+# A bundle version is a folder name under artifacts_dir, never a path (no "/", no leading ".").
+VERSION_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$"
+
+
+class ReloadRequest(BaseModel):
+    bundle: str | None = Field(None, pattern=VERSION_PATTERN,
+                               description="Bundle version to load (default: VIDREC_BUNDLE).")
+
+
+class ReloadResponse(BaseModel):
+    bundle: str
+
+
+def _service(request: Request) -> RankingService:
+    return request.app.state.ranking
+
+
+Service = Annotated[RankingService, Depends(_service)]
+_bearer = HTTPBearer(auto_error=False)
+
+
+def require_admin(settings: Settings):
+    """Dependency: 401 without a bearer token, 403 with a wrong one."""
+
+    def check(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+        if creds is None:
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "admin token required",
+                                headers={"WWW-Authenticate": "Bearer"})
+        if not secrets.compare_digest(creds.credentials.encode(), settings.admin_token.encode()):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "wrong admin token")
+
+    return check
+
+
+def create_app(settings: Settings, service: RankingService | None = None) -> FastAPI:
+    """The ranking app. Pass `service` to share one already created (single-process serving)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        svc = service or RankingService(settings)
+        if not await svc.ready():
+            await svc.reload()
+        app.state.ranking = svc
+        try:
+            yield
+        finally:
+            if service is None:
+                svc.close()
+
+    app = FastAPI(title="vidrec ranking", lifespan=lifespan)
+    admin = Depends(require_admin(settings))
+
+    @app.post("/v1/score", tags=["ranking"])
+    async def score(body: ScoreRequest, svc: Service) -> ScoreResponse:
+        try:
+            scores, version = await svc.score(body.requests)
+        except ServiceUnavailable as exc:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
+        return ScoreResponse(scores=scores, model_version=version)
+
+    @app.post("/admin/reload", tags=["admin"], dependencies=[admin])
+    async def reload(svc: Service, body: ReloadRequest | None = None) -> ReloadResponse:
+        try:
+            version = await svc.reload(body.bundle if body else None)
+        except RankerLoadError as exc:
+            current = svc.info.version if svc.info else None
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                                f"{exc} (still serving {current})") from exc
+        return ReloadResponse(bundle=version)
+
+    async def readiness() -> dict:
+        svc: RankingService | None = getattr(app.state, "ranking", None)
+        info = svc.info if svc else None
+        if info is None:
+            return {"ready": False, "service": "ranking", "model_version": None}
+        return {"ready": True, "service": "ranking", "model_version": info.version,
+                "provider": "CUDA" if info.provider == "CUDAExecutionProvider" else "CPU",
+                "intra_threads": info.intra_threads, "inter_threads": info.inter_threads,
+                "max_history": info.max_history, "content_dim": info.content_dim,
+                "items": info.items}
+
+    add_ops_routes(app, readiness)
+    return app

@@ -1,0 +1,65 @@
+"""`RankingClient`: `RankingAPI` over HTTP, for a gateway that runs apart from the ranking service.
+
+One keep-alive `httpx.AsyncClient` is shared by every call. Anything that keeps the service
+from answering (refused connection, timeout, broken connection, 5xx) raises
+`ServiceUnavailable`; a 4xx raises its subclass `ScoreRequestRejected`; an answer with the wrong
+number of scores raises `ScoreCountMismatch` (also a subclass), so a caller's degrade policy
+covers every failure with one except clause.
+"""
+
+from __future__ import annotations
+
+import httpx
+from pydantic import ValidationError
+
+from services.ranking.errors import ScoreCountMismatch, ScoreRequestRejected
+from shared.contracts import ScoreItem, ScoreRequest, ScoreResponse, ServiceUnavailable
+
+
+class RankingClient:
+    def __init__(self, base_url: str, timeout_s: float,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, timeout=timeout_s, transport=transport,
+            limits=httpx.Limits(max_keepalive_connections=32, keepalive_expiry=30.0))
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def score(self, requests: list[ScoreItem]) -> tuple[list[list[float]], str]:
+        body = ScoreRequest(requests=requests).model_dump_json()
+        response = await self._send("POST", "/v1/score", content=body,
+                                    headers={"content-type": "application/json"})
+        try:
+            answer = ScoreResponse.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise ServiceUnavailable(f"ranking at {self.base_url}: malformed answer") from exc
+        if len(answer.scores) != len(requests) or any(
+                len(s) != len(r.candidates)
+                for s, r in zip(answer.scores, requests, strict=True)):
+            raise ScoreCountMismatch(f"ranking at {self.base_url}: scores do not line up "
+                                     "with the candidates")
+        return answer.scores, answer.model_version
+
+    async def ready(self) -> bool:
+        try:
+            response = await self._http.get("/readyz")
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    async def _send(self, method: str, url: str, **kwargs) -> httpx.Response:
+        try:
+            response = await self._http.request(method, url, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise ServiceUnavailable(f"ranking at {self.base_url}: timed out ({exc!r})") from exc
+        except httpx.TransportError as exc:
+            raise ServiceUnavailable(f"ranking at {self.base_url}: {exc!r}") from exc
+        if response.status_code >= 500:
+            raise ServiceUnavailable(f"ranking at {self.base_url}: HTTP {response.status_code} "
+                                     f"{response.text[:300]}")
+        if response.status_code >= 400:
+            raise ScoreRequestRejected(f"ranking at {self.base_url}: HTTP "
+                                       f"{response.status_code} {response.text[:300]}")
+        return response

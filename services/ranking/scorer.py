@@ -1,0 +1,219 @@
+"""`OnnxRanker`: a bundle's ranker.onnx in an onnxruntime session, scoring many users per call.
+
+At start-up the model's declared inputs and outputs are checked against what `batch.pack`
+feeds (names, ranks, dtypes, the content dim E of content_embeddings.npy, max_history and the
+dims in model.json); any disagreement raises `ModelSchemaMismatch` naming it, so a wrong
+bundle never starts serving.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from services.ranking.batch import ItemTable, ModelInputs, pack, plan_batches
+from services.ranking.errors import ModelSchemaMismatch, RankerLoadError, ScoreCountMismatch
+from shared.bundle import Bundle, BundleError
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RANKER_FILE = "ranker.onnx"
+OUTPUT_NAME = "scores"
+# name -> (rank, onnx type, symbolic meaning of each axis)
+INPUT_SPEC: dict[str, tuple[str, tuple[str, ...]]] = {
+    "hist_ids": ("tensor(int64)", ("B", "L")),
+    "hist_content": ("tensor(float)", ("B", "L", "E")),
+    "cand_ids": ("tensor(int64)", ("B", "C")),
+    "cand_content": ("tensor(float)", ("B", "C", "E")),
+}
+OUTPUT_SPEC: tuple[str, tuple[str, ...]] = ("tensor(float)", ("B", "C"))
+# Padded cells (users x candidates) per model run; bigger requests run in several batches so
+# that one request of 256 users x 5000 candidates cannot allocate gigabytes of inputs.
+MAX_BATCH_CELLS = 16_384
+
+
+@dataclass(frozen=True)
+class RankerInfo:
+    version: str
+    provider: str
+    intra_threads: int
+    inter_threads: int
+    content_dim: int
+    max_history: int
+    items: int
+
+
+def check_io(inputs: Sequence[ort.NodeArg], outputs: Sequence[ort.NodeArg], *,
+             content_dim: int, max_history: int) -> None:
+    """Raise ModelSchemaMismatch listing every way the model's I/O differs from what we feed.
+
+    Axes the scorer varies per call (B, C) must be dynamic; L may be dynamic or exactly
+    max_history (histories are then padded to it); E must match the content embeddings.
+    """
+    fixed = {"E": content_dim, "L": max_history}
+    problems: list[str] = []
+
+    def check_arg(kind: str, arg: ort.NodeArg, dtype: str, axes: tuple[str, ...]) -> None:
+        if arg.type != dtype:
+            problems.append(f"{kind} {arg.name!r} has type {arg.type}, expected {dtype}")
+        shape = list(arg.shape)
+        if len(shape) != len(axes):
+            problems.append(f"{kind} {arg.name!r} has rank {len(shape)} ({shape}), "
+                            f"expected rank {len(axes)} [{', '.join(axes)}]")
+            return
+        for axis, (label, dim) in enumerate(zip(axes, shape, strict=True)):
+            if not isinstance(dim, int):
+                continue  # symbolic or unknown: anything goes
+            if label in fixed and dim != fixed[label]:
+                problems.append(f"{kind} {arg.name!r} axis {axis} ({label}) is {dim}, "
+                                f"expected {fixed[label]}")
+            elif label not in fixed:
+                problems.append(f"{kind} {arg.name!r} axis {axis} ({label}) is fixed at {dim}, "
+                                "expected a dynamic axis")
+
+    by_name = {a.name: a for a in inputs}
+    missing = sorted(set(INPUT_SPEC) - set(by_name))
+    unexpected = sorted(set(by_name) - set(INPUT_SPEC))
+    if missing:
+        problems.append(f"missing input(s) {missing}")
+    if unexpected:
+        problems.append(f"unexpected input(s) {unexpected}")
+    for name, (dtype, axes) in INPUT_SPEC.items():
+        if name in by_name:
+            check_arg("input", by_name[name], dtype, axes)
+
+    out_names = [o.name for o in outputs]
+    if out_names != [OUTPUT_NAME]:
+        problems.append(f"outputs are {out_names}, expected [{OUTPUT_NAME!r}]")
+    elif outputs:
+        check_arg("output", outputs[0], *OUTPUT_SPEC)
+    if problems:
+        raise ModelSchemaMismatch("; ".join(problems))
+
+
+def check_model_json(info: Mapping, *, content_dim: int, item_dim: int) -> int:
+    """Return max_history from model.json after checking its dims against the bundle's arrays."""
+    problems: list[str] = []
+    max_history = info.get("max_history")
+    if not isinstance(max_history, int) or max_history < 1:
+        problems.append(f"model.json max_history is {max_history!r}, expected an int >= 1")
+    dims = {**info, **(info.get("dims") or {})}
+    for key, actual, what in (("E", content_dim, "content_embeddings.npy"),
+                              ("D", item_dim, "item_vectors.npy")):
+        declared = next((dims[k] for k in (key, key.lower(), f"{key.lower()}_dim") if k in dims),
+                        None)
+        if declared is not None and int(declared) != actual:
+            problems.append(f"model.json says {key}={declared} but {what} has {actual}")
+    if problems:
+        raise ModelSchemaMismatch("; ".join(problems))
+    return int(max_history)  # type: ignore[arg-type]
+
+
+def make_session(path: Path, settings: Settings) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = settings.ort_intra_threads
+    opts.inter_op_num_threads = settings.ort_inter_threads
+    if settings.ort_inter_threads > 1:  # inter-op threads only matter in parallel mode
+        opts.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+    providers = ["CPUExecutionProvider"]
+    if settings.use_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own (untyped) errors
+        raise RankerLoadError(f"{path}: onnxruntime cannot load it: {exc}") from exc
+
+
+class OnnxRanker:
+    """Scores candidate lists of one or many users with one bundle's ranker.onnx."""
+
+    def __init__(self, bundle: Bundle, settings: Settings) -> None:
+        self.version = bundle.version
+        try:
+            content = np.asarray(bundle.content_embeddings(), dtype=np.float32)
+            item_dim = int(np.load(bundle.file("item_vectors.npy"), mmap_mode="r").shape[1])
+            item_ids = [it["item_id"] for it in bundle.items]
+            model_path = bundle.file(RANKER_FILE)
+            model_info = bundle.model_info
+        except (BundleError, OSError, ValueError, KeyError) as exc:
+            raise RankerLoadError(f"bundle {bundle.path}: {exc}") from exc
+        try:
+            self.table = ItemTable(item_ids, content)
+        except ValueError as exc:
+            raise ModelSchemaMismatch(f"bundle {bundle.path}: {exc}") from exc
+        self.max_history = check_model_json(model_info, content_dim=self.table.dim,
+                                            item_dim=item_dim)
+        self.session = make_session(model_path, settings)
+        try:
+            check_io(self.session.get_inputs(), self.session.get_outputs(),
+                     content_dim=self.table.dim, max_history=self.max_history)
+        except ModelSchemaMismatch as exc:
+            raise ModelSchemaMismatch(f"{model_path}: {exc}") from None
+        hist_axis = next(a.shape for a in self.session.get_inputs() if a.name == "hist_ids")
+        self.history_width = hist_axis[1] if isinstance(hist_axis[1], int) else None
+        self.info = RankerInfo(
+            version=self.version, provider=self.session.get_providers()[0],
+            intra_threads=settings.ort_intra_threads, inter_threads=settings.ort_inter_threads,
+            content_dim=self.table.dim, max_history=self.max_history, items=len(self.table))
+        self._smoke_test(item_ids)
+
+    @classmethod
+    def open(cls, settings: Settings, version: str | None = None) -> OnnxRanker:
+        try:
+            bundle = Bundle.open(settings.artifacts_dir, version or settings.bundle)
+        except BundleError as exc:
+            raise RankerLoadError(str(exc)) from exc
+        return cls(bundle, settings)
+
+    def _smoke_test(self, item_ids: list[str]) -> None:
+        """Run once on real items: catches shape errors the declared I/O hides, warms up."""
+        sample = item_ids[:3]
+        try:
+            scores = self.score([sample[:1], []], [sample, sample[1:]])
+        except Exception as exc:
+            raise ModelSchemaMismatch(f"{self.version}: trial run failed: {exc}") from exc
+        if not all(np.isfinite(s).all() for s in scores):
+            raise ModelSchemaMismatch(f"{self.version}: trial run gave non-finite scores")
+
+    def unknown_items(self, histories: Sequence[Sequence[str]],
+                      candidates: Sequence[Sequence[str]]) -> list[str]:
+        """Ids the bundle does not hold (items upserted while serving), each once."""
+        seen: dict[str, None] = {}
+        for ids in (*histories, *candidates):
+            seen.update(dict.fromkeys(self.table.unknown(ids)))
+        return list(seen)
+
+    def score(self, histories: Sequence[Sequence[str]], candidates: Sequence[Sequence[str]],
+              new_content: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
+        """One float32 score array per user, one score per candidate in the given order.
+
+        `new_content` gives content embeddings of items not in the bundle; without one such an
+        item is scored on the model's unknown-item embedding and a zero content row.
+        """
+        if len(histories) != len(candidates):
+            raise ValueError(f"{len(histories)} histories for {len(candidates)} candidate lists")
+        lengths = [len(c) for c in candidates]
+        out = [np.empty(0, dtype=np.float32) for _ in candidates]
+        for users in plan_batches(lengths, MAX_BATCH_CELLS):
+            inputs = pack(self.table, [histories[u] for u in users],
+                          [candidates[u] for u in users], self.max_history, new_content,
+                          self.history_width)
+            scores = self.run(inputs)
+            for row, u in enumerate(users):
+                out[u] = scores[row, : lengths[u]]
+        return out
+
+    def run(self, inputs: ModelInputs) -> np.ndarray:
+        """The model on packed inputs; a result that is not [B, C] is a typed failure."""
+        (scores,) = self.session.run([OUTPUT_NAME], inputs.feeds())
+        if scores.shape != inputs.cand_ids.shape:
+            raise ScoreCountMismatch(f"ranker {self.version} returned scores of shape "
+                                     f"{scores.shape} for candidates {inputs.cand_ids.shape}")
+        return scores
