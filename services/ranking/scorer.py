@@ -18,7 +18,7 @@ import onnxruntime as ort
 
 from services.ranking.batch import ItemTable, ModelInputs, pack, plan_batches
 from services.ranking.errors import ModelSchemaMismatch, RankerLoadError, ScoreCountMismatch
-from shared.bundle import Bundle, BundleError
+from shared.bundle import FIRST_ITEM_INDEX, PAD_INDEX, UNKNOWN_INDEX, Bundle, BundleError
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -97,19 +97,32 @@ def check_io(inputs: Sequence[ort.NodeArg], outputs: Sequence[ort.NodeArg], *,
         raise ModelSchemaMismatch("; ".join(problems))
 
 
-def check_model_json(info: Mapping, *, content_dim: int, item_dim: int) -> int:
-    """Return max_history from model.json after checking its dims against the bundle's arrays."""
+def check_model_json(info: Mapping, *, items: int, content_dim: int, item_dim: int) -> int:
+    """Return max_history from model.json after checking its facts against the bundle's arrays
+    and the index convention this scorer uses (docs/bundle.md)."""
     problems: list[str] = []
     max_history = info.get("max_history")
     if not isinstance(max_history, int) or max_history < 1:
         problems.append(f"model.json max_history is {max_history!r}, expected an int >= 1")
-    dims = {**info, **(info.get("dims") or {})}
-    for key, actual, what in (("E", content_dim, "content_embeddings.npy"),
-                              ("D", item_dim, "item_vectors.npy")):
-        declared = next((dims[k] for k in (key, key.lower(), f"{key.lower()}_dim") if k in dims),
-                        None)
-        if declared is not None and int(declared) != actual:
-            problems.append(f"model.json says {key}={declared} but {what} has {actual}")
+    expected = {"content_dim": (content_dim, "content_embeddings.npy"),
+                "dim": (item_dim, "item_vectors.npy"), "num_items": (items, "items.json"),
+                "pad_index": (PAD_INDEX, "the scorer"),
+                "unknown_index": (UNKNOWN_INDEX, "the scorer"),
+                "first_item_index": (FIRST_ITEM_INDEX, "the scorer")}
+    for key, (actual, source) in expected.items():
+        if key in info and info[key] != actual:
+            problems.append(f"model.json {key}={info[key]!r} but {source} has {actual}")
+    for key in ("content_dim", "dim"):
+        if key not in info:
+            problems.append(f"model.json has no {key!r}")
+    graph = (info.get("graphs") or {}).get(RANKER_FILE)
+    if graph is not None:
+        if list(graph.get("inputs", [])) != list(INPUT_SPEC):
+            problems.append(f"model.json lists {RANKER_FILE} inputs {graph.get('inputs')}, "
+                            f"the scorer feeds {list(INPUT_SPEC)}")
+        if list(graph.get("outputs", [])) != [OUTPUT_NAME]:
+            problems.append(f"model.json lists {RANKER_FILE} outputs {graph.get('outputs')}, "
+                            f"the scorer reads [{OUTPUT_NAME!r}]")
     if problems:
         raise ModelSchemaMismatch("; ".join(problems))
     return int(max_history)  # type: ignore[arg-type]
@@ -148,8 +161,11 @@ class OnnxRanker:
             self.table = ItemTable(item_ids, content)
         except ValueError as exc:
             raise ModelSchemaMismatch(f"bundle {bundle.path}: {exc}") from exc
-        self.max_history = check_model_json(model_info, content_dim=self.table.dim,
-                                            item_dim=item_dim)
+        try:
+            self.max_history = check_model_json(model_info, items=len(self.table),
+                                                content_dim=self.table.dim, item_dim=item_dim)
+        except ModelSchemaMismatch as exc:
+            raise ModelSchemaMismatch(f"bundle {bundle.path}: {exc}") from None
         self.session = make_session(model_path, settings)
         try:
             check_io(self.session.get_inputs(), self.session.get_outputs(),
