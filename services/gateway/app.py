@@ -1,0 +1,75 @@
+"""The public REST API (FastAPI). `create_app(settings)` builds it; the lifespan connects the
+feature store, retrieval and ranking: in-process objects when their URL setting is empty,
+HTTP clients otherwise (wiring.py). Tests pass the three dependencies in directly."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+
+from services.gateway.errors import add_error_handlers
+from services.gateway.gateway import Gateway, load_catalog
+from services.gateway.routes import admin, events, items, recommendations, users
+from services.gateway.schemas import EventBatchIn, EventIn
+from shared.contracts import FeatureStoreAPI, RankingAPI, RetrievalAPI
+from shared.observability import add_ops_routes
+from shared.settings import Settings
+
+DESCRIPTION = """Video recommendations: FAISS retrieval, an ONNX transformer ranker, a Redis
+feature store. A dependency that fails degrades the answer (listed in `degraded`) instead of
+failing it. Admin routes need `Authorization: Bearer <VIDREC_ADMIN_TOKEN>`."""
+
+
+def create_app(settings: Settings, feature_store: FeatureStoreAPI | None = None,
+               retrieval: RetrievalAPI | None = None,
+               ranking: RankingAPI | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from services.gateway.wiring import connect
+
+        parts, closers = await connect(settings, feature_store, retrieval, ranking)
+        gateway = Gateway(settings, *parts, catalog=load_catalog(settings), closers=closers)
+        app.state.gateway = gateway
+        try:
+            yield
+        finally:
+            await gateway.close()
+
+    app = FastAPI(title="vidrec", version="1", description=DESCRIPTION, lifespan=lifespan)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST", "PUT", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type"])
+    for module in (recommendations, events, items, users, admin):
+        app.include_router(module.router)
+    add_error_handlers(app)
+
+    async def readiness() -> dict:
+        gateway: Gateway | None = getattr(app.state, "gateway", None)
+        return await gateway.readiness() if gateway else {"ready": False}
+
+    add_ops_routes(app, readiness)
+    _document_event_bodies(app)
+    return app
+
+
+def _document_event_bodies(app: FastAPI) -> None:
+    """POST /v1/events parses its body itself (for precise 422s); add its schemas to /docs."""
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version,
+                                 description=app.description, routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in (EventIn, EventBatchIn):
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(body.pop("$defs", {}))
+                components[model.__name__] = body
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

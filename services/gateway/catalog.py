@@ -1,0 +1,78 @@
+"""The bundle's item list, held by the gateway so that it can still answer when a dependency is
+down: titles and tags when item meta is unavailable, a popular list when retrieval is down.
+
+Loaded once at start (and again on /admin/reload) from `items.json`; read-only per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from shared.bundle import Bundle
+from shared.contracts import Candidate, ItemMeta
+
+
+@dataclass
+class Catalog:
+    version: str
+    meta: dict[str, ItemMeta]
+    popular: list[str] = field(default_factory=list)  # item ids, most popular first
+    popularity: dict[str, float] = field(default_factory=dict)
+    changed: set[str] = field(default_factory=set)  # ids upserted/deleted through the gateway
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle) -> Catalog:
+        meta: dict[str, ItemMeta] = {}
+        popularity: dict[str, float] = {}
+        for it in bundle.items:
+            item_id = str(it["item_id"])
+            meta[item_id] = ItemMeta(item_id=item_id, title=it.get("title", ""),
+                                     tags=list(it.get("tags", [])))
+            popularity[item_id] = float(it.get("popularity", 0.0))
+        popular = sorted(popularity, key=popularity.__getitem__, reverse=True)
+        return cls(version=bundle.version, meta=meta, popular=popular, popularity=popularity)
+
+    @classmethod
+    def empty(cls) -> Catalog:
+        return cls(version="", meta={})
+
+    def remember(self, item: ItemMeta) -> None:
+        """An item upserted through this gateway: its title/tags are known from now on."""
+        self.meta[item.item_id] = item
+        self.changed.add(item.item_id)
+
+    def forget(self, item_id: str) -> None:
+        """A deleted item: keep its title for history views, but never propose it again."""
+        old = self.meta.get(item_id)
+        if old is not None:
+            self.meta[item_id] = old.model_copy(update={"available": False})
+            self.changed.add(item_id)
+
+    def keep_upserts_from(self, older: Catalog) -> None:
+        for item_id in older.changed:
+            self.meta[item_id] = older.meta[item_id]
+        self.changed |= older.changed
+
+    def popular_candidates(self, n: int, exclude: set[str] | frozenset[str],
+                           tags: Iterable[str] = ()) -> list[Candidate]:
+        """Up to n available popular items not in `exclude`; items carrying one of `tags` first."""
+        wanted = set(tags)
+        matching: list[Candidate] = []
+        rest: list[Candidate] = []
+        for item_id in self.popular:
+            if item_id in exclude:
+                continue
+            meta = self.meta[item_id]
+            if not meta.available:
+                continue
+            matched = [t for t in meta.tags if t in wanted] if wanted else []
+            if matched:
+                matching.append(Candidate(item_id=item_id, source="tags", matched_tags=matched,
+                                          score=self.popularity[item_id]))
+            elif len(rest) < n:
+                rest.append(Candidate(item_id=item_id, source="popular",
+                                      score=self.popularity[item_id]))
+            if len(matching) >= n:
+                break
+        return (matching + rest)[:n]

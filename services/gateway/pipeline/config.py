@@ -1,0 +1,57 @@
+"""The recommendation request path: which stages run, in what order, with what time limit and
+failure policy. This is the only place that decides how a failure is handled.
+
+    hydrate  -> retrieve -> prefilter -> (items | score) -> filter -> select -> explain
+
+`items` (metadata) and `score` both need only the candidates, so they run concurrently; the
+filters that need metadata run after them.
+"""
+
+from __future__ import annotations
+
+from services.gateway.catalog import Catalog
+from services.gateway.pipeline.explain import Explain
+from services.gateway.pipeline.filters import (
+    ExcludedIdsFilter,
+    ExcludeTagsFilter,
+    FilterStage,
+    IncludeTagsFilter,
+    SeenFilter,
+    UnavailableFilter,
+)
+from services.gateway.pipeline.hydrate import Hydrate
+from services.gateway.pipeline.items import ItemMetaStage
+from services.gateway.pipeline.retrieve import Retrieve
+from services.gateway.pipeline.score import Score
+from services.gateway.pipeline.select import Select
+from services.gateway.pipeline.stage import Parallel, Pipeline, Step
+from shared.contracts import FeatureStoreAPI, RankingAPI, RetrievalAPI, Source
+from shared.settings import Settings
+
+
+def candidate_caps(settings: Settings) -> dict[Source, int]:
+    return {"ann": settings.candidates_ann, "content": settings.candidates_content,
+            "tags": settings.candidates_tags, "popular": settings.candidates_popular}
+
+
+def recommendation_pipeline(settings: Settings, feature_store: FeatureStoreAPI,
+                            retrieval: RetrievalAPI, ranking: RankingAPI,
+                            catalog: Catalog) -> Pipeline:
+    return Pipeline([
+        # Redis down or slow -> answer as for a new user (cold start).
+        Step(Hydrate(feature_store, settings.history_len), settings.timeout_hydrate_s),
+        # Retrieval down -> the bundle's popular list held by the gateway.
+        Step(Retrieve(retrieval, candidate_caps(settings), catalog), settings.timeout_retrieve_s),
+        Step(FilterStage("prefilter", [SeenFilter(), ExcludedIdsFilter()]), fail_open=False),
+        Parallel([
+            # Item meta down -> titles and tags from the bundle's items.json.
+            Step(ItemMetaStage(feature_store, catalog), settings.timeout_items_s),
+            # Ranker down or answering the wrong shape -> keep the retrieval order and scores.
+            Step(Score(ranking, catalog.version), settings.timeout_score_s),
+        ]),
+        Step(FilterStage("filter", [UnavailableFilter(), IncludeTagsFilter(),
+                                    ExcludeTagsFilter()]), fail_open=False),
+        # Pure computation: a failure here is a bug and fails the request.
+        Step(Select(settings.max_per_tag), fail_open=False),
+        Step(Explain(), fail_open=False),
+    ])

@@ -1,0 +1,38 @@
+"""explain: why each item is in the list, in words a viewer can read."""
+
+from __future__ import annotations
+
+from services.gateway.pipeline.context import Pick, RecContext
+
+MAX_TAG_REASONS = 2
+
+
+def reasons_for(pick: Pick, ctx: RecContext, profile_tags: set[str]) -> list[str]:
+    c = pick.candidate
+    reasons: list[str] = []
+    if c.nearest_history:
+        watched = ctx.meta.get(c.nearest_history)
+        if watched is not None and watched.title:
+            reasons.append(f"because you watched {watched.title}")
+    tags = list(c.matched_tags)
+    if not tags:  # retrieval did not say; use the item's tags the user or request cares about
+        tags = [t for t in pick.meta.tags if t in profile_tags]
+    reasons.extend(f"matches #{t}" for t in tags[:MAX_TAG_REASONS])
+    if c.source == "popular":
+        reasons.append("popular now")
+    if not reasons:
+        reasons.append("similar to what you watch" if c.source in ("ann", "content")
+                       else "recommended for you")
+    return reasons
+
+
+class Explain:
+    name = "explain"
+
+    async def run(self, ctx: RecContext) -> None:
+        profile = set(ctx.user.tag_profile).union(ctx.request.interests)
+        for pick in ctx.picks:
+            pick.reasons = reasons_for(pick, ctx, profile)
+
+    def fallback(self, ctx: RecContext) -> None:  # pure: cannot fail on a dependency
+        pass

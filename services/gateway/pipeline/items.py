@@ -1,0 +1,36 @@
+"""items: title, tags and availability of every candidate (and of the watched items that
+explain them), in one feature-store call."""
+
+from __future__ import annotations
+
+from services.gateway.catalog import Catalog
+from services.gateway.pipeline.context import RecContext
+from shared.contracts import FeatureStoreAPI
+
+
+def wanted_ids(ctx: RecContext) -> list[str]:
+    ids = dict.fromkeys(c.item_id for c in ctx.candidates)
+    ids.update(dict.fromkeys(c.nearest_history for c in ctx.candidates if c.nearest_history))
+    return list(ids)
+
+
+class ItemMetaStage:
+    name = "items"
+
+    def __init__(self, feature_store: FeatureStoreAPI, catalog: Catalog) -> None:
+        self.feature_store = feature_store
+        self.catalog = catalog
+
+    async def run(self, ctx: RecContext) -> None:
+        ids = wanted_ids(ctx)
+        found = dict(await self.feature_store.item_meta(ids)) if ids else {}
+        # Items the store does not know (e.g. upserted through this gateway while the store
+        # was down) are looked up in the gateway's catalog.
+        for item_id in ids:
+            if item_id not in found and item_id in self.catalog.meta:
+                found[item_id] = self.catalog.meta[item_id]
+        ctx.meta = found
+
+    def fallback(self, ctx: RecContext) -> None:
+        known = self.catalog.meta
+        ctx.meta = {i: known[i] for i in wanted_ids(ctx) if i in known}

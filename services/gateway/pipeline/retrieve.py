@@ -1,0 +1,62 @@
+"""retrieve: candidates from every source (ANN, content, tags, popular) in one call."""
+
+from __future__ import annotations
+
+from services.gateway.catalog import Catalog
+from services.gateway.pipeline.context import RecContext
+from shared.contracts import Candidate, RetrievalAPI, RetrievalQuery, Source
+from shared.observability import CANDIDATES
+
+PROFILE_TAGS = 10  # strongest tag-profile tags sent to the tag source
+
+
+def query_tags(tag_profile: dict[str, float], interests: tuple[str, ...]) -> dict[str, float]:
+    """The user's strongest tags scaled to at most 1, plus the request's interests at weight 1."""
+    top = sorted(tag_profile.items(), key=lambda kv: kv[1], reverse=True)[:PROFILE_TAGS]
+    peak = top[0][1] if top and top[0][1] > 0 else 1.0
+    tags = {tag: weight / peak for tag, weight in top if weight > 0}
+    for tag in interests:
+        tags[tag] = 1.0
+    return tags
+
+
+class Retrieve:
+    name = "retrieve"
+
+    def __init__(self, retrieval: RetrievalAPI, caps: dict[Source, int],
+                 catalog: Catalog) -> None:
+        self.retrieval = retrieval
+        self.caps = caps
+        self.catalog = catalog  # for the fallback only
+
+    def _excluded(self, ctx: RecContext) -> set[str]:
+        return set(ctx.user.seen).union(ctx.request.exclude)
+
+    async def run(self, ctx: RecContext) -> None:
+        user = ctx.user
+        query = RetrievalQuery(history=user.history,
+                               tags=query_tags(user.tag_profile, ctx.request.interests),
+                               exclude=list(self._excluded(ctx)), caps=self.caps)
+        (result,) = await self.retrieval.retrieve([query])
+        self._keep(ctx, result.candidates)
+        ctx.per_source = dict(result.per_source)
+        for source, n in ctx.per_source.items():
+            CANDIDATES.labels(source).inc(n)
+
+    def fallback(self, ctx: RecContext) -> None:
+        # Retrieval is down: the bundle's popular list (interest matches first) still answers.
+        n = sum(self.caps.values()) or 100
+        cands = self.catalog.popular_candidates(n, self._excluded(ctx), ctx.request.interests)
+        self._keep(ctx, cands)
+        ctx.per_source = {"fallback": len(cands)}
+
+    @staticmethod
+    def _keep(ctx: RecContext, candidates: list[Candidate]) -> None:
+        # Sources may propose one item twice; the first (strongest source) wins.
+        seen: set[str] = set()
+        kept = []
+        for c in candidates:
+            if c.item_id not in seen:
+                seen.add(c.item_id)
+                kept.append(c)
+        ctx.candidates = kept

@@ -1,0 +1,38 @@
+"""score: the ranker gives every candidate a score, in the same order."""
+
+from __future__ import annotations
+
+from services.gateway.pipeline.context import RecContext
+from services.gateway.pipeline.stage import ScoreMismatch
+from shared.contracts import RankingAPI, ScoreItem
+
+
+class Score:
+    name = "score"
+
+    def __init__(self, ranking: RankingAPI, model_version: str = "") -> None:
+        self.ranking = ranking
+        self.model_version = model_version  # last version the ranker reported
+
+    async def run(self, ctx: RecContext) -> None:
+        history = ctx.user.history
+        ids = [c.item_id for c in ctx.candidates]
+        if not history or not ids:
+            # Nothing to personalise on (a new user): keep the retrieval order, not a failure.
+            self._keep_retrieval_order(ctx)
+            return
+        scores, version = await self.ranking.score([ScoreItem(history=history, candidates=ids)])
+        if len(scores) != 1 or len(scores[0]) != len(ids):
+            got = len(scores[0]) if len(scores) == 1 else f"{len(scores)} lists of"
+            raise ScoreMismatch(f"ranker returned {got} scores for {len(ids)} candidates")
+        ctx.scores = dict(zip(ids, scores[0], strict=True))
+        ctx.ranked = True
+        ctx.model_version = self.model_version = version
+
+    def fallback(self, ctx: RecContext) -> None:
+        self._keep_retrieval_order(ctx)
+
+    def _keep_retrieval_order(self, ctx: RecContext) -> None:
+        ctx.scores = {c.item_id: c.score for c in ctx.candidates}
+        ctx.ranked = False
+        ctx.model_version = self.model_version

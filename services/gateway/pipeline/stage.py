@@ -1,0 +1,120 @@
+"""Stages, and the one place where failure policy lives.
+
+A stage is a small object with a `name`, `async run(ctx)` that reads and writes the request
+context, and `fallback(ctx)` that leaves the context usable when `run` could not finish.
+Whether a failure falls back (and is flagged in `degraded`) or fails the request, and how long a
+stage may take, is decided by the `Step` wrapping it in config.py, never inside the stage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import httpx
+
+from services.gateway.pipeline.context import RecContext
+from shared.contracts import ServiceUnavailable
+from shared.observability import DEGRADED, STAGE_SECONDS
+
+log = logging.getLogger("vidrec.gateway")
+
+try:  # the in-process feature store talks to Redis directly
+    from redis.exceptions import RedisError
+except ImportError:  # pragma: no cover - redis is a serving dependency
+    RedisError = OSError  # type: ignore[misc,assignment]
+
+
+class StageFailure(RuntimeError):
+    """A stage's dependency answered, but not in a form the stage can use."""
+
+
+class ScoreMismatch(StageFailure):
+    """The ranker returned a different number of scores than candidates it was given."""
+
+
+# Failures that mean "a dependency is down or slow", expected in production and degraded quietly.
+DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
+    ServiceUnavailable, TimeoutError, OSError, RedisError, httpx.HTTPError, StageFailure)
+
+
+class Stage(Protocol):
+    name: str
+
+    async def run(self, ctx: RecContext) -> None: ...
+
+    def fallback(self, ctx: RecContext) -> None: ...
+
+
+@dataclass
+class Step:
+    """A stage with its policy: a time limit, and whether a failure falls back or fails."""
+
+    stage: Stage
+    timeout_s: float | None = None
+    fail_open: bool = True
+    _seconds: object = field(init=False, repr=False)
+    _degraded: object = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._seconds = STAGE_SECONDS.labels("gateway", self.stage.name)
+        self._degraded = DEGRADED.labels("gateway", self.stage.name)
+
+    @property
+    def name(self) -> str:
+        return self.stage.name
+
+    async def __call__(self, ctx: RecContext) -> None:
+        start = time.perf_counter()
+        try:
+            if self.timeout_s is None:
+                await self.stage.run(ctx)
+            else:
+                async with asyncio.timeout(self.timeout_s):
+                    await self.stage.run(ctx)
+        except Exception as exc:
+            if not self.fail_open:
+                raise
+            if isinstance(exc, DEPENDENCY_ERRORS):
+                log.warning("stage %s degraded: %s: %s", self.name, type(exc).__name__, exc)
+            else:  # a bug, not an outage: still answer, but loudly
+                log.exception("stage %s failed unexpectedly; falling back", self.name)
+            self.stage.fallback(ctx)
+            ctx.degraded.append(self.name)
+            self._degraded.inc()  # type: ignore[attr-defined]
+        finally:
+            self._seconds.observe(time.perf_counter() - start)  # type: ignore[attr-defined]
+
+
+@dataclass
+class Parallel:
+    """Steps that only read what earlier steps wrote, run concurrently (e.g. item meta and
+    scoring both need just the candidates)."""
+
+    steps: list[Step]
+
+    @property
+    def name(self) -> str:
+        return "+".join(s.name for s in self.steps)
+
+    async def __call__(self, ctx: RecContext) -> None:
+        await asyncio.gather(*(step(ctx) for step in self.steps))
+
+
+class Pipeline:
+    """Runs steps in order over one context."""
+
+    def __init__(self, steps: list[Step | Parallel]) -> None:
+        self.steps = steps
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.steps]
+
+    async def run(self, ctx: RecContext) -> RecContext:
+        for step in self.steps:
+            await step(ctx)
+        return ctx

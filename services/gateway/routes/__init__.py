@@ -1,0 +1,1 @@
+"""Public API routers, one per resource."""

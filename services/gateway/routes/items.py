@@ -1,0 +1,87 @@
+"""GET /v1/items/{id}, GET /v1/popular; admin PUT/DELETE /v1/items/{id} (forwarded to retrieval,
+which computes the embedding and updates the indexes)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Query, status
+from fastapi.responses import Response
+
+from services.gateway.deps import Admin, GatewayDep, parse_tags
+from services.gateway.gateway import Gateway
+from services.gateway.pipeline.stage import DEPENDENCY_ERRORS
+from services.gateway.responses import JSON
+from services.gateway.schemas import PopularItems
+from shared.contracts import ItemMeta, ItemUpsert, RetrievalQuery
+
+router = APIRouter(tags=["items"])
+log = logging.getLogger("vidrec.gateway")
+
+ItemId = Annotated[str, Path(min_length=1, max_length=200)]
+ADMIN_TIMEOUT_S = 10.0  # an upsert may compute an embedding
+
+
+async def lookup_meta(gateway: Gateway, item_ids: list[str]) -> dict[str, ItemMeta]:
+    """Item meta from the feature store; the bundle catalog when the store cannot answer."""
+    try:
+        async with asyncio.timeout(gateway.settings.timeout_items_s * 4):
+            found = dict(await gateway.feature_store.item_meta(item_ids))
+    except DEPENDENCY_ERRORS as exc:
+        log.warning("gateway: item meta from the catalog (%s: %s)", type(exc).__name__, exc)
+        found = {}
+    known = gateway.catalog.meta
+    for item_id in item_ids:
+        if item_id not in found and item_id in known:
+            found[item_id] = known[item_id]
+    return found
+
+
+@router.get("/v1/items/{item_id}", response_model=ItemMeta, summary="One video's metadata")
+async def get_item(gateway: GatewayDep, item_id: ItemId) -> JSON:
+    meta = (await lookup_meta(gateway, [item_id])).get(item_id)
+    if meta is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"item {item_id!r} not found")
+    return JSON(meta.model_dump())
+
+
+@router.get("/v1/popular", response_model=PopularItems, summary="Popular videos")
+async def popular(
+    gateway: GatewayDep,
+    k: Annotated[int, Query(ge=1, le=100)] = 20,
+    tags: Annotated[list[str] | None, Query(description="Only items with one of these.")] = None,
+) -> JSON:
+    wanted = parse_tags(tags)
+    try:
+        async with asyncio.timeout(gateway.settings.timeout_retrieve_s * 4):
+            (result,) = await gateway.retrieval.retrieve([RetrievalQuery(
+                tags=dict.fromkeys(wanted, 1.0),
+                caps={"tags": k, "popular": 0 if wanted else k})])
+        ids = [c.item_id for c in result.candidates]
+    except DEPENDENCY_ERRORS as exc:
+        log.warning("gateway: popular from the catalog (%s: %s)", type(exc).__name__, exc)
+        ids = [c.item_id for c in gateway.catalog.popular_candidates(k, frozenset(), wanted)
+               if not wanted or c.matched_tags]
+    meta = await lookup_meta(gateway, ids)
+    items = [meta[i] for i in ids if i in meta and meta[i].available][:k]
+    return JSON({"items": [m.model_dump() for m in items]})
+
+
+@router.put("/v1/items/{item_id}", response_model=ItemMeta, dependencies=[Admin],
+            summary="Add or replace a video (admin)")
+async def upsert_item(gateway: GatewayDep, item_id: ItemId, body: ItemUpsert) -> JSON:
+    async with asyncio.timeout(ADMIN_TIMEOUT_S):
+        meta = await gateway.retrieval.upsert_item(item_id, body)
+    gateway.catalog.remember(meta)
+    return JSON(meta.model_dump())
+
+
+@router.delete("/v1/items/{item_id}", status_code=204, dependencies=[Admin],
+               summary="Remove a video from recommendations (admin)")
+async def delete_item(gateway: GatewayDep, item_id: ItemId) -> Response:
+    async with asyncio.timeout(ADMIN_TIMEOUT_S):
+        await gateway.retrieval.delete_item(item_id)
+    gateway.catalog.forget(item_id)
+    return Response(status_code=204)

@@ -1,0 +1,61 @@
+"""`vidrec serve [all|gateway|retrieval|ranking|feature-store]`: run one app under uvicorn
+(uvloop + httptools). "all" is the gateway with every part in-process; a single name runs that
+service's own app, and the gateway alone reaches the others through VIDREC_*_URL."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from fastapi import FastAPI
+
+from shared.settings import Settings, get_settings
+
+SERVICE_ENV = "VIDREC_SERVE_SERVICE"  # tells each worker process which app to build
+
+
+def build_app(settings: Settings, service: str) -> FastAPI:
+    if service in ("all", "gateway"):
+        from services.gateway.app import create_app
+
+        if service == "all":  # one process: ignore URLs that might be set in the environment
+            settings = settings.model_copy(update={"feature_store_url": None,
+                                                   "retrieval_url": None, "ranking_url": None})
+        return create_app(settings)
+    if service == "retrieval":
+        from services.retrieval.app import create_app as retrieval_app
+
+        return retrieval_app(settings)
+    if service == "ranking":
+        from services.ranking.app import create_app as ranking_app
+
+        return ranking_app(settings)
+    if service == "feature-store":
+        from services.feature_store.app import create_app as feature_store_app
+
+        return feature_store_app(settings)
+    raise ValueError(f"unknown service {service!r}; use all, gateway, retrieval, ranking or "
+                     "feature-store")
+
+
+def worker_app() -> FastAPI:
+    """uvicorn factory for --workers > 1 (each worker builds its own app)."""
+    return build_app(get_settings(), os.environ.get(SERVICE_ENV, "all"))
+
+
+def serve(settings: Settings, service: str, host: str, port: int, workers: int = 1) -> None:
+    import uvicorn
+
+    common = {"host": host, "port": port, "loop": "uvloop", "http": "httptools",
+              "log_level": "info", "access_log": False, "timeout_graceful_shutdown": 5}
+    print(f"vidrec {service}: listening on http://{host}:{port} "
+          f"(docs http://{host}:{port}/docs, workers={workers})", file=sys.stderr, flush=True)
+    if workers > 1:
+        os.environ[SERVICE_ENV] = service
+        # onnxruntime threads: share the cores between workers instead of oversubscribing.
+        os.environ.setdefault("VIDREC_ORT_INTRA_THREADS",
+                              str(max(1, (os.cpu_count() or 1) // workers)))
+        uvicorn.run("services.gateway.serve:worker_app", factory=True, workers=workers,
+                    **common)
+    else:
+        uvicorn.run(build_app(settings, service), **common)

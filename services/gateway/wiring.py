@@ -1,0 +1,76 @@
+"""Connect the gateway to its three dependencies: the in-process class when the part's URL
+setting is empty (one-process serving), its HTTP client otherwise. Whatever is created here is
+closed by the returned closers (objects passed in by the caller are the caller's to close)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from shared.contracts import FeatureStoreAPI, RankingAPI, RetrievalAPI
+from shared.settings import Settings
+
+# The request path enforces its own, much shorter, per-stage limits (pipeline/config.py); this
+# bounds the other calls (events, admin upserts that compute an embedding, reloads).
+CLIENT_TIMEOUT_S = 10.0
+
+Closer = Callable[[], Awaitable[None] | None]
+
+
+async def connect(settings: Settings, feature_store: FeatureStoreAPI | None,
+                  retrieval: RetrievalAPI | None, ranking: RankingAPI | None,
+                  ) -> tuple[tuple[FeatureStoreAPI, RetrievalAPI, RankingAPI], list[Closer]]:
+    closers: list[Closer] = []
+    if feature_store is None:
+        feature_store = await _feature_store(settings, closers)
+    if retrieval is None:
+        retrieval = await _retrieval(settings, feature_store, closers)
+    if ranking is None:
+        ranking = await _ranking(settings, retrieval, closers)
+    return (feature_store, retrieval, ranking), closers
+
+
+async def _feature_store(settings: Settings, closers: list[Closer]) -> FeatureStoreAPI:
+    if settings.feature_store_url:
+        from services.feature_store.client import FeatureStoreClient
+
+        client = FeatureStoreClient(settings.feature_store_url, CLIENT_TIMEOUT_S)
+        closers.append(client.aclose)
+        return client
+    from services.feature_store.store import FeatureStore
+
+    store = FeatureStore.from_settings(settings)
+    closers.append(store.aclose)
+    return store
+
+
+async def _retrieval(settings: Settings, feature_store: FeatureStoreAPI,
+                     closers: list[Closer]) -> RetrievalAPI:
+    if settings.retrieval_url:
+        from services.retrieval.client import RetrievalClient
+
+        client = RetrievalClient(settings.retrieval_url, CLIENT_TIMEOUT_S,
+                                 admin_token=settings.admin_token)
+        closers.append(client.aclose)
+        return client
+    from services.retrieval.service import RetrievalService
+
+    service = RetrievalService(settings, feature_store=feature_store)
+    await service.reload()
+    closers.append(service.close)
+    return service
+
+
+async def _ranking(settings: Settings, retrieval: RetrievalAPI,
+                   closers: list[Closer]) -> RankingAPI:
+    if settings.ranking_url:
+        from services.ranking.client import RankingClient
+
+        client = RankingClient(settings.ranking_url, CLIENT_TIMEOUT_S)
+        closers.append(client.aclose)
+        return client
+    from services.ranking.service import RankingService
+
+    service = RankingService(settings, new_item_content=getattr(retrieval, "content_of", None))
+    await service.reload()
+    closers.append(service.close)
+    return service

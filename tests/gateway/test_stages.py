@@ -1,0 +1,189 @@
+"""Unit tests of the request-path stages that need no dependency: filters, diversity, explain,
+and the per-stage failure policy."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from services.gateway.catalog import Catalog
+from services.gateway.pipeline.context import Pick, RecContext, RecRequest
+from services.gateway.pipeline.explain import Explain
+from services.gateway.pipeline.filters import (
+    ExcludedIdsFilter,
+    ExcludeTagsFilter,
+    FilterStage,
+    IncludeTagsFilter,
+    SeenFilter,
+    UnavailableFilter,
+)
+from services.gateway.pipeline.retrieve import query_tags
+from services.gateway.pipeline.score import Score
+from services.gateway.pipeline.select import Select, diversify
+from services.gateway.pipeline.stage import Pipeline, ScoreMismatch, Step
+from shared.contracts import Candidate, ItemMeta, ScoreItem, UserState
+from shared.observability import DEGRADED, FILTERED
+
+
+def cand(item_id: str, source: str = "ann", score: float = 0.0, **kw) -> Candidate:
+    return Candidate(item_id=item_id, source=source, score=score, **kw)
+
+
+def meta(item_id: str, tags: list[str] = (), title: str | None = None,
+         available: bool = True) -> ItemMeta:
+    return ItemMeta(item_id=item_id, title=title or f"title {item_id}", tags=list(tags),
+                    available=available)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+# ---- filters ------------------------------------------------------------------------------
+def test_filters_report_what_they_removed() -> None:
+    ctx = RecContext(RecRequest("u", exclude=frozenset({"b"}),
+                                include_tags=frozenset({"cats", "dogs"}),
+                                exclude_tags=frozenset({"spam"})),
+                     state=UserState(user_id="u", known=True, seen=["a"]))
+    ctx.candidates = [cand(i) for i in "abcdefg"]
+    ctx.meta = {"a": meta("a", ["cats"]), "b": meta("b", ["cats"]), "c": meta("c", ["cats"]),
+                "d": meta("d", ["cats"], available=False), "e": meta("e", ["birds"]),
+                "f": meta("f", ["dogs", "spam"])}  # g: nobody has metadata for it
+    before = FILTERED.labels("seen")._value.get()
+    run(FilterStage("prefilter", [SeenFilter(), ExcludedIdsFilter()]).run(ctx))
+    run(FilterStage("filter", [UnavailableFilter(), IncludeTagsFilter(),
+                               ExcludeTagsFilter()]).run(ctx))
+    assert [c.item_id for c in ctx.candidates] == ["c"]
+    assert ctx.removed == {"seen": 1, "excluded": 1, "unavailable": 2, "include_tags": 1,
+                           "exclude_tags": 1}
+    assert FILTERED.labels("seen")._value.get() == before + 1
+
+
+def test_a_filter_splits_into_kept_and_removed() -> None:
+    ctx = RecContext(RecRequest("u", exclude_tags=frozenset({"x"})))
+    ctx.meta = {"a": meta("a", ["x"]), "b": meta("b", ["y"])}
+    kept, removed = ExcludeTagsFilter().apply(ctx, [cand("a"), cand("b")])
+    assert [c.item_id for c in kept] == ["b"]
+    assert [c.item_id for c in removed] == ["a"]
+
+
+# ---- select ---------------------------------------------------------------------------------
+def pairs(spec: list[tuple[str, list[str]]]) -> list[tuple[Candidate, ItemMeta]]:
+    return [(cand(i), meta(i, tags)) for i, tags in spec]
+
+
+def test_diversify_caps_items_per_tag() -> None:
+    ranked = pairs([("a1", ["a"]), ("a2", ["a"]), ("a3", ["a"]), ("b1", ["b"]), ("a4", ["a"]),
+                    ("c1", ["c", "a"]), ("b2", ["b"])])
+    chosen = [c.item_id for c, _ in diversify(ranked, k=4, max_per_tag=2)]
+    assert chosen == ["a1", "a2", "b1", "b2"]
+
+
+def test_diversify_relaxes_only_when_items_run_out() -> None:
+    ranked = pairs([("a1", ["a"]), ("a2", ["a"]), ("a3", ["a"]), ("b1", ["b"]), ("a4", ["a"])])
+    chosen = [c.item_id for c, _ in diversify(ranked, k=4, max_per_tag=2)]
+    # b1 is the only other item; then the best held-back items fill the list in score order
+    assert chosen == ["a1", "a2", "b1", "a3"]
+
+
+def test_select_orders_by_score_when_ranked_and_keeps_retrieval_order_otherwise() -> None:
+    ctx = RecContext(RecRequest("u", k=3))
+    ctx.candidates = [cand("x", score=9), cand("y", score=8), cand("z", score=7)]
+    ctx.meta = {i: meta(i) for i in "xyz"}
+    ctx.scores, ctx.ranked = {"x": 0.1, "y": 0.9, "z": 0.5}, True
+    run(Select(max_per_tag=3).run(ctx))
+    assert [p.candidate.item_id for p in ctx.picks] == ["y", "z", "x"]
+    assert [p.score for p in ctx.picks] == [0.9, 0.5, 0.1]
+    ctx.scores, ctx.ranked = {"x": 9, "y": 8, "z": 7}, False
+    run(Select(max_per_tag=3).run(ctx))
+    assert [p.candidate.item_id for p in ctx.picks] == ["x", "y", "z"]
+
+
+# ---- explain --------------------------------------------------------------------------------
+def test_explain_gives_readable_reasons() -> None:
+    ctx = RecContext(RecRequest("u", interests=("music",)),
+                     state=UserState(user_id="u", known=True, tag_profile={"cats": 2.0}))
+    ctx.meta = {"w": meta("w", title="Cat video one")}
+    ctx.picks = [
+        Pick(cand("a", nearest_history="w"), meta("a", ["cats"]), 1.0),
+        Pick(cand("b", source="tags", matched_tags=["music"]), meta("b", ["music"]), 1.0),
+        Pick(cand("c", source="popular"), meta("c", ["news"]), 1.0),
+        Pick(cand("d", source="content"), meta("d", ["cats", "dogs"]), 1.0),
+        Pick(cand("e", source="ann"), meta("e", []), 1.0),
+    ]
+    run(Explain().run(ctx))
+    assert ctx.picks[0].reasons == ["because you watched Cat video one", "matches #cats"]
+    assert ctx.picks[1].reasons == ["matches #music"]
+    assert ctx.picks[2].reasons == ["popular now"]
+    assert ctx.picks[3].reasons == ["matches #cats"]
+    assert ctx.picks[4].reasons == ["similar to what you watch"]
+
+
+def test_query_tags_scales_profile_and_adds_interests() -> None:
+    tags = query_tags({"a": 4.0, "b": 2.0, "z": 0.0}, ("new",))
+    assert tags == {"a": 1.0, "b": 0.5, "new": 1.0}
+
+
+# ---- failure policy -------------------------------------------------------------------------
+class SlowStage:
+    name = "slow"
+
+    def __init__(self) -> None:
+        self.fell_back = False
+
+    async def run(self, ctx: RecContext) -> None:
+        await asyncio.sleep(1.0)
+
+    def fallback(self, ctx: RecContext) -> None:
+        self.fell_back = True
+
+
+def test_a_stage_past_its_timeout_falls_back_and_is_flagged() -> None:
+    stage = SlowStage()
+    before = DEGRADED.labels("gateway", "slow")._value.get()
+    ctx = run(Pipeline([Step(stage, timeout_s=0.01)]).run(RecContext(RecRequest("u"))))
+    assert stage.fell_back
+    assert ctx.degraded == ["slow"]
+    assert DEGRADED.labels("gateway", "slow")._value.get() == before + 1
+
+
+def test_a_fail_closed_stage_raises() -> None:
+    with pytest.raises(TimeoutError):
+        run(Pipeline([Step(SlowStage(), timeout_s=0.01, fail_open=False)])
+            .run(RecContext(RecRequest("u"))))
+
+
+class WrongLengthRanker:
+    """A ranker that answers with one score too few (the failure the typed check exists for)."""
+
+    async def score(self, requests: list[ScoreItem]) -> tuple[list[list[float]], str]:
+        return [[0.5] * (len(requests[0].candidates) - 1)], "v-test"
+
+    async def ready(self) -> bool:
+        return True
+
+
+def test_a_score_count_mismatch_is_typed_and_degrades_to_retrieval_order() -> None:
+    ctx = RecContext(RecRequest("u"), state=UserState(user_id="u", known=True, history=["h"]))
+    ctx.candidates = [cand("a", score=3.0), cand("b", score=2.0)]
+    stage = Score(WrongLengthRanker(), model_version="v-old")
+    with pytest.raises(ScoreMismatch):
+        run(stage.run(ctx))
+    run(Pipeline([Step(stage)]).run(ctx))
+    assert ctx.degraded == ["score"]
+    assert not ctx.ranked and ctx.scores == {"a": 3.0, "b": 2.0}
+    assert ctx.model_version == "v-old"
+
+
+def test_catalog_popular_prefers_interest_matches_and_skips_excluded() -> None:
+    cat = Catalog(version="v", meta={i: meta(i, tags) for i, tags in
+                                     [("p1", ["x"]), ("p2", ["cats"]), ("p3", []),
+                                      ("p4", ["cats"])]},
+                  popular=["p1", "p2", "p3", "p4"],
+                  popularity={"p1": 4, "p2": 3, "p3": 2, "p4": 1})
+    got = cat.popular_candidates(3, exclude={"p4"}, tags=["cats"])
+    assert [(c.item_id, c.source) for c in got] == [("p2", "tags"), ("p1", "popular"),
+                                                    ("p3", "popular")]
+    cat.forget("p2")
+    assert [c.item_id for c in cat.popular_candidates(3, exclude=set())] == ["p1", "p3", "p4"]
