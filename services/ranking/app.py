@@ -1,7 +1,9 @@
 """The ranking service over HTTP: POST /v1/score, POST /admin/reload, /healthz /readyz /metrics.
 
 The model is loaded in the lifespan, never at import time; a bundle whose ranker does not match
-what the scorer feeds stops start-up with `ModelSchemaMismatch` naming the difference.
+what the scorer feeds stops start-up with `ModelSchemaMismatch` naming the difference. Items
+upserted while serving get their content from the feature store's overlay in Redis
+(new_items.py); with Redis down they are still scored, on the unknown-item embedding alone.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from services.ranking.errors import RankerLoadError
+from services.ranking.new_items import RedisOverlayContent
 from services.ranking.service import RankingService
 from shared.contracts import ScoreRequest, ScoreResponse, ServiceUnavailable
 from shared.observability import add_ops_routes
@@ -60,15 +63,18 @@ def create_app(settings: Settings, service: RankingService | None = None) -> Fas
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        svc = service or RankingService(settings)
-        if not await svc.ready():
-            await svc.reload()
-        app.state.ranking = svc
+        new_items = None if service else RedisOverlayContent.from_settings(settings)
+        svc = service or RankingService(settings, new_item_content=new_items)
         try:
+            if not await svc.ready():
+                await svc.reload()
+            app.state.ranking = svc
             yield
         finally:
             if service is None:
                 svc.close()
+            if new_items is not None:
+                await new_items.aclose()
 
     app = FastAPI(title="vidrec ranking", lifespan=lifespan)
     admin = Depends(require_admin(settings))

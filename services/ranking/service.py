@@ -11,6 +11,7 @@ and runs do not compete for the cores their intra-op threads already use.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -25,8 +26,10 @@ from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# item ids -> content embedding [E] of those of them it knows (items upserted while serving).
-NewItemContent = Callable[[list[str]], Awaitable[Mapping[str, np.ndarray]]]
+# item ids -> content embedding [E] of those of them it knows (items upserted while serving);
+# async (a Redis read) or a plain function (an in-memory table).
+NewItemContent = Callable[[list[str]],
+                          Awaitable[Mapping[str, np.ndarray]] | Mapping[str, np.ndarray]]
 
 
 class RankingService:
@@ -90,8 +93,9 @@ class RankingService:
             return {}
         try:
             with timed("ranking", "new_item_content"):
-                found = await asyncio.wait_for(self._new_item_content(item_ids),
-                                               self.settings.timeout_items_s)
+                found = self._new_item_content(item_ids)
+                if inspect.isawaitable(found):
+                    found = await asyncio.wait_for(found, self.settings.timeout_items_s)
         except Exception as exc:  # degrade: score them on the unknown-item embedding alone
             DEGRADED.labels("ranking", "new_item_content").inc()
             log.warning("ranking: no content for %d new item(s): %r", len(item_ids), exc)
