@@ -1,0 +1,250 @@
+"""`vidrec build`: dataset -> content embeddings -> split -> baselines -> ranker -> ONNX ->
+FAISS -> evaluation -> artifacts/<version>/ (written to a temporary folder, renamed when
+complete, then `artifacts/latest` is repointed)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from offline import baselines
+from offline.embeddings import content_embeddings
+from offline.evaluate import evaluate
+from offline.export import check_parity, export_onnx
+from offline.model import RankerConfig, SequentialRanker
+from offline.report import metrics_document, write_reports
+from offline.split import Split, leave_one_out
+from offline.train import (
+    TrainConfig,
+    catalogue_vectors,
+    content_table,
+    left_pad,
+    ranker_score_fn,
+    train_ranker,
+)
+from offline.two_stage import BundleModels, candidates_per_request, two_stage_fn
+from shared import ann
+from shared.bundle import FIRST_ITEM_INDEX, Bundle
+from shared.data import Dataset, load_dataset
+from shared.settings import Settings
+
+LIBRARIES = ["torch", "onnx", "onnxruntime", "faiss-cpu", "numpy", "sentence-transformers",
+             "scipy"]
+RECALL_QUERIES = 1000
+
+
+class Steps:
+    """Seconds per build step, for the manifest."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def step(self, name: str):
+        print(f"[build] {name} ...", flush=True)
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 2)
+        print(f"[build] {name} done in {self.seconds[name]:.1f} s", flush=True)
+
+
+def run_build(settings: Settings, dataset: str, sample_users: int | None = None,
+              epochs: int | None = None, train_minutes: float | None = None,
+              version: str | None = None) -> Path:
+    torch.manual_seed(settings.seed)
+    np.random.seed(settings.seed)
+    steps = Steps()
+    artifacts = Path(settings.artifacts_dir)
+    with steps.step("load_dataset"):
+        ds = load_dataset(dataset, settings.data_dir)
+        if sample_users:
+            ds = ds.sample_users(sample_users, settings.seed)
+    version = version or f"{ds.name}-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    work = artifacts / f".{version}.partial"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+
+    with steps.step("content_embeddings"):
+        content, content_facts = content_embeddings(ds, settings.encoder, artifacts / ".cache")
+    with steps.step("split"):
+        split = leave_one_out(ds)
+    results: dict[str, dict] = {}
+    with steps.step("baselines"):
+        results["popularity"] = evaluate(split, "test", baselines.popularity_fn(split))
+        results["content_ann"] = evaluate(split, "test",
+                                          baselines.content_ann_fn(split, "test", content))
+        results["item_knn"] = evaluate(split, "test", baselines.item_knn_fn(split, "test"))
+        print(json.dumps(results), flush=True)
+
+    model_cfg = RankerConfig(num_items=split.num_items, content_dim=content.shape[1])
+    train_cfg = TrainConfig(seed=settings.seed)
+    if epochs is not None:
+        train_cfg.epochs = epochs
+    if train_minutes is not None:
+        train_cfg.max_minutes = train_minutes
+    with steps.step("train_ranker"):
+        model, train_facts = train_ranker(split, content, model_cfg, train_cfg)
+    table = content_table(content)
+    with steps.step("export_onnx"):
+        export_onnx(model, work, _export_examples(split, table))
+        parity = check_parity(model, work, _parity_batches(split, table))
+    with steps.step("faiss_index"):
+        item_vectors = catalogue_vectors(model, table)
+        index_facts = _write_indexes(work, item_vectors, content, split, model, table)
+    with steps.step("write_bundle"):
+        _write_bundle_files(work, ds, split, content, item_vectors)
+        (work / "model.json").write_text(json.dumps({
+            **model_cfg.to_dict(), "pad_index": 0, "unknown_index": 1,
+            "first_item_index": FIRST_ITEM_INDEX, "graphs": _graph_io(), "index": index_facts,
+            "onnx_parity_max_abs_diff": parity,
+        }, indent=2))
+    with steps.step("text_encoder_export"):
+        text_encoder = _export_text_encoder(settings, work, content_facts)
+    with steps.step("evaluate"):
+        results["ranker_only"] = evaluate(split, "test",
+                                          ranker_score_fn(model, table, split, "test"))
+        recall: list[float] = []
+        models = BundleModels(Bundle(work))
+        results["two_stage"] = evaluate(split, "test",
+                                        two_stage_fn(models, split, "test", settings, recall))
+        doc = metrics_document(ds.name, len(split.evaluable("test")), results,
+                               float(np.mean(recall)) if recall else 0.0,
+                               candidates_per_request(settings))
+        write_reports(doc, work)
+        print((work / "metrics.md").read_text(), flush=True)
+    manifest = {
+        "version": version, "dataset": ds.name, "dataset_arg": dataset,
+        "sample_users": sample_users, "built_at": datetime.now(UTC).isoformat(),
+        "split": split.summary(),
+        "sizes": {"users": len(ds.sequences), "items": len(ds.items),
+                  "interactions": ds.num_interactions},
+        "dims": {"content": int(content.shape[1]), "model": model_cfg.dim},
+        "content_embeddings": content_facts, "text_encoder": text_encoder,
+        "model": model_cfg.to_dict(), "training": train_facts, "index": index_facts,
+        "onnx_parity_max_abs_diff": parity,
+        "candidates": {"ann": settings.candidates_ann, "content": settings.candidates_content,
+                       "popular": settings.candidates_popular},
+        "libraries": _library_versions(), "python": platform.python_version(),
+        "step_seconds": steps.seconds, "build_seconds": round(sum(steps.seconds.values()), 2),
+    }
+    manifest["files"] = {p.name: _sha256(p) for p in sorted(work.iterdir()) if p.is_file()}
+    (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    final = artifacts / version
+    shutil.rmtree(final, ignore_errors=True)
+    work.rename(final)
+    point_latest(artifacts, version)
+    print(f"[build] bundle {final} ({manifest['build_seconds']:.0f} s); "
+          f"artifacts/latest -> {version}", flush=True)
+    return final
+
+
+def point_latest(artifacts: Path, version: str) -> None:
+    tmp = artifacts / ".latest.tmp"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(version)
+    os.replace(tmp, artifacts / "latest")
+
+
+def _export_examples(split: Split, table: torch.Tensor) -> dict[str, tuple]:
+    hist = torch.from_numpy(left_pad([split.history(u, "test") for u in range(4)], 8))
+    cand = torch.arange(FIRST_ITEM_INDEX, FIRST_ITEM_INDEX + 12).repeat(4, 1)
+    items = torch.arange(FIRST_ITEM_INDEX, FIRST_ITEM_INDEX + 5)
+    return {"query_encoder.onnx": (hist, table[hist]),
+            "item_encoder.onnx": (items, table[items]),
+            "ranker.onnx": (hist, table[hist], cand, table[cand])}
+
+
+def _parity_batches(split: Split, table: torch.Tensor) -> dict[str, list[tuple]]:
+    """Real histories of several lengths, real candidates (incl. the unknown index 1)."""
+    rng = np.random.default_rng(0)
+    out: dict[str, list[tuple]] = {"query_encoder.onnx": [], "item_encoder.onnx": [],
+                                   "ranker.onnx": []}
+    for batch, length, cands in ((1, 50, 500), (16, 20, 100), (64, 5, 37)):
+        users = rng.choice(len(split.users), size=min(batch, len(split.users)), replace=False)
+        hist = torch.from_numpy(left_pad([split.history(u, "test") for u in users], length))
+        cand = torch.from_numpy(rng.integers(FIRST_ITEM_INDEX, table.shape[0],
+                                             size=(len(users), cands)))
+        cand[:, 0] = 1
+        out["query_encoder.onnx"].append((hist, table[hist]))
+        out["ranker.onnx"].append((hist, table[hist], cand, table[cand]))
+        out["item_encoder.onnx"].append((cand[0], table[cand[0]]))
+    return out
+
+
+def _write_indexes(work: Path, item_vectors: np.ndarray, content: np.ndarray, split: Split,
+                   model: SequentialRanker, table: torch.Tensor) -> dict:
+    from offline.train import user_vectors
+
+    facts = {}
+    users = np.random.default_rng(1).choice(len(split.users),
+                                            min(RECALL_QUERIES, len(split.users)), replace=False)
+    queries = {"ann": user_vectors(model, table, [split.history(u, "test") for u in users]),
+               "content": content[np.concatenate([split.history(u, "test")[-1:]
+                                                  for u in users]) - FIRST_ITEM_INDEX]}
+    for name, vectors in (("ann", item_vectors), ("content", content)):
+        index = ann.build_index(vectors)
+        k = min(100, len(vectors))
+        facts[name] = {"kind": ann.index_kind(index), "rows": int(len(vectors)),
+                       "dim": int(vectors.shape[1]), "metric": "inner_product",
+                       f"recall@{k}_vs_exact": ann.recall_against_exact(index, vectors,
+                                                                        queries[name], k),
+                       "gpu_available_at_build": ann.gpu_count() > 0}
+        ann.save(index, work / f"index_{name}.faiss")
+    return facts
+
+
+def _write_bundle_files(work: Path, ds: Dataset, split: Split, content: np.ndarray,
+                        item_vectors: np.ndarray) -> None:
+    popularity = baselines.train_popularity(split)
+    items = [{"item_id": it.item_id, "title": it.title, "tags": list(it.tags),
+              "popularity": int(popularity[r])} for r, it in enumerate(ds.items)]
+    (work / "items.json").write_text(json.dumps(items, ensure_ascii=False))
+    (work / "users.json").write_text(json.dumps(ds.sequences))
+    np.save(work / "content_embeddings.npy", content.astype(np.float32))
+    np.save(work / "item_vectors.npy", item_vectors.astype(np.float32))
+
+
+def _export_text_encoder(settings: Settings, work: Path, content_facts: dict) -> dict:
+    if content_facts.get("source") != "text-encoder":
+        return {"exported": False, "why": "embeddings supplied by the user"}
+    try:
+        from offline.text_encoder_export import export_text_encoder
+    except ImportError as exc:
+        return {"exported": False, "why": f"exporter unavailable: {exc}"}
+    return {"exported": True, **export_text_encoder(settings.encoder, work)}
+
+
+def _graph_io() -> dict:
+    from offline.export import GRAPHS
+
+    return {name: {"inputs": spec[1], "outputs": spec[2]} for name, spec in GRAPHS.items()}
+
+
+def _library_versions() -> dict[str, str]:
+    out = {}
+    for lib in LIBRARIES:
+        try:
+            out[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            out[lib] = "not installed"
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

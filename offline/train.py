@@ -1,0 +1,156 @@
+"""Training of the sequential ranker: next-item prediction with a full softmax over the whole
+catalogue (cross-entropy), early stopping on validation NDCG@10, seeded."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from offline.evaluate import evaluate, sample_users
+from offline.model import RankerConfig, SequentialRanker
+from offline.split import Split
+from shared.bundle import FIRST_ITEM_INDEX
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 40
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    patience: int = 3
+    max_minutes: float = 18.0
+    valid_users: int | None = 10_000  # users sampled for per-epoch validation
+    seed: int = 42
+    threads: int | None = None
+
+
+def left_pad(rows: list[np.ndarray], length: int | None = None) -> np.ndarray:
+    length = length or max(len(r) for r in rows)
+    out = np.zeros((len(rows), length), np.int64)
+    for i, r in enumerate(rows):
+        r = r[-length:]
+        if len(r):
+            out[i, -len(r):] = r
+    return out
+
+
+def training_windows(split: Split, max_history: int) -> list[np.ndarray]:
+    """Each train sequence cut from its end into windows of max_history + 1 items."""
+    windows = []
+    for seq in split.train:
+        end = len(seq)
+        while end >= 2:
+            windows.append(seq[max(0, end - max_history - 1):end])
+            end -= max_history
+    return windows
+
+
+def batches(windows: list[np.ndarray], batch_size: int, rng: np.random.Generator):
+    """Shuffled batches of similar length (less padding), in shuffled order."""
+    order = rng.permutation(len(windows))
+    pool = batch_size * 50
+    groups = []
+    for start in range(0, len(order), pool):
+        chunk = sorted(order[start:start + pool], key=lambda i: len(windows[i]))
+        groups += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    for g in rng.permutation(len(groups)):
+        yield left_pad([windows[i] for i in groups[g]])
+
+
+def content_table(content: np.ndarray) -> torch.Tensor:
+    """Bundle-row content [N, E] -> model-index table [N + 2, E] (pad and unknown rows zero)."""
+    table = np.zeros((content.shape[0] + FIRST_ITEM_INDEX, content.shape[1]), np.float32)
+    table[FIRST_ITEM_INDEX:] = content
+    return torch.from_numpy(table)
+
+
+@torch.no_grad()
+def user_vectors(model: SequentialRanker, table: torch.Tensor, histories: list[np.ndarray],
+                 batch: int = 1024) -> np.ndarray:
+    model.eval()
+    out = []
+    for s in range(0, len(histories), batch):
+        ids = torch.from_numpy(left_pad(histories[s:s + batch], model.cfg.max_history))
+        out.append(model.user_vector(ids, table[ids]).numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.cfg.dim), np.float32)
+
+
+@torch.no_grad()
+def catalogue_vectors(model: SequentialRanker, table: torch.Tensor) -> np.ndarray:
+    model.eval()
+    ids = torch.arange(FIRST_ITEM_INDEX, table.shape[0])
+    return model.item_vectors(ids, table[ids]).numpy()
+
+
+def ranker_score_fn(model: SequentialRanker, table: torch.Tensor, split: Split, which: str):
+    items = catalogue_vectors(model, table)
+
+    def score(users: np.ndarray) -> np.ndarray:
+        return user_vectors(model, table, [split.history(u, which) for u in users]) @ items.T
+
+    return score
+
+
+def train_ranker(split: Split, content: np.ndarray, model_cfg: RankerConfig,
+                 cfg: TrainConfig) -> tuple[SequentialRanker, dict]:
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rng = np.random.default_rng(cfg.seed)
+    model = SequentialRanker(model_cfg)
+    table = content_table(content)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    windows = training_windows(split, model_cfg.max_history)
+    valid_users = sample_users(split, "valid", cfg.valid_users, cfg.seed)
+    all_ids = torch.arange(table.shape[0])
+    best, best_state, history, bad = -1.0, None, [], 0
+    started = time.monotonic()
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        total, steps = 0.0, 0
+        for batch in tqdm(list(batches(windows, cfg.batch_size, rng)), desc=f"epoch {epoch}",
+                          leave=False, mininterval=5):
+            ids = torch.from_numpy(batch)
+            inp, tgt = ids[:, :-1], ids[:, 1:]
+            hidden = model.encode_sequence(inp, table[inp])
+            keep = tgt > 0
+            # Positions whose input is padding still predict nothing: both sides must be real.
+            keep &= inp > 0
+            logits = hidden[keep] @ model.item_vectors(all_ids, table).T
+            logits[:, :FIRST_ITEM_INDEX] = float("-inf")
+            loss = F.cross_entropy(logits, tgt[keep])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, steps = total + loss.item(), steps + 1
+        metrics = evaluate(split, "valid", ranker_score_fn(model, table, split, "valid"),
+                           valid_users)
+        minutes = (time.monotonic() - started) / 60
+        history.append({"epoch": epoch, "loss": total / max(steps, 1), **metrics,
+                        "minutes": round(minutes, 2)})
+        log.info("epoch %d loss %.4f valid %s (%.1f min)", epoch, total / max(steps, 1),
+                 metrics, minutes)
+        print(f"epoch {epoch}: loss {total / max(steps, 1):.4f} valid NDCG@10 "
+              f"{metrics['NDCG@10']:.4f} HR@10 {metrics['HR@10']:.4f} ({minutes:.1f} min)",
+              flush=True)
+        if metrics["NDCG@10"] > best:
+            best, bad = metrics["NDCG@10"], 0
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        else:
+            bad += 1
+        if bad >= cfg.patience or minutes >= cfg.max_minutes:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return model, {"epochs_run": len(history), "best_valid_NDCG@10": best, "history": history,
+                   "windows": len(windows), "config": cfg.__dict__}
