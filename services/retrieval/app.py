@@ -1,0 +1,154 @@
+"""The retrieval service over HTTP.
+
+    POST   /v1/retrieve        RetrieveRequest -> RetrieveResponse
+    PUT    /v1/items/{id}      ItemUpsert -> ItemMeta                  (admin)
+    DELETE /v1/items/{id}      -> 204, 404 for an id never in the catalogue   (admin)
+    POST   /admin/reload       {"bundle": version?} -> {"bundle": version}    (admin)
+    GET    /healthz /readyz /metrics   (/readyz: bundle, index kind, device cpu|gpu, items)
+
+Admin routes want `Authorization: Bearer <settings.admin_token>`: 401 without it, 403 when wrong.
+A value the service cannot use answers 422 with FastAPI's error shape, `loc` naming the field.
+The bundle is loaded in the lifespan, never at import time.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, HTTPException, Request, Response, status
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from services.retrieval.errors import InvalidRequest, ItemNotFound, MetadataNotStored
+from services.retrieval.service import RetrievalService
+from shared.bundle import BundleError
+from shared.contracts import (
+    ItemMeta,
+    ItemUpsert,
+    RetrieveRequest,
+    RetrieveResponse,
+    ServiceUnavailable,
+)
+from shared.observability import add_ops_routes
+from shared.settings import Settings
+
+# A bundle version is a folder name under artifacts_dir, never a path.
+VERSION_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$"
+_bearer = HTTPBearer(auto_error=False)
+
+
+class ReloadRequest(BaseModel):
+    bundle: str | None = Field(None, pattern=VERSION_PATTERN,
+                               description="Bundle version to load (default: VIDREC_BUNDLE).")
+
+
+class ReloadResponse(BaseModel):
+    bundle: str
+
+
+def require_admin(settings: Settings):
+    """Dependency: 401 without a bearer token, 403 with a wrong one."""
+
+    def check(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+        if creds is None:
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "admin token required",
+                                headers={"WWW-Authenticate": "Bearer"})
+        if not secrets.compare_digest(creds.credentials.encode(), settings.admin_token.encode()):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "wrong admin token")
+
+    return check
+
+
+def _service(request: Request) -> RetrievalService:
+    return request.app.state.retrieval
+
+
+Service = Annotated[RetrievalService, Depends(_service)]
+
+
+def _loc(field: str, where: str) -> list:
+    """'queries[0].caps.ann' -> [where, 'queries', 0, 'caps', 'ann']."""
+    loc: list = [where]
+    for part in field.replace("]", "").replace("[", ".").split("."):
+        loc.append(int(part) if part.isdigit() else part)
+    return loc
+
+
+def create_app(settings: Settings, service: RetrievalService | None = None) -> FastAPI:
+    """The retrieval app. Pass `service` to share one already loaded (single-process serving)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = None
+        svc = service
+        if svc is None:
+            from services.feature_store.store import FeatureStore
+
+            store = FeatureStore.from_settings(settings)
+            svc = RetrievalService(settings, item_store=store)
+        try:
+            if not await svc.ready():
+                await svc.reload()
+            app.state.retrieval = svc
+            yield
+        finally:
+            if store is not None:
+                await store.aclose()
+
+    app = FastAPI(title="vidrec retrieval", lifespan=lifespan)
+    admin = Depends(require_admin(settings))
+
+    @app.exception_handler(InvalidRequest)
+    async def invalid(request: Request, exc: InvalidRequest) -> JSONResponse:
+        where = "path" if exc.field == "item_id" else "body"
+        return JSONResponse(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, content={
+            "detail": [{"loc": _loc(exc.field, where), "msg": exc.problem,
+                        "type": "value_error"}]})
+
+    @app.exception_handler(ServiceUnavailable)
+    async def unavailable(request: Request, exc: ServiceUnavailable) -> JSONResponse:
+        # "applied": the change is in retrieval and its overlay; only the metadata write failed.
+        return JSONResponse(status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+                            content={"detail": str(exc),
+                                     "applied": isinstance(exc, MetadataNotStored)})
+
+    @app.post("/v1/retrieve", tags=["retrieval"], response_model=RetrieveResponse)
+    async def retrieve(body: RetrieveRequest, svc: Service) -> Response:
+        results, version = svc.retrieve_now(body.queries)
+        # Serialised by pydantic-core directly: no second validation of 100s of candidates.
+        return Response(RetrieveResponse(results=results, bundle=version).model_dump_json(),
+                        media_type="application/json")
+
+    @app.put("/v1/items/{item_id}", tags=["items"], dependencies=[admin])
+    async def upsert(item_id: str, body: ItemUpsert, svc: Service) -> ItemMeta:
+        return await svc.upsert_item(item_id, body)
+
+    @app.delete("/v1/items/{item_id}", tags=["items"], dependencies=[admin],
+                status_code=status.HTTP_204_NO_CONTENT)
+    async def delete(item_id: str, svc: Service) -> Response:
+        try:
+            await svc.delete_item(item_id)
+        except ItemNotFound as exc:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    @app.post("/admin/reload", tags=["admin"], dependencies=[admin])
+    async def reload(svc: Service, body: ReloadRequest | None = None) -> ReloadResponse:
+        try:
+            version = await svc.reload(body.bundle if body else None)
+        except BundleError as exc:
+            current = svc.readiness().get("bundle")
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                                f"{exc} (still serving {current})") from exc
+        return ReloadResponse(bundle=version)
+
+    async def readiness() -> dict:
+        svc: RetrievalService | None = getattr(app.state, "retrieval", None)
+        return svc.readiness() if svc else {"ready": False, "service": "retrieval"}
+
+    add_ops_routes(app, readiness)
+    return app

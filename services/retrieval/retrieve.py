@@ -1,0 +1,174 @@
+"""Candidates for a batch of queries from four sources, over one RetrievalState.
+
+    ann      the learned space: query_encoder(history) -> user vector, searched in index_ann
+             (one ONNX run and one FAISS search for the whole batch)
+    content  recency-weighted mean of the recent history's content embeddings, searched in
+             index_content (one FAISS search for the batch)
+    tags     items carrying the query's weighted tags (inverted index, most popular first)
+    popular  the bundle's popularity order (what a new user gets)
+
+Each source proposes up to its cap of items that are not excluded, not in the history and not
+dead; the union keeps an item under the first source that proposed it (ann > content > tags >
+popular) and `per_source` counts every proposal, duplicates included. FAISS is searched deeper
+by the number of blocked rows so that removals never leave a source short of its cap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from services.retrieval.errors import InvalidRequest
+from services.retrieval.state import RetrievalState
+from shared.contracts import Candidate, RetrievalQuery, RetrievalResult, Source
+
+SOURCES: tuple[Source, ...] = ("ann", "content", "tags", "popular")
+RECENT = 10           # history items the content query averages (as the offline baseline)
+RECENCY_DECAY = 0.8   # weight of an item one step older than the next
+MAX_QUERY_TAGS = 20   # strongest query tags the tag source looks up
+MAX_CAP = 2000        # per source; faiss GPU answers at most 2048 neighbours
+
+_NO_ROWS = np.empty(0, np.int64)
+_NO_SCORES = np.empty(0, np.float32)
+Found = tuple[np.ndarray, np.ndarray]  # (rows, scores), best first
+
+
+@dataclass
+class Prepared:
+    hist_rows: np.ndarray  # rows of the known history items, oldest first, <= max_history
+    blocked: np.ndarray    # bool [rows]: excluded, in the history, or dead
+    n_blocked: int         # upper bound of blocked rows a search can meet
+    caps: dict[str, int]
+    tags: dict[str, float]
+
+
+def resolve_caps(query: RetrievalQuery, defaults: dict[str, int], position: int) -> dict[str, int]:
+    caps = {**defaults, **query.caps}
+    for source, cap in caps.items():
+        if not 0 <= cap <= MAX_CAP:
+            raise InvalidRequest(f"queries[{position}].caps.{source}",
+                                 f"must be between 0 and {MAX_CAP}, got {cap}")
+    return caps
+
+
+def prepare(state: RetrievalState, query: RetrievalQuery, caps: dict[str, int]) -> Prepared:
+    row_of = state.row_of
+    # History items unknown to the catalogue carry no signal (no content, no id): dropped.
+    hist = [r for r in map(row_of.get, query.history) if r is not None]
+    excluded = [r for r in map(row_of.get, query.exclude) if r is not None]
+    blocked = state.dead.view.copy()
+    blocked[hist] = True
+    blocked[excluded] = True
+    return Prepared(hist_rows=np.array(hist[-state.max_history:], dtype=np.int64),
+                    blocked=blocked,
+                    n_blocked=len(hist) + len(excluded) + state.dead_in_index,
+                    caps=caps, tags=query.tags)
+
+
+# ---- sources ------------------------------------------------------------------------------
+def user_vectors(state: RetrievalState, histories: list[np.ndarray]) -> np.ndarray:
+    """query_encoder over left-padded histories (padding: index 0, zero content)."""
+    length = max(len(h) for h in histories)
+    ids = np.zeros((len(histories), length), np.int64)
+    content = np.zeros((len(histories), length, state.content_dim), np.float32)
+    model_index, table = state.model_index.view, state.content.view
+    for b, h in enumerate(histories):
+        ids[b, length - len(h):] = model_index[h]
+        content[b, length - len(h):] = table[h]
+    return state.query_encoder.run(None, {"hist_ids": ids, "hist_content": content})[0]
+
+
+def content_queries(state: RetrievalState, histories: list[np.ndarray]) -> np.ndarray:
+    table = state.content.view
+    out = np.empty((len(histories), state.content_dim), np.float32)
+    for b, h in enumerate(histories):
+        recent = h[-RECENT:]
+        weights = RECENCY_DECAY ** np.arange(len(recent) - 1, -1, -1, dtype=np.float32)
+        out[b] = weights @ table[recent]
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def search_source(state: RetrievalState, prepared: list[Prepared], source: str) -> list[Found]:
+    """ann or content for the whole batch: one encoder run, one FAISS search."""
+    found: list[Found] = [(_NO_ROWS, _NO_SCORES)] * len(prepared)
+    todo = [i for i, p in enumerate(prepared) if len(p.hist_rows) and p.caps[source] > 0]
+    if not todo or state.max_k() == 0:
+        return found
+    histories = [prepared[i].hist_rows for i in todo]
+    if source == "ann":
+        index, queries = state.index_ann, user_vectors(state, histories)
+    else:
+        index, queries = state.index_content, content_queries(state, histories)
+    k = min(state.max_k(), max(prepared[i].caps[source] + prepared[i].n_blocked for i in todo))
+    scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    for b, i in enumerate(todo):
+        p, rows, s = prepared[i], ids[b], scores[b]
+        keep = rows >= 0
+        rows, s = rows[keep], s[keep]
+        keep = ~p.blocked[rows]
+        cap = p.caps[source]
+        found[i] = (rows[keep][:cap], s[keep][:cap])
+    return found
+
+
+def tag_source(state: RetrievalState, p: Prepared) -> Found:
+    """Items scored by the summed weight of the query tags they carry, popularity breaks ties."""
+    cap = p.caps["tags"]
+    top = sorted(((w, t) for t, w in p.tags.items() if w > 0 and t in state.tag_rows),
+                 reverse=True)[:MAX_QUERY_TAGS]
+    if cap <= 0 or not top:
+        return _NO_ROWS, _NO_SCORES
+    parts, weights = [], []
+    for weight, tag in top:
+        head = state.tag_rows[tag][:cap + p.n_blocked]  # enough even if every blocked row is here
+        head = head[~p.blocked[head]][:cap]
+        parts.append(head)
+        weights.append(np.full(len(head), weight, np.float64))
+    rows, inverse = np.unique(np.concatenate(parts), return_inverse=True)
+    scores = np.bincount(inverse, weights=np.concatenate(weights))
+    order = np.lexsort((-state.popularity.view[rows], -scores))[:cap]
+    return rows[order], scores[order].astype(np.float32)
+
+
+def popular_source(state: RetrievalState, cap: int, blocked: np.ndarray, n_blocked: int) -> Found:
+    if cap <= 0:
+        return _NO_ROWS, _NO_SCORES
+    head = state.popular_rows[:cap + n_blocked]
+    head = head[~blocked[head]][:cap]
+    return head, state.popularity.view[head]
+
+
+# ---- union and explanation ----------------------------------------------------------------
+def assemble(state: RetrievalState, p: Prepared, found: list[Found]) -> RetrievalResult:
+    per_source = {source: len(rows) for source, (rows, _) in zip(SOURCES, found, strict=True)}
+    rows = np.concatenate([f[0] for f in found])
+    if not len(rows):
+        return RetrievalResult(candidates=[], per_source=per_source)
+    scores = np.concatenate([f[1].astype(np.float32, copy=False) for f in found])
+    source = np.repeat(np.arange(len(SOURCES)), [len(f[0]) for f in found])
+    _, first = np.unique(rows, return_index=True)  # first proposal of each row wins
+    first.sort()
+    rows, scores, source = rows[first], scores[first], source[first]
+    ids = state.item_ids
+    row_list = rows.tolist()
+    if len(p.hist_rows):
+        # Cosine of learned vectors: the watched item most like each candidate.
+        watched = np.unique(p.hist_rows)
+        unit = state.unit.view
+        best = watched[(unit[rows] @ unit[watched].T).argmax(axis=1)]
+        nearest = [ids[r] for r in best.tolist()]
+    else:
+        nearest = [None] * len(row_list)
+    if p.tags:
+        wanted, item_tags = p.tags, state.tags
+        matched = [[t for t in item_tags[r] if t in wanted] for r in row_list]
+    else:
+        matched = [[] for _ in row_list]
+    # model_construct: every value was produced here, so pydantic's validation is skipped.
+    candidates = [
+        Candidate.model_construct(item_id=ids[r], source=SOURCES[s], score=sc,
+                                  nearest_history=nh, matched_tags=mt)
+        for r, s, sc, nh, mt in zip(row_list, source.tolist(), scores.tolist(), nearest, matched,
+                                    strict=True)]
+    return RetrievalResult(candidates=candidates, per_source=per_source)

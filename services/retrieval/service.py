@@ -1,0 +1,304 @@
+"""RetrievalService: the in-process RetrievalAPI (shared/contracts.py).
+
+Concurrency: every read and every in-memory mutation of the served state runs on the event loop
+thread and contains no await, so a request sees the state either before or after an upsert, never
+between. Slow work runs in worker threads on objects no request can see yet: embedding a new
+item's text, appending to the overlay file, and loading a whole bundle for `reload`, which then
+replaces one reference. A request already running keeps the state it started with.
+
+Catalogue changes (upsert, delete) are written to the overlay file before they are applied, then
+to the feature store (item metadata for the gateway, embedding for a standalone ranker, and a
+second copy of the overlay). Start-up and reload replay the newest change per item from both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+from services.feature_store.codec import OverlayItem
+from services.retrieval.errors import (
+    InvalidRequest,
+    ItemNotFound,
+    MetadataNotStored,
+)
+from services.retrieval.overlay import OverlayLog, merge
+from services.retrieval.retrieve import (
+    SOURCES,
+    assemble,
+    popular_source,
+    prepare,
+    resolve_caps,
+    search_source,
+    tag_source,
+)
+from services.retrieval.state import RetrievalState, load_state
+from shared.bundle import Bundle
+from shared.contracts import (
+    Candidate,
+    ItemMeta,
+    ItemUpsert,
+    RetrievalQuery,
+    RetrievalResult,
+    ServiceUnavailable,
+)
+from shared.data.types import normalise_tag
+from shared.observability import CANDIDATES, DEGRADED, timed
+from shared.settings import Settings
+from shared.text import item_text
+
+log = logging.getLogger(__name__)
+SERVICE = "retrieval"
+MAX_ITEM_ID = 200
+
+
+class ItemStore(Protocol):
+    """What retrieval needs of the feature store (services/feature_store/store.py)."""
+
+    async def put_item(self, meta: ItemMeta, embedding: list[float] | None = None) -> None: ...
+    async def delete_item(self, item_id: str) -> bool: ...
+    async def overlay_items(self) -> list[OverlayItem]: ...
+
+
+class NotLoaded(ServiceUnavailable):
+    """No bundle is loaded yet (start-up has not finished or failed)."""
+
+
+class RetrievalService:
+    def __init__(self, settings: Settings, item_store: ItemStore | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.item_store = item_store
+        self.clock = clock
+        self.overlay = OverlayLog(settings.state_dir)
+        self.default_caps = {"ann": settings.candidates_ann,
+                             "content": settings.candidates_content,
+                             "tags": settings.candidates_tags,
+                             "popular": settings.candidates_popular}
+        self._state: RetrievalState | None = None
+        self._changes = asyncio.Lock()  # one upsert/delete/reload at a time
+
+    @classmethod
+    async def open(cls, settings: Settings, item_store: ItemStore | None = None,
+                   version: str | None = None) -> RetrievalService:
+        service = cls(settings, item_store)
+        await service.reload(version)
+        return service
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    async def reload(self, version: str | None = None) -> str:
+        """Load bundle `version` (default settings.bundle) with every overlay change replayed,
+        then swap it in. On failure the old state keeps serving and the error propagates."""
+        async with self._changes:
+            remote = await self._remote_overlay()
+            state = await asyncio.to_thread(self._build, version or self.settings.bundle, remote)
+            self._state = state  # the swap: requests that hold the old state finish on it
+        log.info("retrieval: serving %s (%d items, %s index on %s)", state.version,
+                 state.live_items, state.index_kind, state.faiss_device)
+        return state.version
+
+    def _build(self, version: str, remote: list[OverlayItem]) -> RetrievalState:
+        state = load_state(Bundle.open(self.settings.artifacts_dir, version), self.settings)
+        apply_overlay(state, merge(self.overlay.read(), remote))
+        return state
+
+    async def _remote_overlay(self) -> list[OverlayItem]:
+        if self.item_store is None:
+            return []
+        try:
+            return await self.item_store.overlay_items()
+        except ServiceUnavailable as exc:  # the overlay file still has this process's changes
+            DEGRADED.labels(SERVICE, "overlay").inc()
+            log.warning("retrieval: feature store overlay unavailable, file only: %s", exc)
+            return []
+
+    @property
+    def state(self) -> RetrievalState:
+        if self._state is None:
+            raise NotLoaded("retrieval: no bundle loaded")
+        return self._state
+
+    async def ready(self) -> bool:
+        return self._state is not None
+
+    def readiness(self) -> dict:
+        s = self._state
+        if s is None:
+            return {"ready": False, "service": SERVICE, "bundle": None}
+        return {"ready": True, "service": SERVICE, "bundle": s.version, "index": s.index_kind,
+                "device": s.faiss_device, "onnx_device": s.onnx_device, "items": s.live_items,
+                "rows": s.n_rows, "overlay_changes": s.overlay_applied,
+                "text_encoder": s.text_encoder is not None, "notes": s.notes}
+
+    # ---- reads --------------------------------------------------------------------------
+    async def retrieve(self, queries: list[RetrievalQuery]) -> list[RetrievalResult]:
+        return self.retrieve_now(queries)[0]
+
+    def retrieve_now(self, queries: list[RetrievalQuery]) -> tuple[list[RetrievalResult], str]:
+        """Synchronous: the results and the bundle version that produced them."""
+        state = self.state  # one reference for the whole batch
+        with timed(SERVICE, "retrieve"):
+            caps = [resolve_caps(q, self.default_caps, i) for i, q in enumerate(queries)]
+            with timed(SERVICE, "prepare"):
+                prepared = [prepare(state, q, c) for q, c in zip(queries, caps, strict=True)]
+            with timed(SERVICE, "ann"):
+                ann = search_source(state, prepared, "ann")
+            with timed(SERVICE, "content"):
+                content = search_source(state, prepared, "content")
+            with timed(SERVICE, "tags"):
+                tags = [tag_source(state, p) for p in prepared]
+            with timed(SERVICE, "popular"):
+                popular = [popular_source(state, p.caps["popular"], p.blocked, p.n_blocked)
+                           for p in prepared]
+            with timed(SERVICE, "assemble"):
+                results = [assemble(state, p, list(found))
+                           for p, *found in zip(prepared, ann, content, tags, popular,
+                                                strict=True)]
+        for source in SOURCES:
+            CANDIDATES.labels(source).inc(sum(r.per_source[source] for r in results))
+        return results, state.version
+
+    def popular(self, n: int, exclude: list[str] | tuple[str, ...] = ()) -> list[Candidate]:
+        """The n most popular live items not in `exclude` (what a brand-new user can get)."""
+        state = self.state
+        blocked = state.dead.view.copy()
+        rows = [r for r in map(state.row_of.get, exclude) if r is not None]
+        blocked[rows] = True
+        found, scores = popular_source(state, max(0, n), blocked, len(rows))
+        return [Candidate(item_id=state.item_ids[r], source="popular", score=s)
+                for r, s in zip(found.tolist(), scores.tolist(), strict=True)]
+
+    def content_of(self, item_ids: list[str]) -> dict[str, np.ndarray]:
+        """Current content embeddings of the live items among `item_ids` (for the ranker, which
+        only knows the bundle's items)."""
+        state = self.state
+        out = {}
+        for item_id in item_ids:
+            row = state.row_of.get(item_id)
+            if row is not None and not state.dead.view[row]:
+                out[item_id] = state.content.view[row].copy()
+        return out
+
+    # ---- catalogue changes --------------------------------------------------------------
+    async def upsert_item(self, item_id: str, item: ItemUpsert) -> ItemMeta:
+        _check_item_id(item_id)
+        tags = list(dict.fromkeys(t for t in map(normalise_tag, item.tags) if t))
+        meta = ItemMeta(item_id=item_id, title=item.title, tags=tags, available=True)
+        state = self.state
+        if item.embedding is not None:
+            embedding = validated_embedding(item.embedding, state.content_dim)
+        elif state.text_encoder is None:
+            raise InvalidRequest("embedding", f"required: bundle {state.version} has no text "
+                                 "encoder to compute it from title and tags")
+        else:
+            with timed(SERVICE, "text_encoder"):
+                embedding = (await asyncio.to_thread(state.text_encoder.encode,
+                                                     [item_text(item.title, tags)]))[0]
+        entry = OverlayItem(meta=meta, embedding=embedding.tolist(), updated_at=self.clock())
+        async with self._changes:
+            state = self.state  # a reload may have swapped it while the text was encoded
+            if len(embedding) != state.content_dim:
+                raise ServiceUnavailable("retrieval: the bundle changed its embedding size "
+                                         "during the upsert; repeat it")
+            await asyncio.to_thread(self.overlay.append, entry)  # durable before visible
+            apply_put(state, entry, embedding)
+        await self._tell_store(self._store_put(meta, entry.embedding), item_id)
+        return meta
+
+    async def delete_item(self, item_id: str) -> None:
+        state = self.state
+        row = state.row_of.get(item_id)
+        if row is None:
+            raise ItemNotFound(item_id)
+        meta = ItemMeta(item_id=item_id, title=state.titles[row], tags=list(state.tags[row]),
+                        available=False)
+        async with self._changes:
+            await asyncio.to_thread(self.overlay.append,
+                                    OverlayItem(meta=meta, updated_at=self.clock()))
+            state = self.state
+            row = state.row_of.get(item_id)
+            if row is not None:
+                state.kill(row)
+        await self._tell_store(self._store_delete(item_id), item_id)
+
+    async def _store_put(self, meta: ItemMeta, embedding: list[float] | None) -> None:
+        if self.item_store is not None:
+            await self.item_store.put_item(meta, embedding)
+
+    async def _store_delete(self, item_id: str) -> None:
+        if self.item_store is not None:
+            await self.item_store.delete_item(item_id)
+
+    async def _tell_store(self, write, item_id: str) -> None:
+        try:
+            await write
+        except ServiceUnavailable as exc:
+            DEGRADED.labels(SERVICE, "item_meta").inc()
+            raise MetadataNotStored(
+                f"item {item_id!r}: change applied to retrieval and saved, but the feature "
+                f"store did not record its metadata ({exc}); repeat the call") from exc
+
+
+# ---- applying changes to a state ----------------------------------------------------------
+def validated_embedding(values: list[float], dim: int) -> np.ndarray:
+    if len(values) != dim:
+        raise InvalidRequest("embedding", f"expected {dim} numbers (the bundle's content "
+                             f"embedding size), got {len(values)}")
+    vec = np.asarray(values, dtype=np.float32)
+    norm = float(np.linalg.norm(vec)) if np.isfinite(vec).all() else math.nan
+    if not math.isfinite(norm) or norm == 0.0:
+        raise InvalidRequest("embedding", "must be finite and not all zeros")
+    return vec / norm  # content embeddings are L2-normalised in every bundle
+
+
+def apply_put(state: RetrievalState, entry: OverlayItem, embedding: np.ndarray) -> int:
+    item_id = entry.meta.item_id
+    index = state.bundle_model_index(item_id)  # its own id embedding if trained on, else 1
+    vector = state.learned_vectors(np.array([index]), embedding[None])[0]
+    return state.add_item(item_id, entry.meta.title, entry.meta.tags, embedding, vector, index)
+
+
+def apply_overlay(state: RetrievalState, entries: list[OverlayItem]) -> None:
+    """Replay changes (newest per item, oldest first) onto a freshly loaded state."""
+    for entry in entries:
+        item_id = entry.meta.item_id
+        if not entry.meta.available:
+            row = state.row_of.get(item_id)
+            if row is not None:
+                state.kill(row)
+                state.overlay_applied += 1
+            continue
+        embedding = _replay_embedding(state, entry)
+        if embedding is None:
+            note = (f"overlay item {item_id!r} skipped: no usable embedding for content dim "
+                    f"{state.content_dim} and no text encoder")
+            log.warning("retrieval: %s", note)
+            state.notes.append(note)
+            continue
+        apply_put(state, entry, embedding)
+        state.overlay_applied += 1
+
+
+def _replay_embedding(state: RetrievalState, entry: OverlayItem) -> np.ndarray | None:
+    if entry.embedding is not None and len(entry.embedding) == state.content_dim:
+        try:
+            return validated_embedding(entry.embedding, state.content_dim)
+        except InvalidRequest:
+            pass
+    if state.text_encoder is None:
+        return None
+    # A bundle with another encoder (or an entry without an embedding): recompute from text.
+    return state.text_encoder.encode([item_text(entry.meta.title, entry.meta.tags)])[0]
+
+
+def _check_item_id(item_id: str) -> None:
+    if not item_id or len(item_id) > MAX_ITEM_ID or item_id != item_id.strip():
+        raise InvalidRequest("item_id", f"must be 1..{MAX_ITEM_ID} characters without "
+                             "leading or trailing spaces")
+

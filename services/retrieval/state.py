@@ -1,0 +1,230 @@
+"""Everything retrieval holds for one bundle: per-row arrays, FAISS indexes, ONNX sessions, the
+tag inverted index and the popularity order.
+
+Row r of the arrays is FAISS id r in both indexes. Bundle rows come first; an item upserted
+while serving gets a new row at the end (the row it replaces is marked dead and, where the index
+supports it, removed from FAISS). Rows are never reused, so a FAISS id always means one version
+of one item. Arrays grow with spare capacity so an upsert does not copy the catalogue.
+
+Mutations (`add_item`, `kill`) run on the event loop thread only, as do the reads of
+`retrieve`, so a request never sees half an upsert; a reload builds a new RetrievalState in a
+worker thread and swaps one reference.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+import onnxruntime as ort
+
+from shared import ann
+from shared.bundle import FIRST_ITEM_INDEX, UNKNOWN_INDEX, Bundle, BundleError
+from shared.settings import Settings
+from shared.text_encoder import OnnxTextEncoder
+
+log = logging.getLogger(__name__)
+GPU_MAX_K = 2048  # faiss GPU indexes answer at most this many neighbours
+
+
+class GrowableRows:
+    """A numpy array that appends rows in amortised O(1); `view` is the filled part."""
+
+    def __init__(self, data: np.ndarray, spare: int = 1024) -> None:
+        self._buf = np.zeros((len(data) + spare, *data.shape[1:]), dtype=data.dtype)
+        self._buf[:len(data)] = data
+        self.n = len(data)
+
+    @property
+    def view(self) -> np.ndarray:
+        return self._buf[:self.n]
+
+    def append(self, row) -> int:
+        if self.n == len(self._buf):
+            bigger = np.zeros((len(self._buf) * 3 // 2 + 1, *self._buf.shape[1:]), self._buf.dtype)
+            bigger[:self.n] = self._buf[:self.n]
+            self._buf = bigger
+        self._buf[self.n] = row
+        self.n += 1
+        return self.n - 1
+
+
+def session(path: Path, settings: Settings) -> tuple[ort.InferenceSession, str]:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = settings.ort_intra_threads
+    opts.inter_op_num_threads = settings.ort_inter_threads
+    providers = ["CPUExecutionProvider"]
+    if settings.use_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    sess = ort.InferenceSession(str(path), opts, providers=providers)
+    return sess, "gpu" if sess.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+
+
+@dataclass
+class RetrievalState:
+    bundle: Bundle
+    n_bundle: int
+    item_ids: list[str]
+    titles: list[str]
+    tags: list[tuple[str, ...]]
+    row_of: dict[str, int]              # item id -> its current row (dead rows stay mapped)
+    model_index: GrowableRows           # int64: row + 2 for bundle items, 1 for new ones
+    content: GrowableRows               # float32 [rows, E], L2-normalised
+    vectors: GrowableRows               # float32 [rows, D], learned item vectors
+    unit: GrowableRows                  # vectors / |vectors| (nearest watched item)
+    popularity: GrowableRows            # float32
+    dead: GrowableRows                  # bool: deleted or replaced by a newer row
+    tag_rows: dict[str, np.ndarray]     # tag -> live rows carrying it, most popular first
+    popular_rows: np.ndarray            # every live row, most popular first
+    index_ann: faiss.Index
+    index_content: faiss.Index
+    index_kind: str
+    faiss_device: str
+    onnx_device: str
+    query_encoder: ort.InferenceSession
+    item_encoder: ort.InferenceSession
+    text_encoder: OnnxTextEncoder | None
+    max_history: int
+    dead_in_index: int = 0              # dead rows FAISS could not remove: search deeper by this
+    overlay_applied: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def version(self) -> str:
+        return self.bundle.version
+
+    @property
+    def n_rows(self) -> int:
+        return self.dead.n
+
+    @property
+    def content_dim(self) -> int:
+        return int(self.content.view.shape[1])
+
+    @property
+    def live_items(self) -> int:
+        return int(self.n_rows - self.dead.view.sum())
+
+    def max_k(self) -> int:
+        k = int(self.index_ann.ntotal)
+        return min(k, GPU_MAX_K) if self.faiss_device == "gpu" else k
+
+    def bundle_model_index(self, item_id: str) -> int:
+        """The model's own index for an item the bundle was trained on, else UNKNOWN_INDEX."""
+        row = self.bundle.row_of.get(item_id)  # its bundle row, even after re-upserts
+        return UNKNOWN_INDEX if row is None else row + FIRST_ITEM_INDEX
+
+    # ---- mutations (event loop thread only) -------------------------------------------
+    def learned_vectors(self, model_index: np.ndarray, content: np.ndarray) -> np.ndarray:
+        return self.item_encoder.run(None, {
+            "item_ids": np.ascontiguousarray(model_index, dtype=np.int64),
+            "item_content": np.ascontiguousarray(content, dtype=np.float32)})[0]
+
+    def add_item(self, item_id: str, title: str, tags: list[str], content: np.ndarray,
+                 vector: np.ndarray, model_index: int) -> int:
+        """Append a row for a new version of `item_id`; the previous row (if any) dies."""
+        old = self.row_of.get(item_id)
+        popularity = float(self.popularity.view[old]) if old is not None else 0.0
+        row = self.dead.append(False)
+        for arr, value in ((self.model_index, model_index), (self.content, content),
+                           (self.vectors, vector), (self.popularity, popularity)):
+            arr.append(value)
+        self.unit.append(vector / max(float(np.linalg.norm(vector)), 1e-12))
+        self.item_ids.append(item_id)
+        self.titles.append(title)
+        self.tags.append(tuple(tags))
+        ids = np.array([row], dtype=np.int64)
+        self.index_ann.add_with_ids(vector[None].astype(np.float32), ids)
+        self.index_content.add_with_ids(content[None].astype(np.float32), ids)
+        pop = self.popularity.view
+        self.popular_rows = _insert_by_popularity(self.popular_rows, row, pop)
+        for tag in set(tags):
+            self.tag_rows[tag] = _insert_by_popularity(
+                self.tag_rows.get(tag, np.empty(0, np.int64)), row, pop)
+        if old is not None:
+            self.kill(old)
+        self.row_of[item_id] = row
+        return row
+
+    def kill(self, row: int) -> None:
+        """Never propose this row again; drop it from FAISS where the index allows removal."""
+        if self.dead.view[row]:
+            return
+        self.dead.view[row] = True
+        # The popularity and tag lists hold live rows only, so a prefix of them stays enough.
+        self.popular_rows = self.popular_rows[self.popular_rows != row]
+        for tag in set(self.tags[row]):
+            rows = self.tag_rows[tag]
+            self.tag_rows[tag] = rows[rows != row]
+        ids = np.array([row], dtype=np.int64)
+        try:
+            removed = self.index_ann.remove_ids(ids) + self.index_content.remove_ids(ids)
+        except RuntimeError:  # HNSW and GPU indexes cannot remove: results are filtered instead
+            removed = 0
+        if removed < 2:
+            self.dead_in_index += 1
+
+
+def _insert_by_popularity(rows: np.ndarray, row: int, popularity: np.ndarray) -> np.ndarray:
+    """Insert `row` into `rows` (sorted by popularity, descending) after its equals."""
+    pos = int(np.searchsorted(-popularity[rows], -popularity[row], side="right"))
+    return np.insert(rows, pos, row)
+
+
+def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
+    """Load one bundle fully (called in a worker thread; nothing shared is touched)."""
+    items = bundle.items
+    content = bundle.content_embeddings().astype(np.float32, copy=False)
+    vectors = bundle.item_vectors().astype(np.float32, copy=False)
+    n = len(items)
+    if content.shape[0] != n or vectors.shape[0] != n:
+        raise BundleError(f"{bundle.path}: items.json has {n} items but content_embeddings.npy "
+                          f"has {content.shape[0]} rows and item_vectors.npy {vectors.shape[0]}")
+    cpu_ann = ann.load(bundle.file("index_ann.faiss"))
+    kind = ann.index_kind(cpu_ann)
+    index_ann, faiss_device = ann.to_gpu_if_available(cpu_ann, settings.use_gpu)
+    index_content, _ = ann.to_gpu_if_available(ann.load(bundle.file("index_content.faiss")),
+                                               settings.use_gpu)
+    for name, index, rows in (("index_ann.faiss", index_ann, vectors),
+                              ("index_content.faiss", index_content, content)):
+        if index.ntotal != n or index.d != rows.shape[1]:
+            raise BundleError(f"{bundle.path / name}: {index.ntotal} x {index.d}, expected "
+                              f"{n} x {rows.shape[1]}")
+    query_encoder, onnx_device = session(bundle.file("query_encoder.onnx"), settings)
+    item_encoder, _ = session(bundle.file("item_encoder.onnx"), settings)
+    text_encoder = None
+    if (bundle.path / "text_encoder.onnx").is_file():
+        text_encoder = OnnxTextEncoder(bundle.path, settings.ort_intra_threads,
+                                       settings.ort_inter_threads)
+    popularity = np.array([float(it.get("popularity", 0.0)) for it in items], np.float32)
+    popular_rows = np.argsort(-popularity, kind="stable").astype(np.int64)
+    tags = [tuple(it.get("tags", [])) for it in items]
+    norms = np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return RetrievalState(
+        bundle=bundle, n_bundle=n,
+        item_ids=[str(it["item_id"]) for it in items],
+        titles=[str(it.get("title", "")) for it in items],
+        tags=tags,
+        row_of={str(it["item_id"]): r for r, it in enumerate(items)},
+        model_index=GrowableRows(np.arange(n, dtype=np.int64) + FIRST_ITEM_INDEX),
+        content=GrowableRows(content), vectors=GrowableRows(vectors),
+        unit=GrowableRows(vectors / norms), popularity=GrowableRows(popularity),
+        dead=GrowableRows(np.zeros(n, dtype=bool)),
+        tag_rows=_tag_index(tags, popular_rows),
+        popular_rows=popular_rows,
+        index_ann=index_ann, index_content=index_content, index_kind=kind,
+        faiss_device=faiss_device, onnx_device=onnx_device,
+        query_encoder=query_encoder, item_encoder=item_encoder, text_encoder=text_encoder,
+        max_history=bundle.max_history,
+    )
+
+
+def _tag_index(tags: list[tuple[str, ...]], popular_rows: np.ndarray) -> dict[str, np.ndarray]:
+    buckets: dict[str, list[int]] = {}
+    for row in popular_rows.tolist():  # visiting rows most popular first keeps buckets sorted
+        for tag in tags[row]:
+            buckets.setdefault(tag, []).append(row)
+    return {tag: np.array(rows, dtype=np.int64) for tag, rows in buckets.items()}
