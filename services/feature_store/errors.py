@@ -1,0 +1,63 @@
+"""Feature store errors.
+
+    UnknownItems        events name item ids the store has no meta for; nothing was written.
+                        HTTP: 422 with one FastAPI-style error per bad event
+                        (loc ["body", "events", i, "item_id"]).
+    ServiceUnavailable  (shared.contracts) Redis refused, timed out or the cluster is down.
+                        HTTP: 503. The gateway degrades on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from redis.exceptions import ClusterDownError, SlotNotCoveredError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared.contracts import ServiceUnavailable
+
+
+class UnknownItems(ValueError):
+    """Some events name items the catalog does not hold."""
+
+    def __init__(self, bad: list[tuple[int, str]]) -> None:
+        self.bad = bad  # (index in the batch, item_id)
+        super().__init__("unknown item ids: " + ", ".join(
+            f"{field}={item_id!r}" for field, (_, item_id) in zip(self.fields, bad, strict=True)))
+
+    @property
+    def fields(self) -> list[str]:
+        return [f"events[{i}].item_id" for i, _ in self.bad]
+
+    def to_detail(self) -> list[dict]:
+        """The 422 body's `detail`, shaped like FastAPI's own validation errors."""
+        return [{"loc": ["body", "events", i, "item_id"], "msg": "unknown item id",
+                 "type": "unknown_item", "input": item_id} for i, item_id in self.bad]
+
+    @classmethod
+    def from_detail(cls, detail: object) -> UnknownItems | None:
+        """The inverse of to_detail; None when the body is some other 422."""
+        if not isinstance(detail, list) or not detail:
+            return None
+        bad = []
+        for err in detail:
+            if not isinstance(err, dict) or err.get("type") != "unknown_item":
+                return None
+            bad.append((int(err["loc"][2]), str(err["input"])))
+        return cls(bad)
+
+
+# Errors that mean "Redis cannot answer now" (BusyLoadingError and MaxConnectionsError are
+# ConnectionErrors). Anything else (a wrong command, CROSSSLOT) is a bug and stays loud.
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ClusterDownError, SlotNotCoveredError,
+              TryAgainError, OSError)
+
+
+@contextmanager
+def redis_unavailable_as_service_unavailable() -> Iterator[None]:
+    try:
+        yield
+    except REDIS_DOWN as exc:
+        raise ServiceUnavailable(f"redis: {exc}") from exc

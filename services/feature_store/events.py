@@ -1,0 +1,112 @@
+"""Recording a batch of events: validate, apply once per event_id, append to the stream.
+
+Order of work, and why:
+1. Item meta for every event (one MGET): unknown ids raise UnknownItems before any write,
+   and the item's tags feed the tag profile (on a cluster the item keys live in other slots
+   than the user's, so the script cannot read them itself).
+2. One Lua script per event, all pipelined: checks the dedupe marker and applies history,
+   seen set and tag profile atomically in the user's slot. A new event leaves the marker
+   "pending".
+3. XADD of every new event (and of every "pending" replay) to the events stream, then the
+   markers become "done". The stream lives in its own slot, so it cannot share the script;
+   instead a crash between 2 and 3 leaves "pending", the caller gets an error (never a silent
+   drop), and its retry appends the event. So user state changes exactly once per event_id and
+   the stream gets each accepted event at least once (consumers dedupe on event_id).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+
+from redis.exceptions import NoScriptError
+
+from services.feature_store.codec import pack_history, stream_fields
+from services.feature_store.errors import UnknownItems
+from services.feature_store.keys import Keys
+from services.feature_store.profile import RECORD_EVENT_LUA, enters_history, event_weight
+from shared.contracts import Event, EventOutcome, ItemMeta
+from shared.settings import Settings
+
+_SCRIPT_SHA = hashlib.sha1(RECORD_EVENT_LUA.encode()).hexdigest()
+
+
+class EventRecorder:
+    def __init__(self, redis, keys: Keys, settings: Settings,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.settings = settings
+        self.clock = clock
+        self.half_life_s = settings.tag_half_life_days * 86400.0
+
+    async def record(self, events: Sequence[Event],
+                     metas: dict[str, ItemMeta]) -> list[EventOutcome]:
+        bad = [(i, e.item_id) for i, e in enumerate(events) if e.item_id not in metas]
+        if bad:
+            raise UnknownItems(bad)
+
+        # the same event twice in one batch: only the first one runs
+        status: list[str] = ["duplicate"] * len(events)
+        firsts: dict[tuple[str, str], int] = {}
+        for i, e in enumerate(events):
+            firsts.setdefault((e.user_id, e.event_id), i)
+        todo = sorted(firsts.values())
+
+        now = self.clock()
+        calls = [self._script_args(events[i], metas[events[i].item_id], now) for i in todo]
+        states = await self._run_scripts(calls)
+        for i, state in zip(todo, states, strict=True):
+            status[i] = "accepted" if state is None else "duplicate"
+        unstreamed = [events[i] for i, state in zip(todo, states, strict=True) if state != "done"]
+        await self._append_to_stream(unstreamed)
+        return [EventOutcome(event_id=e.event_id, status=s)  # type: ignore[arg-type]
+                for e, s in zip(events, status, strict=True)]
+
+    def _script_args(self, e: Event, meta: ItemMeta, now: float) -> tuple[list[str], list]:
+        k = self.keys
+        keys = [k.dedupe(e.user_id, e.event_id), k.hist(e.user_id), k.seen(e.user_id),
+                k.tags(e.user_id), k.tagref(e.user_id)]
+        entry = pack_history(e.item_id, e.type, e.timestamp) if enters_history(e.type) else ""
+        # a clock from the future would push the profile's reference time ahead and make
+        # every later event worth almost nothing: decay uses min(event time, now)
+        t = min(float(e.timestamp), now)
+        args = [self.settings.event_dedupe_ttl_s, entry, self.settings.history_cap, e.item_id,
+                repr(event_weight(e.type, e.watch_fraction)), repr(t), repr(self.half_life_s),
+                *dict.fromkeys(meta.tags)]
+        return keys, args
+
+    async def _run_scripts(self, calls: list[tuple[list[str], list]]) -> list[str | None]:
+        """EVALSHA every call in one pipeline; scripts Redis does not know yet are loaded and
+        re-run (NOSCRIPT means the script did not run, so re-running is safe)."""
+        results: list = [NoScriptError()] * len(calls)
+        for attempt in range(2):
+            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            if not missing:
+                break
+            if attempt:
+                await self.redis.script_load(RECORD_EVENT_LUA)
+            pipe = self.redis.pipeline(transaction=False)
+            for i in missing:
+                keys, args = calls[i]
+                pipe.evalsha(_SCRIPT_SHA, len(keys), *keys, *args)
+            for i, r in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
+                results[i] = r
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+        return results
+
+    async def _append_to_stream(self, events: list[Event]) -> None:
+        if not events:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for e in events:
+            pipe.xadd(self.keys.events, stream_fields(e),
+                      maxlen=self.settings.events_stream_maxlen, approximate=True)
+        await pipe.execute()
+        pipe = self.redis.pipeline(transaction=False)
+        for e in events:
+            pipe.set(self.keys.dedupe(e.user_id, e.event_id), "done", xx=True, keepttl=True)
+        await pipe.execute()

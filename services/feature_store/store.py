@@ -1,0 +1,135 @@
+"""FeatureStore: the Redis-backed FeatureStoreAPI (shared/contracts.py), used in-process.
+
+Key layout: docs/feature_store.md and keys.py. Every read is one round trip: hydrate is one
+pipeline in the user's slot, item_meta one MGET (one MGET per item bucket on a cluster, sent
+as one pipeline). Redis unreachable -> shared.contracts.ServiceUnavailable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from services.feature_store.codec import (
+    OverlayItem,
+    history_item_id,
+    pack_item,
+    pack_overlay,
+    unpack_history,
+    unpack_item,
+    unpack_overlay,
+)
+from services.feature_store.errors import REDIS_DOWN, redis_unavailable_as_service_unavailable
+from services.feature_store.events import EventRecorder
+from services.feature_store.keys import Keys
+from services.feature_store.profile import decayed
+from shared.contracts import Event, EventOutcome, HistoryEntry, ItemMeta, UserState
+from shared.observability import EVENTS, timed
+from shared.redis_conn import is_cluster, make_redis
+from shared.settings import Settings
+
+SERVICE = "feature_store"
+
+
+def _tail(n: int) -> tuple[int, int]:
+    """LRANGE bounds of the newest n entries (LRANGE -0 -1 would be the whole list)."""
+    return (-n, -1) if n > 0 else (1, 0)
+
+
+class FeatureStore:
+    def __init__(self, redis, settings: Settings,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix, settings.events_stream)
+        self.clock = clock
+        self.half_life_s = settings.tag_half_life_days * 86400.0
+        self._cluster = is_cluster(redis)
+        self._events = EventRecorder(redis, self.keys, settings, clock)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FeatureStore:
+        return cls(make_redis(settings), settings)
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
+    # ---- reads ------------------------------------------------------------------------
+    async def hydrate(self, user_id: str, history_len: int) -> UserState:
+        k = self.keys
+        with timed(SERVICE, "hydrate"), redis_unavailable_as_service_unavailable():
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.lrange(k.hist(user_id), *_tail(history_len))
+            pipe.hgetall(k.tags(user_id))
+            pipe.get(k.tagref(user_id))
+            pipe.smembers(k.seen(user_id))
+            hist, tags, ref, seen = await pipe.execute()
+        return UserState(
+            user_id=user_id, known=bool(hist or tags or seen),
+            history=[history_item_id(e) for e in hist],
+            tag_profile=decayed(tags, None if ref is None else float(ref), self.clock(),
+                                self.half_life_s),
+            seen=list(seen))
+
+    async def item_meta(self, item_ids: list[str]) -> dict[str, ItemMeta]:
+        ids = list(dict.fromkeys(item_ids))
+        if not ids:
+            return {}
+        keys = [self.keys.item(i) for i in ids]
+        with timed(SERVICE, "item_meta"), redis_unavailable_as_service_unavailable():
+            if self._cluster:  # groups keys by slot (= item bucket), one pipeline
+                packed = await self.redis.mget_nonatomic(keys)
+            else:
+                packed = await self.redis.mget(keys)
+        return {i: unpack_item(i, p) for i, p in zip(ids, packed, strict=True) if p is not None}
+
+    async def history(self, user_id: str, limit: int) -> list[HistoryEntry]:
+        with timed(SERVICE, "history"), redis_unavailable_as_service_unavailable():
+            entries = await self.redis.lrange(self.keys.hist(user_id), *_tail(limit))
+        return [unpack_history(e) for e in entries]
+
+    async def ready(self) -> bool:
+        try:
+            return bool(await self.redis.ping())
+        except REDIS_DOWN:
+            return False
+
+    # ---- writes -----------------------------------------------------------------------
+    async def record_events(self, events: list[Event]) -> list[EventOutcome]:
+        with timed(SERVICE, "record_events"), redis_unavailable_as_service_unavailable():
+            metas = await self.item_meta([e.item_id for e in events])
+            outcomes = await self._events.record(events, metas)
+        for e, o in zip(events, outcomes, strict=True):
+            EVENTS.labels(e.type, o.status).inc()
+        return outcomes
+
+    async def put_item(self, meta: ItemMeta, embedding: list[float] | None = None) -> None:
+        """Add or replace an item while serving; kept in the overlay for retrieval restarts."""
+        entry = OverlayItem(meta=meta, embedding=embedding, updated_at=self.clock())
+        with timed(SERVICE, "put_item"), redis_unavailable_as_service_unavailable():
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.set(self.keys.item(meta.item_id), pack_item(meta))
+            pipe.hset(self.keys.overlay, meta.item_id, pack_overlay(entry))
+            await pipe.execute()
+
+    async def delete_item(self, item_id: str) -> bool:
+        """Mark an item unavailable (its meta stays, so history and late events still resolve).
+        The tombstone goes into the overlay even for an item Redis never held, so retrieval
+        drops it from an index built before. Returns whether the item was known."""
+        known = (await self.item_meta([item_id])).get(item_id)
+        meta = (known.model_copy(update={"available": False}) if known
+                else ItemMeta(item_id=item_id, title="", available=False))
+        entry = OverlayItem(meta=meta, embedding=None, updated_at=self.clock())
+        with timed(SERVICE, "delete_item"), redis_unavailable_as_service_unavailable():
+            pipe = self.redis.pipeline(transaction=False)
+            if known:
+                pipe.set(self.keys.item(item_id), pack_item(meta))
+            pipe.hset(self.keys.overlay, item_id, pack_overlay(entry))
+            await pipe.execute()
+        return known is not None
+
+    async def overlay_items(self) -> list[OverlayItem]:
+        """Every item put or deleted while serving, oldest change first."""
+        with redis_unavailable_as_service_unavailable():
+            raw = await self.redis.hgetall(self.keys.overlay)
+        return sorted((unpack_overlay(v) for v in raw.values()), key=lambda o: o.updated_at)

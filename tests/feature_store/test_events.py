@@ -1,0 +1,140 @@
+"""record_events: idempotent on event_id, validated before writing, streamed, never dropped."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.exceptions import ResponseError
+
+from services.feature_store.errors import UnknownItems
+from services.feature_store.store import FeatureStore
+from shared.contracts import Event, ItemMeta
+from shared.redis_conn import make_redis
+from shared.settings import Settings
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def store(settings: Settings) -> AsyncIterator[FeatureStore]:
+    s = FeatureStore(make_redis(settings), settings)
+    for i in range(3):
+        await s.put_item(ItemMeta(item_id=f"v{i}", title=f"V{i}", tags=[f"t{i}", "all"]))
+    yield s
+    await s.aclose()
+
+
+def ev(event_id: str, item: str = "v0", type_: str = "view", user: str = "u",
+       t: float | None = None) -> Event:
+    return Event(event_id=event_id, user_id=user, item_id=item, type=type_,  # type: ignore[arg-type]
+                 timestamp=t if t is not None else time.time() - 60, watch_fraction=0.8)
+
+
+async def snapshot(store: FeatureStore) -> dict[str, object]:
+    """Every key under the test's prefix with its DUMP (type, value) and the stream length."""
+    keys = sorted(await store.redis.keys(f"{store.settings.key_prefix}:*"))
+    out: dict[str, object] = {}
+    for k in keys:
+        if k == store.keys.events:
+            out[k] = ("stream", await store.redis.xlen(k))
+        else:
+            out[k] = (await store.redis.type(k), await store.redis.dump(k))
+    return out
+
+
+async def test_replaying_a_batch_changes_nothing(store: FeatureStore) -> None:
+    batch = [ev("e1", "v0", "view"), ev("e2", "v1", "like"), ev("e3", "v2", "complete"),
+             ev("e4", "v1", "skip"), ev("e5", "v0", "view", user="other")]
+    first = await store.record_events(batch)
+    assert [o.status for o in first] == ["accepted"] * 5
+    before = await snapshot(store)
+    again = await store.record_events(batch)
+    assert [(o.event_id, o.status) for o in again] == [(e.event_id, "duplicate") for e in batch]
+    assert await snapshot(store) == before
+    assert await store.redis.xlen(store.keys.events) == 5
+
+
+async def test_same_event_twice_in_one_batch_counts_once(store: FeatureStore) -> None:
+    out = await store.record_events([ev("e1"), ev("e1"), ev("e2", "v1")])
+    assert [o.status for o in out] == ["accepted", "duplicate", "accepted"]
+    assert (await store.hydrate("u", 10)).history == ["v0", "v1"]
+    assert await store.redis.xlen(store.keys.events) == 2
+
+
+async def test_event_ids_are_scoped_to_their_user(store: FeatureStore) -> None:
+    out = await store.record_events([ev("same", user="a"), ev("same", user="b")])
+    assert [o.status for o in out] == ["accepted", "accepted"]
+
+
+async def test_unknown_items_raise_with_indexes_before_any_write(store: FeatureStore) -> None:
+    before = await snapshot(store)
+    with pytest.raises(UnknownItems) as info:
+        await store.record_events([ev("e1", "v0"), ev("e2", "nope"), ev("e3", "v1"),
+                                   ev("e4", "gone")])
+    assert info.value.bad == [(1, "nope"), (3, "gone")]
+    assert info.value.fields == ["events[1].item_id", "events[3].item_id"]
+    assert await snapshot(store) == before  # not even the valid events were written
+
+
+async def test_stream_entry_carries_the_whole_event(store: FeatureStore) -> None:
+    e = Event(event_id="e1", user_id="u", item_id="v1", type="complete",
+              timestamp=1_700_000_000.5, watch_fraction=1.0)
+    await store.record_events([e])
+    ((_, fields),) = await store.redis.xrange(store.keys.events)
+    assert fields == {"event_id": "e1", "user_id": "u", "item_id": "v1", "type": "complete",
+                      "timestamp": "1700000000.5", "watch_fraction": "1.0"}
+    assert await store.redis.get(store.keys.dedupe("u", "e1")) == "done"
+
+
+async def test_a_skip_is_seen_but_neither_history_nor_taste(store: FeatureStore) -> None:
+    await store.record_events([ev("s", "v2", "skip")])
+    state = await store.hydrate("u", 10)
+    assert state.known and state.history == [] and state.tag_profile == {}
+    assert state.seen == ["v2"]
+    assert await store.redis.xlen(store.keys.events) == 1  # still streamed for retraining
+
+
+async def test_events_on_a_deleted_item_are_accepted(store: FeatureStore) -> None:
+    await store.delete_item("v1")
+    assert [o.status for o in await store.record_events([ev("late", "v1")])] == ["accepted"]
+
+
+async def test_a_failed_stream_append_is_retried_not_lost(store: FeatureStore) -> None:
+    # Make XADD fail for real: the stream key holds a string (WRONGTYPE).
+    await store.redis.set(store.keys.events, "not a stream")
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await store.record_events([ev("e1", "v0"), ev("e2", "v1")])
+    # the state was applied once, the markers wait for the stream
+    assert (await store.hydrate("u", 10)).history == ["v0", "v1"]
+    assert await store.redis.get(store.keys.dedupe("u", "e1")) == "pending"
+
+    await store.redis.delete(store.keys.events)  # the stream works again; the client retries
+    out = await store.record_events([ev("e1", "v0"), ev("e2", "v1")])
+    assert [o.status for o in out] == ["duplicate", "duplicate"]  # state not applied twice
+    assert (await store.hydrate("u", 10)).history == ["v0", "v1"]
+    entries = await store.redis.xrange(store.keys.events)
+    assert [f["event_id"] for _, f in entries] == ["e1", "e2"]  # and now streamed
+    assert await store.redis.get(store.keys.dedupe("u", "e1")) == "done"
+    await store.record_events([ev("e1", "v0")])
+    assert await store.redis.xlen(store.keys.events) == 2  # done: no third append
+
+
+async def test_script_is_reloaded_after_script_flush(store: FeatureStore) -> None:
+    await store.record_events([ev("e1")])
+    await store.redis.script_flush()  # e.g. a Redis restart without persistence
+    assert [o.status for o in await store.record_events([ev("e2", "v1")])] == ["accepted"]
+
+
+async def test_stream_is_trimmed_approximately(settings: Settings) -> None:
+    settings = settings.model_copy(update={"events_stream_maxlen": 10})
+    store = FeatureStore(make_redis(settings), settings)
+    try:
+        await store.put_item(ItemMeta(item_id="v", title="V"))
+        for b in range(10):
+            await store.record_events([ev(f"e{b}-{i}", "v") for i in range(100)])
+        # MAXLEN ~ trims whole macro nodes (100 entries each by default), never below 10
+        assert 10 <= await store.redis.xlen(store.keys.events) <= 200
+    finally:
+        await store.aclose()
