@@ -21,7 +21,9 @@ SMALL_EPOCHS = 3
 
 def _build_code_hash() -> str:
     h = hashlib.sha256()
-    for path in sorted([*REPO.glob("offline/*.py"), *REPO.glob("shared/**/*.py")]):
+    build_code = [*REPO.glob("offline/*.py"), *REPO.glob("shared/data/*.py"),
+                  *(REPO / "shared" / n for n in ("bundle.py", "ann.py", "text.py", "settings.py"))]
+    for path in sorted(build_code):
         h.update(path.read_bytes())
     h.update(f"{SMALL_DATASET}/{SMALL_USERS}/{SMALL_EPOCHS}".encode())
     return h.hexdigest()[:12]
