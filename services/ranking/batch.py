@@ -68,7 +68,7 @@ def pack(table: ItemTable, histories: Sequence[Sequence[str]],
     """Inputs for len(histories) users; candidate lists are right-padded to the longest.
 
     Histories keep their newest `max_history` usable items and are left-padded to the longest
-    in the batch (at least 1; an empty history is all padding, which the model masks), or to
+    in the batch (to max_history when the batch holds an empty history), or to
     `history_width` for a model exported with a fixed history axis. A history item neither in
     the bundle nor in `new_content` carries no information (index 1, zero content) and is
     dropped; a candidate like that is kept and scored on the model's "unknown item" embedding
@@ -99,9 +99,13 @@ def _pack_histories(table: ItemTable, histories: Sequence[Sequence[str]], max_hi
             elif item_id in new_content:
                 items.append((UNKNOWN_INDEX, new_content[item_id]))
         kept.append(items)
-    # Positions count back from the newest item, so padding to the batch's longest history
-    # gives the same scores as padding each user to max_history, for less work.
-    length = width or max(1, max(map(len, kept), default=0))
+    # Positions count back from the newest item and padding is masked, so padding to the
+    # batch's longest history gives the same scores as padding to max_history, for less work.
+    # Not so for an all-padding history: with every key masked, attention spreads evenly over
+    # the padding positions and the result depends on their number. Such a batch is padded to
+    # max_history, so an empty history scores the same alone or in any batch.
+    longest = max(map(len, kept), default=0)
+    length = width or (max_history if not all(kept) else max(1, longest))
     ids = np.full((len(histories), length), PAD_INDEX, dtype=np.int64)
     gather = np.full((len(histories), length), table.zero_row, dtype=np.int64)
     extra: list[tuple[int, int, np.ndarray]] = []
@@ -125,23 +129,34 @@ def _pack_candidates(table: ItemTable, candidates: Sequence[Sequence[str]],
     flat = [item_id for cands in candidates for item_id in cands]
     rows = table.rows(flat)
     missing = rows == MISSING
+    any_missing = bool(missing.any())
 
-    flat_ids = np.where(missing, UNKNOWN_INDEX, rows + FIRST_ITEM_INDEX)
-    flat_gather = np.where(missing, table.zero_row, rows)
-    filled = np.arange(width) < lengths[:, None]  # row-major order == order of `flat`
-    ids = np.full((len(candidates), width), PAD_INDEX, dtype=np.int64)
-    gather = np.full((len(candidates), width), table.zero_row, dtype=np.int64)
-    ids[filled] = flat_ids
-    gather[filled] = flat_gather
+    flat_ids = rows + FIRST_ITEM_INDEX
+    if any_missing:
+        flat_ids[missing] = UNKNOWN_INDEX
+        rows[missing] = table.zero_row  # `rows` becomes the content gather index
+    filled = None
+    if (lengths == width).all():  # no padding (one user, or equal lists): just reshape
+        ids = flat_ids.reshape(len(candidates), width)
+        gather = rows.reshape(len(candidates), width)
+    else:
+        filled = np.arange(width) < lengths[:, None]  # row-major order == order of `flat`
+        ids = np.full((len(candidates), width), PAD_INDEX, dtype=np.int64)
+        gather = np.full((len(candidates), width), table.zero_row, dtype=np.int64)
+        ids[filled] = flat_ids
+        gather[filled] = rows
     content = table.content[gather]
 
-    if new_content and missing.any():
+    if new_content and any_missing:
         at = np.flatnonzero(missing)
         have = [(i, new_content[flat[i]]) for i in at.tolist() if flat[i] in new_content]
         if have:
-            users, slots = np.nonzero(filled)
             where = np.array([i for i, _ in have], dtype=np.int64)
-            content[users[where], slots[where]] = np.stack([v for _, v in have])
+            if filled is None:
+                users, slots = np.divmod(where, width)
+            else:
+                users, slots = (a[where] for a in np.nonzero(filled))
+            content[users, slots] = np.stack([v for _, v in have])
     return ids, content
 
 

@@ -48,7 +48,7 @@ def ranker_like_onnx(path: Path, e: int, *, rename: dict[str, str] | None = None
     return path
 
 
-def copy_bundle(src: Path, artifacts_dir: Path, version: str,
+def _copy_bundle(src: Path, artifacts_dir: Path, version: str,
                 replace: dict[str, Path] | None = None) -> Path:
     """A new bundle folder whose files link to `src`'s, except those in `replace`."""
     replace = replace or {}
@@ -60,7 +60,7 @@ def copy_bundle(src: Path, artifacts_dir: Path, version: str,
     return dst
 
 
-def make_settings(artifacts_dir: Path, bundle: str, **kw) -> Settings:
+def _make_settings(artifacts_dir: Path, bundle: str, **kw) -> Settings:
     base = dict(artifacts_dir=artifacts_dir, bundle=bundle, use_gpu=False, ort_intra_threads=1,
                 ort_inter_threads=1, admin_token="test-admin-token")
     return Settings(**{**base, **kw})
@@ -74,3 +74,15 @@ def onnx_model(tmp_path: Path) -> Callable[..., Path]:
         return ranker_like_onnx(tmp_path / f"model{next(counter)}.onnx", e, **kw)
 
     return build
+
+
+@pytest.fixture
+def copy_bundle() -> Callable[..., Path]:
+    """copy_bundle(src, artifacts_dir, version, replace={file name: path}) -> new bundle dir."""
+    return _copy_bundle
+
+
+@pytest.fixture(scope="session")
+def make_settings() -> Callable[..., Settings]:
+    """make_settings(artifacts_dir, bundle, **overrides): CPU, 1 thread, a known admin token."""
+    return _make_settings

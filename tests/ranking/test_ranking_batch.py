@@ -49,7 +49,10 @@ def test_ragged_candidates_are_right_padded(table: ItemTable) -> None:
     x = pack(table, [[], ["a"], ["b"]], [["a", "b", "c"], [], ["d"]], max_history=2)
     assert x.cand_ids.tolist() == [[2, 3, 4], [0, 0, 0], [5, 0, 0]]
     assert not x.cand_content[1].any() and not x.cand_content[2, 1:].any()
-    assert x.hist_ids.tolist() == [[0], [2], [3]]  # an empty history is all padding
+    # an empty history is all padding, max_history wide whatever the rest of the batch
+    assert x.hist_ids.tolist() == [[0, 0], [0, 2], [0, 3]]
+    x = pack(table, [["a"], ["b"]], [["a"], ["b"]], max_history=2)
+    assert x.hist_ids.tolist() == [[2], [3]]
 
 
 def test_new_content_lands_on_every_occurrence(table: ItemTable) -> None:
@@ -79,3 +82,12 @@ def test_plan_batches_caps_padded_cells_and_skips_empty_lists() -> None:
     for b in batches:
         assert len(b) * max(lengths[u] for u in b) <= 20 or len(b) == 1
     assert plan_batches(lengths, max_cells=10_000) == [[2, 4, 0, 3, 5]]
+
+
+def test_new_content_in_equal_length_lists(table: ItemTable) -> None:
+    vec = np.full(E, 3.0, dtype=np.float32)
+    x = pack(table, [["a"], ["b"]], [["a", "n"], ["n", "zz"]], max_history=1,
+             new_content={"n": vec})
+    assert x.cand_ids.tolist() == [[2, 1], [1, 1]]
+    assert np.array_equal(x.cand_content[0, 1], vec) and np.array_equal(x.cand_content[1, 0], vec)
+    assert not x.cand_content[1, 1].any()

@@ -1,0 +1,162 @@
+"""RankingService in-process on the real small bundle: RankingAPI, atomic reload, new items'
+content from the feature store's real Redis overlay, degrading when that is unreachable."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.feature_store.store import FeatureStore
+from services.ranking.errors import RankerLoadError
+from services.ranking.new_items import RedisOverlayContent
+from services.ranking.scorer import OnnxRanker
+from services.ranking.service import RankingService
+from shared.bundle import Bundle
+from shared.contracts import ItemMeta, ScoreItem, ServiceUnavailable
+from shared.observability import DEGRADED
+from shared.redis_conn import make_redis
+
+
+@pytest.fixture
+def artifacts(small_bundle, tmp_path: Path, copy_bundle) -> Path:
+    """Two versions of the small bundle side by side, for reloads."""
+    for version in ("rank-a", "rank-b"):
+        copy_bundle(Path(small_bundle), tmp_path / "artifacts", version)
+    return tmp_path / "artifacts"
+
+
+@pytest.fixture
+def bundle(small_bundle) -> Bundle:
+    return Bundle(Path(small_bundle))
+
+
+def requests_for(bundle: Bundle, extra: list[str] | None = None) -> list[ScoreItem]:
+    users = [s for s in bundle.users().values() if len(s) >= 3][:3]
+    ids = [it["item_id"] for it in bundle.items]
+    return [ScoreItem(history=u[:-1], candidates=[*ids[i * 7: i * 7 + 20], *(extra or [])])
+            for i, u in enumerate(users)]
+
+
+def test_score_implements_the_ranking_api(artifacts, bundle, make_settings) -> None:
+    settings = make_settings(artifacts, "rank-a")
+    reqs = requests_for(bundle)
+
+    async def go():
+        service = RankingService(settings)
+        assert await service.ready() is False
+        with pytest.raises(ServiceUnavailable, match="no model"):
+            await service.score(reqs)
+        assert await service.reload() == "rank-a"
+        assert await service.ready() is True
+        try:
+            return await service.score(reqs)
+        finally:
+            service.close()
+
+    scores, version = asyncio.run(go())
+    assert version == "rank-a"
+    expected = OnnxRanker(Bundle(artifacts / "rank-a"), settings).score(
+        [r.history for r in reqs], [r.candidates for r in reqs])
+    assert [len(s) for s in scores] == [len(r.candidates) for r in reqs]
+    for got, want in zip(scores, expected, strict=True):
+        assert all(isinstance(x, float) for x in got)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_reload_swaps_while_requests_keep_being_answered(artifacts, bundle,
+                                                         make_settings) -> None:
+    reqs = requests_for(bundle)
+
+    async def go():
+        service = RankingService(make_settings(artifacts, "rank-a"))
+        await service.reload()
+        versions: list[str] = []
+
+        async def keep_scoring():
+            for _ in range(30):
+                versions.append((await service.score(reqs))[1])
+
+        try:
+            scoring = asyncio.create_task(keep_scoring())
+            assert await service.reload("rank-b") == "rank-b"
+            await scoring
+            # a failed reload leaves the running model in place
+            with pytest.raises(RankerLoadError, match="no-such-bundle"):
+                await service.reload("no-such-bundle")
+            after = await service.score(reqs)
+            return versions, after[1], service.info.version
+        finally:
+            service.close()
+
+    versions, after, info_version = asyncio.run(go())
+    assert len(versions) == 30 and set(versions) <= {"rank-a", "rank-b"}
+    assert after == info_version == "rank-b"
+
+
+def test_new_items_take_their_content_from_the_redis_overlay(artifacts, bundle,
+                                                             make_settings) -> None:
+    settings = make_settings(artifacts, "rank-a", key_prefix=f"vidrec:test:{uuid.uuid4().hex}")
+    donor_row = 5
+    donor = bundle.content_embeddings()[donor_row]
+    reqs = requests_for(bundle, extra=["live-upload", "other-new"])
+
+    async def go():
+        store = FeatureStore(make_redis(settings), settings)
+        overlay = RedisOverlayContent.from_settings(settings)
+        service = RankingService(settings, new_item_content=overlay)
+        await service.reload()
+        try:
+            await store.put_item(ItemMeta(item_id="live-upload", title="t", tags=[]),
+                                 embedding=donor.tolist())
+            return await service.score(reqs), await overlay(["live-upload", "absent"])
+        finally:
+            service.close()
+            await overlay.aclose()
+            keys = [k async for k in store.redis.scan_iter(match=f"{settings.key_prefix}:*")]
+            if keys:
+                await store.redis.delete(*keys)
+            await store.aclose()
+
+    (scores, _), found = asyncio.run(go())
+    assert list(found) == ["live-upload"]
+    ranker = OnnxRanker(Bundle(artifacts / "rank-a"), settings)
+    expected = ranker.score([r.history for r in reqs], [r.candidates for r in reqs],
+                            {"live-upload": donor})
+    for got, want in zip(scores, expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # the upserted item's content made a difference; the one without content did not get any
+    assert abs(scores[0][-2] - scores[0][-1]) > 1e-4
+
+
+def test_unreachable_overlay_degrades_to_zero_content(artifacts, bundle,
+                                                      make_settings) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    settings = make_settings(artifacts, "rank-a", redis_url=f"redis://127.0.0.1:{dead}/0",
+                             timeout_items_s=2.0)
+    reqs = requests_for(bundle, extra=["live-upload"])
+    before = DEGRADED.labels("ranking", "new_item_content")._value.get()
+
+    async def go():
+        overlay = RedisOverlayContent.from_settings(settings)
+        service = RankingService(settings, new_item_content=overlay)
+        await service.reload()
+        try:
+            return await service.score(reqs)
+        finally:
+            service.close()
+            await overlay.aclose()
+
+    scores, version = asyncio.run(go())
+    assert version == "rank-a"
+    assert [len(s) for s in scores] == [len(r.candidates) for r in reqs]
+    expected = OnnxRanker(Bundle(artifacts / "rank-a"), settings).score(
+        [r.history for r in reqs], [r.candidates for r in reqs])
+    np.testing.assert_allclose(scores[0], expected[0], rtol=1e-5, atol=1e-5)
+    assert DEGRADED.labels("ranking", "new_item_content")._value.get() == before + 1
