@@ -3,7 +3,9 @@
     dependency down/slow (ServiceUnavailable, Redis/HTTP errors, timeouts)
         -> 503 + Retry-After: the client should retry (an event is never silently dropped)
     request naming an item the catalog does not know (feature store UnknownItems)
-        -> 422 naming the field
+        -> 422 naming the field (routes/events.py)
+    an item upsert retrieval cannot accept (InvalidRequest) -> 422 naming the field
+    delete of an item retrieval never had (ItemNotFound)   -> 404
     recommendations never take the 503 path: their stages degrade instead (pipeline/config.py)
 """
 
@@ -16,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from services.gateway.pipeline.stage import DEPENDENCY_ERRORS
+from services.retrieval.errors import InvalidRequest, ItemNotFound
 
 log = logging.getLogger("vidrec.gateway")
 
@@ -36,5 +39,16 @@ def add_error_handlers(app: FastAPI) -> None:
                                        "retry shortly"},
                             status_code=503, headers={"Retry-After": RETRY_AFTER_S})
 
+    async def invalid(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, InvalidRequest)
+        where = ("path", "item_id") if exc.field == "item_id" else ("body", exc.field)
+        return JSONResponse({"detail": [{"loc": list(where), "msg": exc.problem,
+                                         "type": "value_error"}]}, status_code=422)
+
+    async def not_found(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
     for exc_type in DEPENDENCY_ERRORS:
         app.add_exception_handler(exc_type, unavailable)
+    app.add_exception_handler(InvalidRequest, invalid)
+    app.add_exception_handler(ItemNotFound, not_found)

@@ -12,17 +12,20 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import httpx
+
 from services.gateway.catalog import Catalog
 from services.gateway.pipeline import RecContext, RecRequest, recommendation_pipeline
 from services.gateway.pipeline.stage import Pipeline
 from shared.bundle import Bundle, BundleError
-from shared.contracts import FeatureStoreAPI, RankingAPI, RetrievalAPI
+from shared.contracts import FeatureStoreAPI, RankingAPI, RetrievalAPI, ServiceUnavailable
 from shared.settings import Settings
 
 log = logging.getLogger("vidrec.gateway")
 T = TypeVar("T")
 
 READY_TIMEOUT_S = 1.0
+RELOAD_TIMEOUT_S = 300.0
 
 
 def load_catalog(settings: Settings, version: str | None = None) -> Catalog:
@@ -68,10 +71,23 @@ class Gateway:
             reload = getattr(service, "reload", None)
             if reload is not None:
                 out[name] = await reload(version)
+            elif getattr(service, "base_url", None):  # an HTTP client without reload()
+                out[name] = await self._reload_remote(service.base_url, version)
         catalog = await asyncio.to_thread(load_catalog, self.settings, version)
         self.swap_catalog(catalog)
         out["bundle"] = catalog.version
         return out
+
+    async def _reload_remote(self, base_url: str, version: str | None) -> str:
+        async with httpx.AsyncClient(base_url=base_url, timeout=RELOAD_TIMEOUT_S) as http:
+            try:
+                r = await http.post("/admin/reload", json={"bundle": version}, headers={
+                    "authorization": f"Bearer {self.settings.admin_token}"})
+            except httpx.TransportError as exc:
+                raise ServiceUnavailable(f"reload at {base_url}: {exc!r}") from exc
+        if r.status_code != 200:
+            raise ServiceUnavailable(f"reload at {base_url}: HTTP {r.status_code} {r.text[:300]}")
+        return str(r.json()["bundle"])
 
     async def readiness(self) -> dict[str, Any]:
         parts = await asyncio.gather(*(_ready(s) for s in

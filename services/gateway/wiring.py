@@ -54,9 +54,16 @@ async def _retrieval(settings: Settings, feature_store: FeatureStoreAPI,
         return client
     from services.retrieval.service import RetrievalService
 
-    service = RetrievalService(settings, feature_store=feature_store)
+    # Retrieval records item upserts/deletes in the feature store (metadata and overlay); it
+    # needs the store itself, not its HTTP client.
+    item_store = feature_store if hasattr(feature_store, "put_item") else None
+    if item_store is None:
+        from services.feature_store.store import FeatureStore
+
+        item_store = FeatureStore.from_settings(settings)
+        closers.append(item_store.aclose)
+    service = RetrievalService(settings, item_store=item_store)
     await service.reload()
-    closers.append(service.close)
     return service
 
 
@@ -70,7 +77,16 @@ async def _ranking(settings: Settings, retrieval: RetrievalAPI,
         return client
     from services.ranking.service import RankingService
 
-    service = RankingService(settings, new_item_content=getattr(retrieval, "content_of", None))
+    # Items upserted while serving: in one process, their content comes from retrieval's memory;
+    # otherwise from the feature store's overlay in Redis.
+    new_items = getattr(retrieval, "content_of", None)
+    if new_items is None:
+        from services.ranking.new_items import RedisOverlayContent
+
+        overlay = RedisOverlayContent.from_settings(settings)
+        closers.append(overlay.aclose)
+        new_items = overlay
+    service = RankingService(settings, new_item_content=new_items)
     await service.reload()
     closers.append(service.close)
     return service

@@ -8,10 +8,11 @@ from services.gateway.pipeline.context import Pick, RecContext
 from shared.contracts import Candidate, ItemMeta
 
 
-def diversify(ranked: list[tuple[Candidate, ItemMeta]], k: int,
-              max_per_tag: int) -> list[tuple[Candidate, ItemMeta]]:
+def diversify(ranked: list[tuple[Candidate, ItemMeta]], k: int, max_per_tag: int,
+              exempt: frozenset[str] = frozenset()) -> list[tuple[Candidate, ItemMeta]]:
     """Best-first, at most `max_per_tag` items per tag among the first k; items held back by a
-    full tag fill the remaining places (best first) only when nothing else is left."""
+    full tag fill the remaining places (best first) only when nothing else is left. Tags the
+    request asked for (`exempt`) are not capped: the viewer wants many of those."""
     if max_per_tag <= 0:
         return ranked[:k]
     per_tag: Counter[str] = Counter()
@@ -20,7 +21,7 @@ def diversify(ranked: list[tuple[Candidate, ItemMeta]], k: int,
     for pair in ranked:
         if len(chosen) == k:
             break
-        tags = pair[1].tags
+        tags = [t for t in pair[1].tags if t not in exempt] if exempt else pair[1].tags
         if any(per_tag[t] >= max_per_tag for t in tags):
             held_back.append(pair)
             continue
@@ -42,7 +43,8 @@ class Select:
         pairs = [(c, meta[c.item_id]) for c in ctx.candidates if c.item_id in meta]
         if ctx.ranked:  # else keep the retrieval order
             pairs.sort(key=lambda p: scores[p[0].item_id], reverse=True)
-        chosen = diversify(pairs, ctx.request.k, self.max_per_tag)
+        asked = ctx.request.include_tags.union(ctx.request.interests)
+        chosen = diversify(pairs, ctx.request.k, self.max_per_tag, asked)
         ctx.picks = [Pick(c, m, float(scores.get(c.item_id, c.score))) for c, m in chosen]
 
     def fallback(self, ctx: RecContext) -> None:  # pure: cannot fail on a dependency

@@ -58,7 +58,8 @@ async def popular(
         async with asyncio.timeout(gateway.settings.timeout_retrieve_s * 4):
             (result,) = await gateway.retrieval.retrieve([RetrievalQuery(
                 tags=dict.fromkeys(wanted, 1.0),
-                caps={"tags": k, "popular": 0 if wanted else k})])
+                caps={"ann": 0, "content": 0, "tags": k if wanted else 0,
+                      "popular": 0 if wanted else k})])
         ids = [c.item_id for c in result.candidates]
     except DEPENDENCY_ERRORS as exc:
         log.warning("gateway: popular from the catalog (%s: %s)", type(exc).__name__, exc)

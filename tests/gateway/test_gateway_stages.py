@@ -187,3 +187,11 @@ def test_catalog_popular_prefers_interest_matches_and_skips_excluded() -> None:
                                                     ("p3", "popular")]
     cat.forget("p2")
     assert [c.item_id for c in cat.popular_candidates(3, exclude=set())] == ["p1", "p3", "p4"]
+
+
+def test_tags_the_request_asked_for_are_not_capped() -> None:
+    ranked = pairs([("a1", ["a", "x"]), ("a2", ["a", "x"]), ("a3", ["a", "y"]),
+                    ("b1", ["b"])])
+    chosen = [c.item_id for c, _ in diversify(ranked, k=3, max_per_tag=1,
+                                              exempt=frozenset({"a"}))]
+    assert chosen == ["a1", "a3", "b1"]  # "a" uncapped, "x" still capped at one

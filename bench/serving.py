@@ -1,0 +1,416 @@
+"""Serving benchmark: the public API under a fixed request rate, over loopback HTTP.
+
+    .venv/bin/python -m bench.serving [--duration 25] [--bundle latest]
+
+With the bundle (artifacts/latest, MicroLens-50k for the published numbers) loaded into Redis
+under the prefix `vidrec:bench` (loaded once, reused by later runs):
+
+  (a) one process (`vidrec serve all`) at 200 req/s
+  (b) four processes (gateway, feature-store, retrieval, ranking over HTTP) at 100 req/s
+  (c) overhead: gateway p50 / (sum of the p50s of its parts called directly in-process: Redis
+      hydrate read, retrieval search, Redis item-meta read, ONNX scoring), same users
+
+Load comes from a separate process, open-loop: request i is due at start + i/rate whatever
+happened to earlier ones, and its latency is measured from when it was due (so a stalled server
+cannot hide its queue). Real user ids, k=20, a minimal keep-alive HTTP/1.1 client on uvloop so
+the generator spends little of the 2 cores. Writes bench/results/serving.json.
+
+Targets: (a) p99 <= 25 ms; (b) p99 <= 40 ms; (c) overhead <= 1.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "bench" / "results" / "serving.json"
+KEY_PREFIX = "vidrec:bench"
+TARGETS = {"one_process_p99_ms": 25.0, "four_services_p99_ms": 40.0, "overhead": 1.5}
+K = 20
+
+
+# ---- load generator (runs in its own process: `python -m bench.serving --loadgen ...`) -------
+class Conn:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def get(self, host: str, path: str) -> tuple[int, bytes]:
+        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        match = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+        if match is None:
+            raise RuntimeError("response without content-length")
+        body = await self.reader.readexactly(int(match.group(1)))
+        return status, body
+
+
+@dataclass
+class LoadResult:
+    latencies: list[float] = field(default_factory=list)  # seconds, successful requests
+    errors: dict[str, int] = field(default_factory=dict)
+    degraded: dict[str, int] = field(default_factory=dict)
+    short_lists: int = 0  # 200s with fewer than k items
+    late_starts: int = 0  # requests the generator itself sent > 1 ms after their due time
+
+
+async def run_load(host: str, port: int, users: list[str], rate: float, duration: float,
+                   timeout_s: float = 2.0) -> dict:
+    idle: list[Conn] = []
+    result = LoadResult()
+
+    async def one(path: str, due: float) -> None:
+        loop = asyncio.get_running_loop()
+        if loop.time() - due > 0.001:
+            result.late_starts += 1
+        conn = idle.pop() if idle else None
+        try:
+            if conn is None:
+                conn = Conn(*await asyncio.open_connection(host, port))
+            status, body = await asyncio.wait_for(conn.get(host, path), timeout_s)
+        except Exception as exc:  # every failure is counted, by kind
+            kind = type(exc).__name__
+            result.errors[kind] = result.errors.get(kind, 0) + 1
+            if conn is not None:
+                conn.writer.close()
+            return
+        done = loop.time()
+        idle.append(conn)
+        if status != 200:
+            result.errors[f"http_{status}"] = result.errors.get(f"http_{status}", 0) + 1
+            return
+        result.latencies.append(done - due)
+        answer = orjson.loads(body)
+        for stage in answer["degraded"]:
+            result.degraded[stage] = result.degraded.get(stage, 0) + 1
+        if len(answer["items"]) < K:
+            result.short_lists += 1
+
+    loop = asyncio.get_running_loop()
+    rng = random.Random(7)
+    n = int(rate * duration)
+    tasks = []
+    start = loop.time() + 0.05
+    for i in range(n):
+        due = start + i / rate
+        delay = due - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        path = f"/v1/users/{rng.choice(users)}/recommendations?k={K}"
+        tasks.append(asyncio.ensure_future(one(path, due)))
+    await asyncio.gather(*tasks)
+    elapsed = loop.time() - start
+    for conn in idle:
+        conn.writer.close()
+    return summarise(result, n, elapsed, rate, duration)
+
+
+def summarise(r: LoadResult, sent: int, elapsed: float, rate: float, duration: float) -> dict:
+    lat = np.array(r.latencies) * 1000 if r.latencies else np.array([np.nan])
+    pct = {f"p{q}_ms": round(float(np.percentile(lat, q)), 2) for q in (50, 95, 99)}
+    return {"target_rps": rate, "duration_s": duration, "sent": sent, "ok": len(r.latencies),
+            "errors": sum(r.errors.values()), "error_kinds": r.errors,
+            "achieved_rps": round(len(r.latencies) / elapsed, 1), **pct,
+            "max_ms": round(float(np.max(lat)), 2), "mean_ms": round(float(np.mean(lat)), 2),
+            "degraded": r.degraded, "short_lists": r.short_lists,
+            "generator_late_starts": r.late_starts}
+
+
+def loadgen_main(args: argparse.Namespace) -> None:
+    import uvloop
+
+    users = json.loads(Path(args.users_file).read_text())
+    out = uvloop.run(run_load(args.host, args.port, users, args.rate, args.duration))
+    print(json.dumps(out))
+
+
+# ---- servers -------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in (
+        "VIDREC_FEATURE_STORE_URL", "VIDREC_RETRIEVAL_URL", "VIDREC_RANKING_URL")}
+    env.update({"VIDREC_KEY_PREFIX": KEY_PREFIX, "PYTHONUNBUFFERED": "1", **extra})
+    return env
+
+
+class Servers:
+    """`vidrec serve` processes, stopped by pid (SIGINT, then SIGKILL)."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+        self.log_dir = log_dir
+
+    def start(self, service: str, port: int, env: dict[str, str]) -> str:
+        log = open(self.log_dir / f"{service}-{port}.log", "wb")  # noqa: SIM115 - kept open
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vidrec_cli", "serve", service, "--port", str(port)],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append((service, proc))
+        return f"http://127.0.0.1:{port}"
+
+    def wait_ready(self, url: str, timeout_s: float = 180.0) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for name, proc in self.procs:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.log_dir}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise RuntimeError(f"{url} not ready after {timeout_s} s")
+
+    def stop(self) -> None:
+        for _, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for _, proc in reversed(self.procs):
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+
+
+def warm_up(base: str, users: list[str], n: int = 200) -> None:
+    import httpx
+
+    with httpx.Client(base_url=base, timeout=10) as client:
+        for u in users[:n]:
+            client.get(f"/v1/users/{u}/recommendations", params={"k": K}).raise_for_status()
+
+
+def stage_means(base: str) -> dict[str, float]:
+    """Mean ms per gateway stage over the run, from /metrics (sum / count)."""
+    import httpx
+
+    text = httpx.get(f"{base}/metrics", timeout=5).text
+    sums, counts = {}, {}
+    for m in re.finditer(r'vidrec_stage_seconds_(sum|count)\{service="(\w+)",stage="([\w+]+)"\}'
+                         r" ([0-9.e+-]+)", text):
+        (sums if m.group(1) == "sum" else counts)[f"{m.group(2)}.{m.group(3)}"] = float(m.group(4))
+    return {k: round(1000 * sums[k] / counts[k], 3) for k in sorted(sums) if counts.get(k)}
+
+
+def run_loadgen(port: int, users_file: Path, rate: float, duration: float) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.serving", "--loadgen", "--port", str(port),
+         "--users-file", str(users_file), "--rate", str(rate), "--duration", str(duration)],
+        cwd=REPO, capture_output=True, text=True, timeout=duration + 120, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"load generator failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def scenario(name: str, topology: dict[str, int], rate: float, duration: float,
+             users: list[str], users_file: Path, log_dir: Path) -> dict:
+    servers = Servers(log_dir)
+    try:
+        if "all" in topology:
+            base = servers.start("all", topology["all"], bench_env())
+        else:
+            urls = {s: servers.start(s, topology[s], bench_env())
+                    for s in ("feature-store", "retrieval", "ranking")}
+            for url in urls.values():
+                servers.wait_ready(url)
+            base = servers.start("gateway", topology["gateway"], bench_env(
+                VIDREC_FEATURE_STORE_URL=urls["feature-store"],
+                VIDREC_RETRIEVAL_URL=urls["retrieval"], VIDREC_RANKING_URL=urls["ranking"]))
+        servers.wait_ready(base)
+        warm_up(base, users)
+        print(f"[bench] {name}: {rate:g} req/s for {duration:g} s ...", flush=True)
+        out = run_loadgen(int(base.rsplit(":", 1)[1]), users_file, rate, duration)
+        out["stage_mean_ms"] = stage_means(base)
+        return out
+    finally:
+        servers.stop()
+
+
+# ---- parts called directly, in-process ----------------------------------------------------
+async def measure_parts(settings, users: list[str], n: int) -> dict:
+    """p50/p95 ms of each dependency call the gateway makes, without HTTP or the gateway."""
+    from services.gateway.pipeline.config import candidate_caps
+    from services.gateway.pipeline.retrieve import query_tags
+    from services.gateway.wiring import connect
+    from shared.contracts import RetrievalQuery, ScoreItem
+
+    (fs, retrieval, ranking), closers = await connect(settings, None, None, None)
+    caps = candidate_caps(settings)
+    times: dict[str, list[float]] = {"hydrate": [], "retrieve": [], "item_meta": [], "score": []}
+    try:
+        for i in range(n + 20):
+            user = users[i % len(users)]
+            t0 = time.perf_counter()
+            state = await fs.hydrate(user, settings.history_len)
+            t1 = time.perf_counter()
+            (res,) = await retrieval.retrieve([RetrievalQuery(
+                history=state.history, tags=query_tags(state.tag_profile, ()),
+                exclude=list(state.seen), caps=caps)])
+            t2 = time.perf_counter()
+            ids = [c.item_id for c in res.candidates]
+            await fs.item_meta(ids + [c.nearest_history for c in res.candidates
+                                      if c.nearest_history])
+            t3 = time.perf_counter()
+            if state.history and ids:
+                await ranking.score([ScoreItem(history=state.history, candidates=ids)])
+            t4 = time.perf_counter()
+            if i >= 20:  # warm-up done
+                for name, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                    times[name].append(dt * 1000)
+    finally:
+        for close in closers:
+            r = close()
+            if asyncio.iscoroutine(r):
+                await r
+    return {name: {"p50_ms": round(float(np.percentile(v, 50)), 3),
+                   "p95_ms": round(float(np.percentile(v, 95)), 3)} for name, v in times.items()}
+
+
+# ---- main ---------------------------------------------------------------------------------
+def ensure_loaded(settings) -> None:
+    import redis
+
+    from services.feature_store.keys import Keys
+    from services.feature_store.loader import load_bundle
+    from shared.bundle import Bundle
+
+    bundle = Bundle.open(settings.artifacts_dir, settings.bundle)
+    client = redis.Redis.from_url(settings.redis_url, password=settings.redis_password,
+                                  decode_responses=True)
+    try:
+        loaded = client.hget(Keys(KEY_PREFIX, settings.events_stream).loaded, "bundle")
+    finally:
+        client.close()
+    if loaded != bundle.version:
+        print(f"[bench] loading {bundle.version} into Redis prefix {KEY_PREFIX} ...", flush=True)
+        load_bundle(settings, settings.bundle, progress=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--users-file", default="", help=argparse.SUPPRESS)
+    p.add_argument("--rate", type=float, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--duration", type=float, default=25.0, help="Seconds per scenario.")
+    p.add_argument("--one-process-rate", type=float, default=200.0)
+    p.add_argument("--four-services-rate", type=float, default=100.0)
+    p.add_argument("--parts-requests", type=int, default=300)
+    p.add_argument("--only", choices=["one", "four", "parts"], action="append",
+                   help="Run only these scenarios (repeatable).")
+    p.add_argument("--out", default=str(OUT))
+    args = p.parse_args(argv)
+    if args.loadgen:
+        loadgen_main(args)
+        return 0
+
+    from shared.bundle import Bundle
+    from shared.settings import get_settings
+
+    settings = get_settings().model_copy(update={"key_prefix": KEY_PREFIX})
+    bundle = Bundle.open(settings.artifacts_dir, settings.bundle)
+    ensure_loaded(settings)
+    all_users = [u for u, seq in bundle.users().items() if seq]
+    users = random.Random(42).sample(all_users, min(5000, len(all_users)))
+    work = Path(os.environ.get("TMPDIR", "/tmp")) / f"vidrec-bench-{os.getpid()}"
+    work.mkdir(parents=True, exist_ok=True)
+    users_file = work / "users.json"
+    users_file.write_text(json.dumps(users))
+    only = set(args.only or ["one", "four", "parts"])
+
+    results: dict = {
+        "bundle": bundle.version, "dataset": bundle.manifest.get("dataset"),
+        "items": len(bundle.items), "k": K, "duration_s_per_scenario": args.duration,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version()},
+        "targets": TARGETS, "logs": str(work),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if "one" in only:
+        results["one_process"] = scenario("one process", {"all": free_port()},
+                                          args.one_process_rate, args.duration, users,
+                                          users_file, work)
+    if "four" in only:
+        ports = {s: free_port() for s in ("gateway", "feature-store", "retrieval", "ranking")}
+        results["four_services"] = scenario("four services", ports, args.four_services_rate,
+                                            args.duration, users, users_file, work)
+    if "parts" in only:
+        print("[bench] parts, called directly in-process ...", flush=True)
+        import uvloop
+
+        parts = uvloop.run(measure_parts(settings, users, args.parts_requests))
+        parts_sum = round(sum(v["p50_ms"] for v in parts.values()), 3)
+        results["parts"] = {**parts, "sum_p50_ms": parts_sum}
+        for key in ("one_process", "four_services"):
+            if key in results:
+                results[f"overhead_{key}"] = round(results[key]["p50_ms"] / parts_sum, 2)
+    results["meets_targets"] = {
+        name: ok for name, ok in (
+            ("one_process_p99", _within(results, "one_process", "p99_ms",
+                                        TARGETS["one_process_p99_ms"])),
+            ("four_services_p99", _within(results, "four_services", "p99_ms",
+                                          TARGETS["four_services_p99_ms"])),
+            ("overhead", results.get("overhead_one_process", 1e9) <= TARGETS["overhead"]
+             if "overhead_one_process" in results else None),
+        ) if ok is not None}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print_summary(results, out)
+    return 0
+
+
+def _within(results: dict, key: str, metric: str, limit: float) -> bool | None:
+    if key not in results:
+        return None
+    r = results[key]
+    return r[metric] <= limit and r["errors"] == 0
+
+
+def print_summary(r: dict, out: Path) -> None:
+    print(f"\nvidrec serving benchmark ({r['bundle']}, {r['items']} items, k={r['k']}, "
+          f"{r['machine']['cpus']} CPUs)")
+    for key, label in (("one_process", "one process"), ("four_services", "four services")):
+        if key in r:
+            s = r[key]
+            print(f"  {label:14s} {s['target_rps']:5.0f} req/s -> achieved {s['achieved_rps']:6.1f}"
+                  f"  p50 {s['p50_ms']:6.2f}  p95 {s['p95_ms']:6.2f}  p99 {s['p99_ms']:6.2f} ms"
+                  f"  errors {s['errors']}  degraded {s['degraded'] or 0}")
+    if "parts" in r:
+        parts = {k: v["p50_ms"] for k, v in r["parts"].items() if isinstance(v, dict)}
+        print(f"  parts p50 ms   {parts}  sum {r['parts']['sum_p50_ms']}")
+        for key in ("overhead_one_process", "overhead_four_services"):
+            if key in r:
+                print(f"  {key}: {r[key]}")
+    print(f"  targets met: {r['meets_targets']}\n  written to {out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
