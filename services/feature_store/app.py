@@ -69,7 +69,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def events(batch: EventBatch) -> EventBatchResult:
         return EventBatchResult(results=await store().record_events(batch.events))
 
-    @app.get("/v1/users/{user_id}/history")
+    @app.get("/v1/users/{user_id:path}/history")  # ids may hold "/"
     async def history(user_id: str,
                       limit: Annotated[int, Query(ge=1, le=10_000)] = 50) -> HistoryResponse:
         return HistoryResponse(user_id=user_id, items=await store().history(user_id, limit))

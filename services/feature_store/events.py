@@ -90,7 +90,8 @@ class EventRecorder:
             pipe = self.redis.pipeline(transaction=False)
             for i in missing:
                 keys, args = calls[i]
-                pipe.evalsha(_SCRIPT_SHA, len(keys), *keys, *args)
+                # (redis-py's cluster pipeline blocks .evalsha(); routing by the keys works)
+                pipe.execute_command("EVALSHA", _SCRIPT_SHA, len(keys), *keys, *args)
             for i, r in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
                 results[i] = r
         for r in results:
