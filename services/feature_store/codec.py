@@ -32,7 +32,8 @@ def pack_item(meta: ItemMeta) -> bytes:
 
 def unpack_item(item_id: str, packed: str | bytes) -> ItemMeta:
     d = orjson.loads(packed)
-    return ItemMeta(item_id=item_id, title=d["title"], tags=d["tags"], available=d["available"])
+    return ItemMeta.model_construct(item_id=item_id, title=d["title"], tags=d["tags"],
+                                    available=d["available"])
 
 
 # ---- overlay: items put or deleted while serving -------------------------------------------

@@ -64,7 +64,9 @@ class FeatureStore:
             pipe.get(k.tagref(user_id))
             pipe.smembers(k.seen(user_id))
             hist, tags, ref, seen = await pipe.execute()
-        return UserState(
+        # model_construct: the values are built right here from our own layout, so pydantic's
+        # validation of a few hundred strings per request would only cost time
+        return UserState.model_construct(
             user_id=user_id, known=bool(hist or tags or seen),
             history=[history_item_id(e) for e in hist],
             tag_profile=decayed(tags, None if ref is None else float(ref), self.clock(),
