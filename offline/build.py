@@ -20,20 +20,18 @@ import torch
 
 from offline import baselines
 from offline.embeddings import content_embeddings
-from offline.evaluate import evaluate
+from offline.evaluate_bundle import compute_metrics
 from offline.export import check_parity, export_onnx
 from offline.model import RankerConfig, SequentialRanker
-from offline.report import metrics_document, write_reports
+from offline.report import write_reports
 from offline.split import Split, leave_one_out
 from offline.train import (
     TrainConfig,
     catalogue_vectors,
     content_table,
     left_pad,
-    ranker_score_fn,
     train_ranker,
 )
-from offline.two_stage import BundleModels, candidates_per_request, two_stage_fn
 from shared import ann
 from shared.bundle import FIRST_ITEM_INDEX, Bundle
 from shared.data import Dataset, load_dataset
@@ -79,13 +77,6 @@ def run_build(settings: Settings, dataset: str, sample_users: int | None = None,
         content, content_facts = content_embeddings(ds, settings.encoder, artifacts / ".cache")
     with steps.step("split"):
         split = leave_one_out(ds)
-    results: dict[str, dict] = {}
-    with steps.step("baselines"):
-        results["popularity"] = evaluate(split, "test", baselines.popularity_fn(split))
-        results["content_ann"] = evaluate(split, "test",
-                                          baselines.content_ann_fn(split, "test", content))
-        results["item_knn"] = evaluate(split, "test", baselines.item_knn_fn(split, "test"))
-        print(json.dumps(results), flush=True)
 
     model_cfg = RankerConfig(num_items=split.num_items, content_dim=content.shape[1])
     train_cfg = TrainConfig(seed=settings.seed)
@@ -103,29 +94,23 @@ def run_build(settings: Settings, dataset: str, sample_users: int | None = None,
         item_vectors = catalogue_vectors(model, table)
         index_facts = _write_indexes(work, item_vectors, content, split, model, table)
     with steps.step("write_bundle"):
-        _write_bundle_files(work, ds, split, content, item_vectors)
+        _write_bundle_files(work, ds, split, content, item_vectors, model)
         (work / "model.json").write_text(json.dumps({
-            **model_cfg.to_dict(), "pad_index": 0, "unknown_index": 1,
+            **model_cfg.to_dict(), "vector_dim": int(item_vectors.shape[1]),
+            "pad_index": 0, "unknown_index": 1,
             "first_item_index": FIRST_ITEM_INDEX, "graphs": _graph_io(), "index": index_facts,
             "onnx_parity_max_abs_diff": parity,
         }, indent=2))
     with steps.step("text_encoder_export"):
         text_encoder = _export_text_encoder(settings, work, content_facts)
     with steps.step("evaluate"):
-        results["ranker_only"] = evaluate(split, "test",
-                                          ranker_score_fn(model, table, split, "test"))
-        recall: list[float] = []
-        models = BundleModels(Bundle(work))
-        results["two_stage"] = evaluate(split, "test",
-                                        two_stage_fn(models, split, "test", settings, recall))
-        doc = metrics_document(ds.name, len(split.evaluable("test")), results,
-                               float(np.mean(recall)) if recall else 0.0,
-                               candidates_per_request(settings))
+        doc = compute_metrics(Bundle(work), split, ds.name, settings)
         write_reports(doc, work)
         print((work / "metrics.md").read_text(), flush=True)
     manifest = {
         "version": version, "dataset": ds.name, "dataset_arg": dataset,
-        "sample_users": sample_users, "built_at": datetime.now(UTC).isoformat(),
+        "sample_users": sample_users, "seed": settings.seed,
+        "built_at": datetime.now(UTC).isoformat(),
         "split": split.summary(),
         "sizes": {"users": len(ds.sequences), "items": len(ds.items),
                   "interactions": ds.num_interactions},
@@ -206,12 +191,14 @@ def _write_indexes(work: Path, item_vectors: np.ndarray, content: np.ndarray, sp
 
 
 def _write_bundle_files(work: Path, ds: Dataset, split: Split, content: np.ndarray,
-                        item_vectors: np.ndarray) -> None:
+                        item_vectors: np.ndarray, model: SequentialRanker) -> None:
     popularity = baselines.train_popularity(split)
     items = [{"item_id": it.item_id, "title": it.title, "tags": list(it.tags),
               "popularity": int(popularity[r])} for r, it in enumerate(ds.items)]
     (work / "items.json").write_text(json.dumps(items, ensure_ascii=False))
     (work / "users.json").write_text(json.dumps(ds.sequences))
+    torch.save({"config": model.cfg.to_dict(), "state_dict": model.state_dict()},
+               work / "ranker.pt")
     np.save(work / "content_embeddings.npy", content.astype(np.float32))
     np.save(work / "item_vectors.npy", item_vectors.astype(np.float32))
 

@@ -68,6 +68,10 @@ class SequentialRanker(nn.Module):
         self.content_proj = nn.Sequential(nn.Linear(cfg.content_dim, cfg.dim), nn.GELU(),
                                           nn.Linear(cfg.dim, cfg.dim))
         self.item_norm = nn.LayerNorm(cfg.dim)
+        # Per-item bias (popularity), appended as one more vector dimension (user side: 1) so
+        # that score = user . item stays a plain inner product that FAISS can search exactly.
+        self.item_bias = nn.Embedding(cfg.num_items + 2, 1, padding_idx=PAD_INDEX)
+        nn.init.zeros_(self.item_bias.weight)
         self.position = nn.Embedding(cfg.max_history, cfg.dim)
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.dropout)
                                     for _ in range(cfg.layers))
@@ -77,15 +81,20 @@ class SequentialRanker(nn.Module):
 
     # ---- item side --------------------------------------------------------------------
     def item_vectors(self, ids: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
-        """ids [...] int64, content [..., E] -> [..., D]. Index 1 (unknown) uses content only."""
-        id_part = self.id_embedding(ids) * (ids > UNKNOWN_INDEX).unsqueeze(-1).to(content.dtype)
-        return self.item_norm(id_part + self.content_proj(content))
+        """ids [...] int64, content [..., E] -> [..., D + 1]. Index 1 (unknown): content only."""
+        known = (ids > UNKNOWN_INDEX).unsqueeze(-1).to(content.dtype)
+        vec = self.item_norm(self.id_embedding(ids) * known + self.content_proj(content))
+        return torch.cat([vec, self.item_bias(ids) * known], dim=-1)
+
+    def input_vectors(self, ids: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+        """Item vectors as the transformer reads them (without the bias dimension)."""
+        return self.item_vectors(ids, content)[..., :-1]
 
     # ---- user side --------------------------------------------------------------------
     def encode_sequence(self, ids: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
         """Left-padded history [B, L] -> hidden state at every position [B, L, D]."""
         length = ids.shape[1]
-        x = self.item_vectors(ids, content)
+        x = self.input_vectors(ids, content)
         # Positions count back from the newest item, so left padding does not shift them.
         pos = torch.arange(length, device=ids.device).flip(0).clamp(max=self.cfg.max_history - 1)
         x = self.drop(x + self.position(pos).unsqueeze(0))
@@ -97,8 +106,12 @@ class SequentialRanker(nn.Module):
         return self.final_norm(x)
 
     def user_vector(self, ids: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
-        """[B, L] left-padded history -> [B, D] (state at the newest position)."""
-        return self.encode_sequence(ids, content)[:, -1]
+        """[B, L] left-padded history -> [B, D + 1] (newest position's state, then 1)."""
+        return self.with_bias_dim(self.encode_sequence(ids, content)[:, -1])
+
+    @staticmethod
+    def with_bias_dim(hidden: torch.Tensor) -> torch.Tensor:
+        return torch.cat([hidden, torch.ones_like(hidden[..., :1])], dim=-1)
 
     def score(self, hist_ids: torch.Tensor, hist_content: torch.Tensor, cand_ids: torch.Tensor,
               cand_content: torch.Tensor) -> torch.Tensor:

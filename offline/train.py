@@ -81,7 +81,7 @@ def user_vectors(model: SequentialRanker, table: torch.Tensor, histories: list[n
     for s in range(0, len(histories), batch):
         ids = torch.from_numpy(left_pad(histories[s:s + batch], model.cfg.max_history))
         out.append(model.user_vector(ids, table[ids]).numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.cfg.dim), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, model.cfg.dim + 1), np.float32)
 
 
 @torch.no_grad()
@@ -125,7 +125,7 @@ def train_ranker(split: Split, content: np.ndarray, model_cfg: RankerConfig,
             keep = tgt > 0
             # Positions whose input is padding still predict nothing: both sides must be real.
             keep &= inp > 0
-            logits = hidden[keep] @ model.item_vectors(all_ids, table).T
+            logits = model.with_bias_dim(hidden[keep]) @ model.item_vectors(all_ids, table).T
             logits[:, :FIRST_ITEM_INDEX] = float("-inf")
             loss = F.cross_entropy(logits, tgt[keep])
             opt.zero_grad(set_to_none=True)

@@ -1,0 +1,51 @@
+"""Metrics of a bundle computed from its own files (ONNX graphs, FAISS indexes, embeddings),
+used by `vidrec build` and by `vidrec evaluate BUNDLE` to recompute metrics.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from offline import baselines
+from offline.evaluate import evaluate
+from offline.report import metrics_document, write_reports
+from offline.split import Split, leave_one_out
+from offline.two_stage import BundleModels, candidates_per_request, two_stage_fn
+from shared.bundle import Bundle, resolve_bundle
+from shared.data import load_dataset
+from shared.settings import Settings
+
+
+def compute_metrics(bundle: Bundle, split: Split, dataset_name: str, settings: Settings,
+                    ) -> dict:
+    content = bundle.content_embeddings()
+    models = BundleModels(bundle, threads=settings.ort_intra_threads)
+    item_vectors = bundle.item_vectors()
+    results = {
+        "popularity": evaluate(split, "test", baselines.popularity_fn(split)),
+        "content_ann": evaluate(split, "test", baselines.content_ann_fn(split, "test", content)),
+        "item_knn": evaluate(split, "test", baselines.item_knn_fn(split, "test")),
+        "ranker_only": evaluate(split, "test", lambda users: models.user_vectors(
+            [split.history(u, "test") for u in users]) @ item_vectors.T),
+    }
+    recall: list[float] = []
+    results["two_stage"] = evaluate(split, "test",
+                                    two_stage_fn(models, split, "test", settings, recall))
+    return metrics_document(dataset_name, len(split.evaluable("test")), results,
+                            float(np.mean(recall)) if recall else 0.0,
+                            candidates_per_request(settings))
+
+
+def evaluate_bundle(settings: Settings, bundle_arg: str) -> dict:
+    path = Path(bundle_arg)
+    bundle = Bundle(resolve_bundle(settings.artifacts_dir, bundle_arg) if not path.is_dir()
+                    else path.resolve())
+    manifest = bundle.manifest
+    ds = load_dataset(manifest["dataset_arg"], settings.data_dir)
+    if manifest.get("sample_users"):
+        ds = ds.sample_users(manifest["sample_users"], manifest.get("seed", settings.seed))
+    doc = compute_metrics(bundle, leave_one_out(ds), ds.name, settings)
+    write_reports(doc, bundle.path)
+    print((bundle.path / "metrics.md").read_text())
+    return doc
