@@ -3,7 +3,8 @@
     .venv/bin/python -m bench.ranking [--bundle VERSION] [--repeats 50]
 
 Writes bench/results/ranking.json: median and p90 milliseconds per (users B, candidates C),
-with real users' histories and random catalogue items as candidates.
+with real users' histories and random catalogue items as candidates. The 1-minute load
+average is recorded too: on a shared machine it explains most of the spread.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def main() -> None:
         "content_dim": ranker.info.content_dim, "model_dim": bundle.model_info.get("dim"),
         "layers": bundle.model_info.get("layers"), "max_history": ranker.max_history,
         "history_len": settings.history_len, "repeats": opts.repeats,
-        "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
+        "machine": platform.processor() or platform.machine(),
         "onnxruntime": ort.__version__, "results": results,
     }
     tmp = OUT.with_suffix(".json.tmp")
