@@ -104,15 +104,17 @@ def check_model_json(info: Mapping, *, items: int, content_dim: int, item_dim: i
     max_history = info.get("max_history")
     if not isinstance(max_history, int) or max_history < 1:
         problems.append(f"model.json max_history is {max_history!r}, expected an int >= 1")
+    # D of item_vectors.npy: `vector_dim` (model dim + a bias dimension), or `dim` without one
+    d_key = "vector_dim" if "vector_dim" in info else "dim"
     expected = {"content_dim": (content_dim, "content_embeddings.npy"),
-                "dim": (item_dim, "item_vectors.npy"), "num_items": (items, "items.json"),
+                d_key: (item_dim, "item_vectors.npy"), "num_items": (items, "items.json"),
                 "pad_index": (PAD_INDEX, "the scorer"),
                 "unknown_index": (UNKNOWN_INDEX, "the scorer"),
                 "first_item_index": (FIRST_ITEM_INDEX, "the scorer")}
     for key, (actual, source) in expected.items():
         if key in info and info[key] != actual:
             problems.append(f"model.json {key}={info[key]!r} but {source} has {actual}")
-    for key in ("content_dim", "dim"):
+    for key in ("content_dim", d_key):
         if key not in info:
             problems.append(f"model.json has no {key!r}")
     graph = (info.get("graphs") or {}).get(RANKER_FILE)

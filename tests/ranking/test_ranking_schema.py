@@ -67,12 +67,15 @@ def check_json(info: dict) -> int:
 
 def test_model_json_matching_the_bundle_passes() -> None:
     assert check_json(MODEL_JSON) == L
+    # with a bias dimension, item vectors are vector_dim = dim + 1 wide
+    assert check_json({**MODEL_JSON, "dim": 3, "vector_dim": 4}) == L
 
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"max_history": None}, "max_history is None"),
     ({"content_dim": E + 1}, "content_dim=9 but content_embeddings.npy has 8"),
     ({"dim": 5}, "dim=5 but item_vectors.npy has 4"),
+    ({"dim": 3, "vector_dim": 5}, "vector_dim=5 but item_vectors.npy has 4"),
     ({"num_items": 4}, "num_items=4 but items.json has 3"),
     ({"unknown_index": 0}, "unknown_index=0 but the scorer has 1"),
     ({"graphs": {"ranker.onnx": {"inputs": ["x"], "outputs": ["scores"]}}}, "inputs"),
