@@ -18,6 +18,7 @@ from services.gateway.pipeline.filters import (
     SeenFilter,
     UnavailableFilter,
 )
+from services.gateway.pipeline.items import ItemMetaStage
 from services.gateway.pipeline.retrieve import query_tags
 from services.gateway.pipeline.score import Score
 from services.gateway.pipeline.select import Select, diversify
@@ -87,17 +88,27 @@ def test_diversify_relaxes_only_when_items_run_out() -> None:
     assert chosen == ["a1", "a2", "b1", "a3"]
 
 
-def test_select_orders_by_score_when_ranked_and_keeps_retrieval_order_otherwise() -> None:
-    ctx = RecContext(RecRequest("u", k=3))
-    ctx.candidates = [cand("x", score=9), cand("y", score=8), cand("z", score=7)]
+def test_select_keeps_the_order_it_is_given_and_reports_scores() -> None:
+    ctx = RecContext(RecRequest("u", k=2))
+    ctx.candidates = [cand("y", score=8), cand("z", score=7), cand("x", score=9)]
     ctx.meta = {i: meta(i) for i in "xyz"}
     ctx.scores, ctx.ranked = {"x": 0.1, "y": 0.9, "z": 0.5}, True
     run(Select(max_per_tag=3).run(ctx))
-    assert [p.candidate.item_id for p in ctx.picks] == ["y", "z", "x"]
-    assert [p.score for p in ctx.picks] == [0.9, 0.5, 0.1]
-    ctx.scores, ctx.ranked = {"x": 9, "y": 8, "z": 7}, False
-    run(Select(max_per_tag=3).run(ctx))
-    assert [p.candidate.item_id for p in ctx.picks] == ["x", "y", "z"]
+    assert [(p.candidate.item_id, p.score) for p in ctx.picks] == [("y", 0.9), ("z", 0.5)]
+
+
+def test_items_fallback_looks_up_the_head_of_the_list_in_the_catalog() -> None:
+    cat = Catalog(version="v", meta={f"i{n}": meta(f"i{n}") for n in range(100)})
+    ctx = RecContext(RecRequest("u", k=5))
+    ctx.candidates = [cand(f"i{n}", nearest_history="i99" if n == 0 else None)
+                      for n in range(90)]
+    ItemMetaStage(feature_store=None, catalog=cat).fallback(ctx)  # type: ignore[arg-type]
+    assert len(ctx.candidates) == 40  # max(4k, 40)
+    assert set(ctx.meta) == {f"i{n}" for n in range(40)} | {"i99"}
+    ctx = RecContext(RecRequest("u", k=5, exclude_tags=frozenset({"x"})))
+    ctx.candidates = [cand(f"i{n}") for n in range(90)]
+    ItemMetaStage(feature_store=None, catalog=cat).fallback(ctx)  # type: ignore[arg-type]
+    assert len(ctx.candidates) == 90  # tag filters may remove most: keep them all
 
 
 # ---- explain --------------------------------------------------------------------------------
@@ -173,7 +184,28 @@ def test_a_score_count_mismatch_is_typed_and_degrades_to_retrieval_order() -> No
     run(Pipeline([Step(stage)]).run(ctx))
     assert ctx.degraded == ["score"]
     assert not ctx.ranked and ctx.scores == {"a": 3.0, "b": 2.0}
+    assert [c.item_id for c in ctx.candidates] == ["a", "b"]
     assert ctx.model_version == "v-old"
+
+
+class ReversingRanker:
+    """Scores candidates in reverse of the order it receives them."""
+
+    async def score(self, requests: list[ScoreItem]) -> tuple[list[list[float]], str]:
+        n = len(requests[0].candidates)
+        return [[float(i) for i in range(n)]], "v-new"
+
+    async def ready(self) -> bool:
+        return True
+
+
+def test_score_orders_candidates_best_first() -> None:
+    ctx = RecContext(RecRequest("u"), state=UserState(user_id="u", known=True, history=["h"]))
+    ctx.candidates = [cand("a"), cand("b"), cand("c")]
+    run(Score(ReversingRanker()).run(ctx))
+    assert [c.item_id for c in ctx.candidates] == ["c", "b", "a"]
+    assert ctx.ranked and ctx.scores == {"a": 0.0, "b": 1.0, "c": 2.0}
+    assert ctx.model_version == "v-new"
 
 
 def test_catalog_popular_prefers_interest_matches_and_skips_excluded() -> None:

@@ -1,10 +1,10 @@
 """The recommendation request path: which stages run, in what order, with what time limit and
 failure policy. This is the only place that decides how a failure is handled.
 
-    hydrate  -> retrieve -> prefilter -> (items | score) -> filter -> select -> explain
+    hydrate -> retrieve -> prefilter -> score -> items -> filter -> select -> explain
 
-`items` (metadata) and `score` both need only the candidates, so they run concurrently; the
-filters that need metadata run after them.
+`prefilter` needs only ids; `items` fetches metadata for the head of the ranked list only
+(items.py), and the filters that need metadata run after it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from services.gateway.pipeline.items import ItemMetaStage
 from services.gateway.pipeline.retrieve import Retrieve
 from services.gateway.pipeline.score import Score
 from services.gateway.pipeline.select import Select
-from services.gateway.pipeline.stage import Parallel, Pipeline, Step
+from services.gateway.pipeline.stage import Pipeline, Step
 from shared.contracts import FeatureStoreAPI, RankingAPI, RetrievalAPI, Source
 from shared.settings import Settings
 
@@ -43,12 +43,10 @@ def recommendation_pipeline(settings: Settings, feature_store: FeatureStoreAPI,
         # Retrieval down -> the bundle's popular list held by the gateway.
         Step(Retrieve(retrieval, candidate_caps(settings), catalog), settings.timeout_retrieve_s),
         Step(FilterStage("prefilter", [SeenFilter(), ExcludedIdsFilter()]), fail_open=False),
-        Parallel([
-            # Item meta down -> titles and tags from the bundle's items.json.
-            Step(ItemMetaStage(feature_store, catalog), settings.timeout_items_s),
-            # Ranker down or answering the wrong shape -> keep the retrieval order and scores.
-            Step(Score(ranking, catalog.version), settings.timeout_score_s),
-        ]),
+        # Ranker down or answering the wrong shape -> keep the retrieval order and scores.
+        Step(Score(ranking, catalog.version), settings.timeout_score_s),
+        # Item meta down -> titles and tags from the bundle's items.json.
+        Step(ItemMetaStage(feature_store, catalog), settings.timeout_items_s),
         Step(FilterStage("filter", [UnavailableFilter(), IncludeTagsFilter(),
                                     ExcludeTagsFilter()]), fail_open=False),
         # Pure computation: a failure here is a bug and fails the request.

@@ -28,14 +28,23 @@ def _split(candidates: list[Candidate], drop: Callable[[Candidate], bool]) -> Sp
     return kept, removed
 
 
+def _split_ids(candidates: list[Candidate], drop_ids: set[str] | frozenset[str]) -> Split:
+    """The common case, without a Python call per candidate."""
+    if not drop_ids:
+        return candidates, []
+    kept = [c for c in candidates if c.item_id not in drop_ids]
+    if len(kept) == len(candidates):
+        return kept, []
+    return kept, [c for c in candidates if c.item_id in drop_ids]
+
+
 class SeenFilter:
     """Items the user has already watched."""
 
     name = "seen"
 
     def apply(self, ctx: RecContext, candidates: list[Candidate]) -> Split:
-        seen = set(ctx.user.seen)
-        return _split(candidates, lambda c: c.item_id in seen)
+        return _split_ids(candidates, set(ctx.user.seen))
 
 
 class ExcludedIdsFilter:
@@ -44,8 +53,7 @@ class ExcludedIdsFilter:
     name = "excluded"
 
     def apply(self, ctx: RecContext, candidates: list[Candidate]) -> Split:
-        excluded = ctx.request.exclude
-        return _split(candidates, lambda c: c.item_id in excluded)
+        return _split_ids(candidates, ctx.request.exclude)
 
 
 class UnavailableFilter:

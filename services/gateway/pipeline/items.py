@@ -1,11 +1,27 @@
-"""items: title, tags and availability of every candidate (and of the watched items that
-explain them), in one feature-store call."""
+"""items: title, tags and availability of the best candidates (and of the watched items that
+explain them), in one feature-store call.
+
+Only the head of the ranked list is looked up: the answer is k items, and fetching metadata
+for every candidate (hundreds) would cost more than the rest of the request. Candidates past
+the head are dropped here. With tag filters in the request the whole list is looked up, since
+those may remove most of it.
+"""
 
 from __future__ import annotations
 
 from services.gateway.catalog import Catalog
 from services.gateway.pipeline.context import RecContext
 from shared.contracts import FeatureStoreAPI
+
+HEAD_PER_K = 4  # look up 4k candidates: room for diversity and the odd unavailable item
+MIN_HEAD = 40
+
+
+def head_size(ctx: RecContext) -> int:
+    r = ctx.request
+    if r.include_tags or r.exclude_tags:
+        return len(ctx.candidates)
+    return max(HEAD_PER_K * r.k, MIN_HEAD)
 
 
 def wanted_ids(ctx: RecContext) -> list[str]:
@@ -22,15 +38,18 @@ class ItemMetaStage:
         self.catalog = catalog
 
     async def run(self, ctx: RecContext) -> None:
+        ctx.candidates = ctx.candidates[:head_size(ctx)]
         ids = wanted_ids(ctx)
         found = dict(await self.feature_store.item_meta(ids)) if ids else {}
         # Items the store does not know (e.g. upserted through this gateway while the store
         # was down) are looked up in the gateway's catalog.
+        known = self.catalog.meta
         for item_id in ids:
-            if item_id not in found and item_id in self.catalog.meta:
-                found[item_id] = self.catalog.meta[item_id]
+            if item_id not in found and item_id in known:
+                found[item_id] = known[item_id]
         ctx.meta = found
 
     def fallback(self, ctx: RecContext) -> None:
+        ctx.candidates = ctx.candidates[:head_size(ctx)]
         known = self.catalog.meta
         ctx.meta = {i: known[i] for i in wanted_ids(ctx) if i in known}

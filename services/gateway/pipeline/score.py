@@ -1,4 +1,5 @@
-"""score: the ranker gives every candidate a score, in the same order."""
+"""score: the ranker gives every candidate a score, in the same order; candidates are then
+ordered best first."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ class Score:
             got = len(scores[0]) if len(scores) == 1 else f"{len(scores)} lists of"
             raise ScoreMismatch(f"ranker returned {got} scores for {len(ids)} candidates")
         ctx.scores = dict(zip(ids, scores[0], strict=True))
+        ctx.candidates = sorted(ctx.candidates, key=lambda c: ctx.scores[c.item_id],
+                                reverse=True)
         ctx.ranked = True
         ctx.model_version = self.model_version = version
 

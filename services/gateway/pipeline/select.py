@@ -1,4 +1,5 @@
-"""select: order by score, keep any one tag from dominating the list, take the top k."""
+"""select: keep any one tag from dominating the list, take the top k (candidates arrive best
+first: ranked by score, or in retrieval order when the ranker could not answer)."""
 
 from __future__ import annotations
 
@@ -41,8 +42,6 @@ class Select:
     async def run(self, ctx: RecContext) -> None:
         meta, scores = ctx.meta, ctx.scores
         pairs = [(c, meta[c.item_id]) for c in ctx.candidates if c.item_id in meta]
-        if ctx.ranked:  # else keep the retrieval order
-            pairs.sort(key=lambda p: scores[p[0].item_id], reverse=True)
         asked = ctx.request.include_tags.union(ctx.request.interests)
         chosen = diversify(pairs, ctx.request.k, self.max_per_tag, asked)
         ctx.picks = [Pick(c, m, float(scores.get(c.item_id, c.score))) for c, m in chosen]

@@ -89,25 +89,10 @@ class Step:
             self._seconds.observe(time.perf_counter() - start)  # type: ignore[attr-defined]
 
 
-@dataclass
-class Parallel:
-    """Steps that only read what earlier steps wrote, run concurrently (e.g. item meta and
-    scoring both need just the candidates)."""
-
-    steps: list[Step]
-
-    @property
-    def name(self) -> str:
-        return "+".join(s.name for s in self.steps)
-
-    async def __call__(self, ctx: RecContext) -> None:
-        await asyncio.gather(*(step(ctx) for step in self.steps))
-
-
 class Pipeline:
     """Runs steps in order over one context."""
 
-    def __init__(self, steps: list[Step | Parallel]) -> None:
+    def __init__(self, steps: list[Step]) -> None:
         self.steps = steps
 
     @property
