@@ -12,7 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from redis.exceptions import ClusterDownError, SlotNotCoveredError, TryAgainError
+from redis.exceptions import (
+    ClusterDownError,
+    RedisClusterException,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -55,9 +60,19 @@ REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ClusterDownError, SlotNot
               TryAgainError, OSError)
 
 
+def is_redis_down(exc: BaseException) -> bool:
+    if isinstance(exc, REDIS_DOWN):
+        return True
+    # the cluster client wraps "no startup node reachable" and "slots not covered"
+    return isinstance(exc, RedisClusterException) and (
+        isinstance(exc.__cause__, REDIS_DOWN) or "slots are not covered" in str(exc))
+
+
 @contextmanager
 def redis_unavailable_as_service_unavailable() -> Iterator[None]:
     try:
         yield
-    except REDIS_DOWN as exc:
+    except (*REDIS_DOWN, RedisClusterException) as exc:
+        if not is_redis_down(exc):
+            raise
         raise ServiceUnavailable(f"redis: {exc}") from exc

@@ -19,11 +19,18 @@ from services.feature_store.codec import (
     unpack_item,
     unpack_overlay,
 )
-from services.feature_store.errors import REDIS_DOWN, redis_unavailable_as_service_unavailable
+from services.feature_store.errors import redis_unavailable_as_service_unavailable
 from services.feature_store.events import EventRecorder
 from services.feature_store.keys import Keys
 from services.feature_store.profile import decayed
-from shared.contracts import Event, EventOutcome, HistoryEntry, ItemMeta, UserState
+from shared.contracts import (
+    Event,
+    EventOutcome,
+    HistoryEntry,
+    ItemMeta,
+    ServiceUnavailable,
+    UserState,
+)
 from shared.observability import EVENTS, timed
 from shared.redis_conn import is_cluster, make_redis
 from shared.settings import Settings
@@ -92,8 +99,9 @@ class FeatureStore:
 
     async def ready(self) -> bool:
         try:
-            return bool(await self.redis.ping())
-        except REDIS_DOWN:
+            with redis_unavailable_as_service_unavailable():
+                return bool(await self.redis.ping())
+        except ServiceUnavailable:
             return False
 
     # ---- writes -----------------------------------------------------------------------

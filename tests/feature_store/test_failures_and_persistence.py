@@ -44,6 +44,20 @@ async def test_unreachable_redis_raises_service_unavailable(settings: Settings) 
         await store.aclose()
 
 
+async def test_unreachable_cluster_raises_service_unavailable(settings: Settings) -> None:
+    dead = settings.model_copy(
+        update={"redis_url": f"redis://127.0.0.1:{free_port()}/0?cluster=true"})
+    store = FeatureStore.from_settings(dead)
+    try:
+        with pytest.raises(ServiceUnavailable):
+            await store.hydrate("u", 10)
+        with pytest.raises(ServiceUnavailable):
+            await store.record_events([ev("1")])
+        assert await store.ready() is False
+    finally:
+        await store.aclose()
+
+
 async def test_redis_dying_and_coming_back(settings: Settings, redis_servers: ServerPool) -> None:
     server = redis_servers()
     own = settings.model_copy(update={"redis_url": server.url})
