@@ -17,6 +17,7 @@ Order of work, and why:
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Callable, Sequence
 
@@ -71,7 +72,7 @@ class EventRecorder:
         entry = pack_history(e.item_id, e.type, e.timestamp) if enters_history(e.type) else ""
         # a clock from the future would push the profile's reference time ahead and make
         # every later event worth almost nothing: decay uses min(event time, now)
-        t = min(float(e.timestamp), now)
+        t = min(e.timestamp, now) if math.isfinite(e.timestamp) else now
         args = [self.settings.event_dedupe_ttl_s, entry, self.settings.history_cap, e.item_id,
                 repr(event_weight(e.type, e.watch_fraction)), repr(t), repr(self.half_life_s),
                 *dict.fromkeys(meta.tags)]

@@ -19,7 +19,7 @@ from services.feature_store.codec import (
     unpack_item,
     unpack_overlay,
 )
-from services.feature_store.errors import redis_unavailable_as_service_unavailable
+from services.feature_store.errors import UnknownItems, redis_unavailable_as_service_unavailable
 from services.feature_store.events import EventRecorder
 from services.feature_store.keys import Keys
 from services.feature_store.profile import decayed
@@ -108,7 +108,12 @@ class FeatureStore:
     async def record_events(self, events: list[Event]) -> list[EventOutcome]:
         with timed(SERVICE, "record_events"), redis_unavailable_as_service_unavailable():
             metas = await self.item_meta([e.item_id for e in events])
-            outcomes = await self._events.record(events, metas)
+            try:
+                outcomes = await self._events.record(events, metas)
+            except UnknownItems as exc:
+                for i, _ in exc.bad:
+                    EVENTS.labels(events[i].type, "unknown_item").inc()
+                raise
         for e, o in zip(events, outcomes, strict=True):
             EVENTS.labels(e.type, o.status).inc()
         return outcomes

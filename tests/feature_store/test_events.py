@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+from prometheus_client import REGISTRY
 from redis.exceptions import ResponseError
 
 from services.feature_store.errors import UnknownItems
@@ -138,3 +139,16 @@ async def test_stream_is_trimmed_approximately(settings: Settings) -> None:
         assert 10 <= await store.redis.xlen(store.keys.events) <= 200
     finally:
         await store.aclose()
+
+
+async def test_outcomes_are_counted_on_metrics(store: FeatureStore) -> None:
+    def count(status: str) -> float:
+        return REGISTRY.get_sample_value(
+            "vidrec_events_total", {"type": "like", "status": status}) or 0.0
+
+    before = {s: count(s) for s in ("accepted", "duplicate", "unknown_item")}
+    await store.record_events([ev("m1", "v0", "like"), ev("m1", "v0", "like")])
+    with pytest.raises(UnknownItems):
+        await store.record_events([ev("m2", "nope", "like")])
+    assert {s: count(s) - before[s] for s in before} == {
+        "accepted": 1, "duplicate": 1, "unknown_item": 1}

@@ -117,3 +117,8 @@ async def test_skips_and_tagless_items_leave_the_profile_alone(store: FeatureSto
     await store.record_events([ev("1", "a", T0, "skip"), ev("2", "bare", T0)])
     assert await profile_at(store, T0) == {}
     assert await store.redis.exists(store.keys.tagref("u")) == 0
+
+
+async def test_a_non_finite_time_decays_as_now(store: FeatureStore) -> None:
+    await store.record_events([ev("inf", "a", float("inf"))])
+    assert await profile_at(store, T0) == pytest.approx({"x": 2.0, "y": 2.0})
