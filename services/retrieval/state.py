@@ -74,7 +74,7 @@ class RetrievalState:
     model_index: GrowableRows           # int64: row + 2 for bundle items, 1 for new ones
     content: GrowableRows               # float32 [rows, E], L2-normalised
     vectors: GrowableRows               # float32 [rows, D], learned item vectors
-    unit: GrowableRows                  # vectors / |vectors| (nearest watched item)
+    unit: GrowableRows                  # unit-length taste part of vectors (nearest watched item)
     popularity: GrowableRows            # float32
     dead: GrowableRows                  # bool: deleted or replaced by a newer row
     tag_rows: dict[str, np.ndarray]     # tag -> live rows carrying it, most popular first
@@ -132,7 +132,8 @@ class RetrievalState:
         for arr, value in ((self.model_index, model_index), (self.content, content),
                            (self.vectors, vector), (self.popularity, popularity)):
             arr.append(value)
-        self.unit.append(vector / max(float(np.linalg.norm(vector)), 1e-12))
+        taste = vector[:self.unit.view.shape[1]]
+        self.unit.append(taste / max(float(np.linalg.norm(taste)), 1e-12))
         self.item_ids.append(item_id)
         self.titles.append(title)
         self.tags.append(tuple(tags))
@@ -202,7 +203,10 @@ def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
     popularity = np.array([float(it.get("popularity", 0.0)) for it in items], np.float32)
     popular_rows = np.argsort(-popularity, kind="stable").astype(np.int64)
     tags = [tuple(it.get("tags", [])) for it in items]
-    norms = np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    # Similarity between items ignores the per-item bias dimension (model.json: vector_dim =
+    # dim + 1), which says how popular an item is, not what it is like.
+    taste = vectors[:, :min(int(bundle.model_info.get("dim", vectors.shape[1])), vectors.shape[1])]
+    norms = np.maximum(np.linalg.norm(taste, axis=1, keepdims=True), 1e-12)
     return RetrievalState(
         bundle=bundle, n_bundle=n,
         item_ids=[str(it["item_id"]) for it in items],
@@ -211,7 +215,7 @@ def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
         row_of={str(it["item_id"]): r for r, it in enumerate(items)},
         model_index=GrowableRows(np.arange(n, dtype=np.int64) + FIRST_ITEM_INDEX),
         content=GrowableRows(content), vectors=GrowableRows(vectors),
-        unit=GrowableRows(vectors / norms), popularity=GrowableRows(popularity),
+        unit=GrowableRows(taste / norms), popularity=GrowableRows(popularity),
         dead=GrowableRows(np.zeros(n, dtype=bool)),
         tag_rows=_tag_index(tags, popular_rows),
         popular_rows=popular_rows,

@@ -1,0 +1,270 @@
+"""RetrievalService in-process over the real small bundle: batched multi-source retrieval, ANN
+against brute force, upserts and deletes that survive restarts, reload."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from services.retrieval.errors import InvalidRequest, ItemNotFound
+from services.retrieval.overlay import FILE_NAME
+from services.retrieval.service import RetrievalService
+from shared.bundle import FIRST_ITEM_INDEX, Bundle, BundleError
+from shared.contracts import ItemUpsert, RetrievalQuery
+from shared.settings import Settings
+from shared.text import item_text
+from shared.text_encoder import OnnxTextEncoder
+
+CAPS = {"ann": 40, "content": 20, "tags": 15, "popular": 10}
+
+
+def bundle_of(settings: Settings) -> Bundle:
+    return Bundle.open(settings.artifacts_dir, settings.bundle)
+
+
+def warm_histories(bundle: Bundle, n: int, length: int = 30) -> list[list[str]]:
+    seqs = [s for _, s in sorted(bundle.users().items()) if len(s) > length]
+    assert len(seqs) >= n, "the small bundle should have enough long histories"
+    return [s[-length:] for s in seqs[:n]]
+
+
+def tag_profile(bundle: Bundle, history: list[str]) -> dict[str, float]:
+    counts = Counter(t for i in history for t in bundle.items[bundle.row_of[i]]["tags"])
+    top = counts.most_common(5)
+    return {t: c / top[0][1] for t, c in top}
+
+
+def query_vector(bundle: Bundle, history: list[str]) -> np.ndarray:
+    """The user vector computed straight from the bundle files, as docs/bundle.md specifies."""
+    content = bundle.content_embeddings()
+    rows = np.array([bundle.row_of[i] for i in history][-bundle.max_history:])
+    ids = (rows + FIRST_ITEM_INDEX)[None].astype(np.int64)
+    sess = ort.InferenceSession(str(bundle.file("query_encoder.onnx")),
+                                providers=["CPUExecutionProvider"])
+    return sess.run(None, {"hist_ids": ids, "hist_content": content[rows][None]})[0][0]
+
+
+def test_batch_returns_every_source_and_never_history_or_excluded(settings) -> None:
+    bundle = bundle_of(settings)
+    by_popularity = sorted(bundle.items, key=lambda it: -it["popularity"])
+    top_popular = [it["item_id"] for it in by_popularity[:5]]
+    queries = [RetrievalQuery(history=h, tags=tag_profile(bundle, h),
+                              exclude=top_popular + [bundle.items[k]["item_id"] for k in (0, 1)],
+                              caps=CAPS)
+               for h in warm_histories(bundle, 4)]
+    queries.append(RetrievalQuery())  # a brand-new user: nothing but popular items
+
+    async def go():
+        service = await RetrievalService.open(settings)
+        return await service.retrieve(queries)
+
+    results = asyncio.run(go())
+    assert len(results) == len(queries)
+    item_tags = {it["item_id"]: set(it["tags"]) for it in bundle.items}
+    for q, r in zip(queries[:-1], results[:-1], strict=True):
+        ids = [c.item_id for c in r.candidates]
+        assert {c.source for c in r.candidates} == set(CAPS)
+        assert r.per_source == CAPS  # every source filled its cap after removals
+        assert len(ids) == len(set(ids))
+        assert not set(ids) & (set(q.history) | set(q.exclude))
+        for c in r.candidates:
+            assert c.nearest_history in q.history
+            assert set(c.matched_tags) == item_tags[c.item_id] & set(q.tags)
+            if c.source == "tags":
+                assert c.matched_tags
+        ann_scores = [c.score for c in r.candidates if c.source == "ann"]
+        assert ann_scores == sorted(ann_scores, reverse=True)
+    cold = results[-1]
+    assert {c.source for c in cold.candidates} == {"popular"}
+    assert cold.per_source == {"ann": 0, "content": 0, "tags": 0,
+                               "popular": settings.candidates_popular}
+    expected = sorted((it["popularity"] for it in bundle.items), reverse=True)
+    assert [c.score for c in cold.candidates] == expected[:settings.candidates_popular]
+
+
+def test_ann_candidates_match_brute_force_over_item_vectors(settings) -> None:
+    bundle = bundle_of(settings)
+    vectors = bundle.item_vectors()
+    histories = warm_histories(bundle, 3)
+    exclude = [bundle.items[k]["item_id"] for k in range(0, 300, 7)]
+    caps = {"ann": 100, "content": 0, "tags": 0, "popular": 0}
+
+    async def go():
+        service = await RetrievalService.open(settings)
+        return await service.retrieve([RetrievalQuery(history=h, exclude=exclude, caps=caps)
+                                       for h in histories])
+
+    results = asyncio.run(go())
+    for history, result in zip(histories, results, strict=True):
+        scores = vectors @ query_vector(bundle, history)
+        blocked = [bundle.row_of[i] for i in history + exclude]
+        scores[blocked] = -np.inf
+        order = np.argsort(-scores, kind="stable")[:100]
+        got = [c for c in result.candidates if c.source == "ann"]
+        assert len(got) == 100
+        np.testing.assert_allclose([c.score for c in got], scores[order], rtol=1e-4, atol=1e-4)
+        # The same items, up to the order of near-ties.
+        expected_ids = {bundle.items[r]["item_id"] for r in order}
+        assert len({c.item_id for c in got} ^ expected_ids) <= 2
+
+
+def test_upsert_is_found_survives_restart_and_delete_removes_it(settings, make_store) -> None:
+    bundle = bundle_of(settings)
+    twin = warm_histories(bundle, 1)[0][-1]
+    # The new item gets exactly this item's content embedding; a user who watched only the twin
+    # has it as content query, so the new item must come first (cosine 1).
+    twin_embedding = bundle.content_embeddings()[bundle.row_of[twin]].tolist()
+    caps = {"ann": 0, "content": 10, "tags": 0, "popular": 0}
+    query = RetrievalQuery(history=[twin], caps=caps)
+
+    async def go():
+        store = make_store()
+        try:
+            service = await RetrievalService.open(settings, item_store=store)
+            meta = await service.upsert_item("new-video-1", ItemUpsert(
+                title="A brand new video", tags=["Drama", "new"], embedding=twin_embedding))
+            (found,) = await service.retrieve([query])
+            stored = await store.item_meta(["new-video-1"])
+            restarted = await RetrievalService.open(settings, item_store=store)
+            (after_restart,) = await restarted.retrieve([query])
+            await restarted.delete_item("new-video-1")
+            (after_delete,) = await restarted.retrieve([query])
+            stored_after_delete = await store.item_meta(["new-video-1"])
+            again = await RetrievalService.open(settings, item_store=store)
+            (after_delete_restart,) = await again.retrieve([query])
+            return (meta, found, stored, after_restart, after_delete, stored_after_delete,
+                    after_delete_restart)
+        finally:
+            await store.aclose()
+
+    (meta, found, stored, after_restart, after_delete, stored_after_delete,
+     after_delete_restart) = asyncio.run(go())
+    assert meta.tags == ["drama", "new"] and meta.available
+    for result in (found, after_restart):
+        top = result.candidates[0]
+        assert (top.item_id, top.source) == ("new-video-1", "content")
+        assert top.score == pytest.approx(1.0, abs=1e-4)
+        assert top.nearest_history == twin
+    assert stored["new-video-1"].title == "A brand new video"
+    for result in (after_delete, after_delete_restart):
+        assert "new-video-1" not in {c.item_id for c in result.candidates}
+        assert len(result.candidates) == 10  # the cap is still filled
+    assert stored_after_delete["new-video-1"].available is False
+
+
+def test_bad_upserts_name_the_field(settings) -> None:
+    async def go():
+        service = await RetrievalService.open(settings)
+        errors = []
+        for item_id, body in (
+                ("x1", ItemUpsert(title="t", embedding=[0.1] * 7)),
+                ("x2", ItemUpsert(title="t", embedding=[0.0] * service.state.content_dim)),
+                (" padded", ItemUpsert(title="t"))):
+            with pytest.raises(InvalidRequest) as exc:
+                await service.upsert_item(item_id, body)
+            errors.append(exc.value)
+        with pytest.raises(ItemNotFound):
+            await service.delete_item("never-existed")
+        with pytest.raises(InvalidRequest) as exc:
+            await service.retrieve([RetrievalQuery(caps={"ann": -1})])
+        return errors + [exc.value], service.state.n_rows, service.state.n_bundle
+
+    errors, rows, n_bundle = asyncio.run(go())
+    assert [e.field for e in errors] == ["embedding", "embedding", "item_id", "queries[0].caps.ann"]
+    assert "expected 384" in errors[0].problem and "got 7" in errors[0].problem
+    assert rows == n_bundle  # nothing was added by the rejected calls
+
+
+def test_computed_embedding_and_reupsert_of_a_bundle_item(settings, small_bundle: Path) -> None:
+    bundle = bundle_of(settings)
+    existing = bundle.items[3]
+    row = bundle.row_of[existing["item_id"]]
+    item_enc = ort.InferenceSession(str(bundle.file("item_encoder.onnx")),
+                                    providers=["CPUExecutionProvider"])
+    text_encoder = OnnxTextEncoder(small_bundle)
+    new_title, new_tags = "Space cowboys on a comet", ["sci-fi", "western"]
+
+    async def go():
+        service = await RetrievalService.open(settings)
+        await service.upsert_item("fresh-1", ItemUpsert(title=new_title, tags=new_tags))
+        await service.upsert_item(existing["item_id"], ItemUpsert(
+            title=existing["title"] + " (remastered)", tags=existing["tags"]))
+        s = service.state
+        fresh, old = s.row_of["fresh-1"], s.row_of[existing["item_id"]]
+        return (s.content.view[fresh].copy(), s.vectors.view[fresh].copy(),
+                s.model_index.view[[fresh, old]].tolist(), s.content.view[old].copy(),
+                s.vectors.view[old].copy(), bool(s.dead.view[row]), old,
+                service.content_of(["fresh-1", "missing"]))
+
+    (fresh_content, fresh_vec, indexes, old_content, old_vec, row_dead, new_row,
+     lookup) = asyncio.run(go())
+    expected = text_encoder.encode([item_text(new_title, new_tags)])[0]
+    np.testing.assert_allclose(fresh_content, expected, atol=1e-6)
+    assert indexes == [1, row + FIRST_ITEM_INDEX]  # new: unknown to the model; old: its own id
+    want = item_enc.run(None, {"item_ids": np.array([1, row + FIRST_ITEM_INDEX]),
+                               "item_content": np.stack([fresh_content, old_content])})[0]
+    np.testing.assert_allclose(np.stack([fresh_vec, old_vec]), want, atol=1e-5)
+    assert row_dead and new_row != row  # the old version is gone from the indexes
+    assert set(lookup) == {"fresh-1"}
+
+
+def test_restart_recovers_from_redis_when_the_overlay_file_is_lost(settings, make_store) -> None:
+    bundle = bundle_of(settings)
+    victim = bundle.items[0]["item_id"]
+    embedding = bundle.content_embeddings()[5].tolist()
+
+    async def go():
+        store = make_store()
+        try:
+            service = await RetrievalService.open(settings, item_store=store)
+            await service.upsert_item("kept-in-redis", ItemUpsert(title="t", embedding=embedding))
+            await service.delete_item(victim)
+            (settings.state_dir / FILE_NAME).unlink()
+            restarted = await RetrievalService.open(settings, item_store=store)
+            return restarted.state, restarted.popular(10_000)
+        finally:
+            await store.aclose()
+
+    state, popular = asyncio.run(go())
+    assert "kept-in-redis" in state.row_of and not state.dead.view[state.row_of["kept-in-redis"]]
+    assert state.dead.view[state.row_of[victim]]
+    assert victim not in {c.item_id for c in popular}
+    assert "kept-in-redis" in {c.item_id for c in popular}
+
+
+def test_reload_swaps_bundle_and_replays_changes(settings) -> None:
+    bundle = bundle_of(settings)
+    embedding = bundle.content_embeddings()[9].tolist()
+
+    async def go():
+        service = await RetrievalService.open(settings)
+        await service.upsert_item("survivor", ItemUpsert(title="t", embedding=embedding))
+        before = service.state
+        version = await service.reload("ret-b")
+        after = service.state
+        with pytest.raises(BundleError):
+            await service.reload("no-such-bundle")
+        return before, version, after, service.state
+
+    before, version, after, still = asyncio.run(go())
+    assert (before.version, version, after.version) == ("ret-a", "ret-b", "ret-b")
+    assert still is after  # a failed reload leaves the served state alone
+    assert "survivor" in after.row_of and after.overlay_applied == 1
+
+
+def test_popular_excludes_and_orders(settings) -> None:
+    bundle = bundle_of(settings)
+    ranked = sorted(bundle.items, key=lambda it: -it["popularity"])
+
+    async def go():
+        service = await RetrievalService.open(settings)
+        return service.popular(5, exclude=[ranked[0]["item_id"]])
+
+    got = asyncio.run(go())
+    assert len(got) == 5 and ranked[0]["item_id"] not in {c.item_id for c in got}
+    assert [c.score for c in got] == [it["popularity"] for it in ranked[1:6]]
