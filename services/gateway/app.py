@@ -4,6 +4,7 @@ HTTP clients otherwise (wiring.py). Tests pass the three dependencies in directl
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -19,6 +20,9 @@ from shared.contracts import FeatureStoreAPI, RankingAPI, RetrievalAPI
 from shared.observability import add_ops_routes
 from shared.settings import Settings
 
+log = logging.getLogger("vidrec.gateway")
+DEFAULT_ADMIN_TOKEN = Settings.model_fields["admin_token"].default
+
 DESCRIPTION = """Video recommendations: FAISS retrieval, an ONNX transformer ranker, a Redis
 feature store. A dependency that fails degrades the answer (listed in `degraded`) instead of
 failing it. Admin routes need `Authorization: Bearer <VIDREC_ADMIN_TOKEN>`."""
@@ -31,6 +35,9 @@ def create_app(settings: Settings, feature_store: FeatureStoreAPI | None = None,
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from services.gateway.wiring import connect
 
+        if settings.admin_token == DEFAULT_ADMIN_TOKEN:
+            log.warning("gateway: VIDREC_ADMIN_TOKEN is the default %r; set your own before "
+                        "exposing the admin routes", DEFAULT_ADMIN_TOKEN)
         parts, closers = await connect(settings, feature_store, retrieval, ranking)
         gateway = Gateway(settings, *parts, catalog=load_catalog(settings), closers=closers)
         app.state.gateway = gateway

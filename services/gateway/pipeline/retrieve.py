@@ -28,6 +28,9 @@ class Retrieve:
         self.retrieval = retrieval
         self.caps = caps
         self.catalog = catalog  # for the fallback only
+        # vidrec_candidates_total has no service label: an in-process retrieval service already
+        # counts its candidates in this process's registry, a remote one only in its own.
+        self.count_candidates = getattr(retrieval, "base_url", None) is not None
 
     def _excluded(self, ctx: RecContext) -> set[str]:
         return set(ctx.user.seen).union(ctx.request.exclude)
@@ -40,8 +43,9 @@ class Retrieve:
         (result,) = await self.retrieval.retrieve([query])
         self._keep(ctx, result.candidates)
         ctx.per_source = dict(result.per_source)
-        for source, n in ctx.per_source.items():
-            CANDIDATES.labels(source).inc(n)
+        if self.count_candidates:
+            for source, n in ctx.per_source.items():
+                CANDIDATES.labels(source).inc(n)
 
     def fallback(self, ctx: RecContext) -> None:
         # Retrieval is down: the bundle's popular list (interest matches first) still answers.
@@ -49,6 +53,7 @@ class Retrieve:
         cands = self.catalog.popular_candidates(n, self._excluded(ctx), ctx.request.interests)
         self._keep(ctx, cands)
         ctx.per_source = {"fallback": len(cands)}
+        CANDIDATES.labels("fallback").inc(len(cands))
 
     @staticmethod
     def _keep(ctx: RecContext, candidates: list[Candidate]) -> None:

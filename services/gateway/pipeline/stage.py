@@ -79,7 +79,8 @@ class Step:
             if not self.fail_open:
                 raise
             if isinstance(exc, DEPENDENCY_ERRORS):
-                log.warning("stage %s degraded: %s: %s", self.name, type(exc).__name__, exc)
+                log.warning("stage %s degraded: %s: %s", self.name, type(exc).__name__,
+                            exc or f"no answer within {self.timeout_s} s")
             else:  # a bug, not an outage: still answer, but loudly
                 log.exception("stage %s failed unexpectedly; falling back", self.name)
             self.stage.fallback(ctx)
