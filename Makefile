@@ -44,3 +44,24 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# Load test (locust, headless) against a running gateway: `make loadtest HOST=http://host:8000`.
+# The same LOCUST_* settings as the compose `loadtest` service; users come from
+# $VIDREC_ARTIFACTS_DIR/$VIDREC_BUNDLE (artifacts/latest). Results: bench/results/loadtest*.
+HOST ?= http://127.0.0.1:8000
+LOADTEST_USERS ?= 50
+LOADTEST_SPAWN_RATE ?= 10
+LOADTEST_RUN_TIME ?= 2m
+
+loadtest: venv
+	@mkdir -p bench/results
+	LOCUST_LOCUSTFILE=loadtest/locustfile.py LOCUST_HOST=$(HOST) LOCUST_HEADLESS=true \
+	LOCUST_USERS=$(LOADTEST_USERS) LOCUST_SPAWN_RATE=$(LOADTEST_SPAWN_RATE) \
+	LOCUST_RUN_TIME=$(LOADTEST_RUN_TIME) LOCUST_CSV=bench/results/loadtest \
+	LOCUST_SUMMARY_JSON=bench/results/loadtest.json LOCUST_ONLY_SUMMARY=true $(BIN)/locust
+
+# Static and end-to-end checks of Dockerfile, docker-compose.yml, k8s/ and the load test.
+deploy-check: venv
+	$(BIN)/python -m pytest -q -ra tests/deploy
+
+.PHONY: loadtest deploy-check

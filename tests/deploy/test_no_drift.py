@@ -242,3 +242,23 @@ def test_locustfile_routes_exist_in_the_gateway() -> None:
     gateway_paths = {path for _, path in routes("gateway")}
     for name, path in locust_routes.items():
         assert path in gateway_paths, f"locustfile route {name} {path} is not a gateway route"
+
+
+def test_make_loadtest_runs_locust_like_the_compose_service() -> None:
+    import subprocess
+
+    proc = subprocess.run(["make", "-n", "loadtest", "HOST=http://127.0.0.1:9"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout.replace("\\\n", " ")
+    make_env = dict(re.findall(r"\b(LOCUST_[A-Z_]+)=(\S+)", text))
+    assert re.search(r"\S*/locust\s*$", text.strip()), "make loadtest must end in `locust`"
+    compose_env = {k: v for k, v in compose()["services"]["loadtest"]["environment"].items()
+                   if k.startswith("LOCUST_")}
+    assert set(make_env) == set(compose_env), set(make_env) ^ set(compose_env)
+    assert make_env["LOCUST_HOST"] == "http://127.0.0.1:9"
+    assert make_env["LOCUST_LOCUSTFILE"] == "loadtest/locustfile.py"
+    assert make_env["LOCUST_CSV"].startswith("bench/results/loadtest")
+    assert make_env["LOCUST_SUMMARY_JSON"].startswith("bench/results/loadtest")
+    for same in ("LOCUST_HEADLESS", "LOCUST_ONLY_SUMMARY"):
+        assert make_env[same] == compose_env[same], same
