@@ -27,6 +27,9 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 0.0
     patience: int = 3
+    # Items in the softmax per step: the batch's targets plus this many uniform samples
+    # (0 = the whole catalogue). Sampling makes a step ~6x cheaper on the 2-core machine.
+    negatives: int = 2048
     max_minutes: float = 18.0
     valid_users: int | None = 10_000  # users sampled for per-epoch validation
     seed: int = 42
@@ -100,6 +103,19 @@ def ranker_score_fn(model: SequentialRanker, table: torch.Tensor, split: Split, 
     return score
 
 
+def softmax_loss(model: SequentialRanker, users: torch.Tensor, targets: torch.Tensor,
+                 table: torch.Tensor, all_ids: torch.Tensor, negatives: int) -> torch.Tensor:
+    """Cross-entropy of each target against the catalogue, or against a sampled part of it."""
+    if negatives <= 0:
+        logits = users @ model.item_vectors(all_ids, table).T
+        logits[:, :FIRST_ITEM_INDEX] = float("-inf")
+        return F.cross_entropy(logits, targets)
+    sampled = torch.randint(FIRST_ITEM_INDEX, len(all_ids), (negatives,))
+    items, inverse = torch.unique(torch.cat([targets, sampled]), return_inverse=True)
+    logits = users @ model.item_vectors(items, table[items]).T
+    return F.cross_entropy(logits, inverse[:len(targets)])
+
+
 def train_ranker(split: Split, content: np.ndarray, model_cfg: RankerConfig,
                  cfg: TrainConfig) -> tuple[SequentialRanker, dict]:
     torch.manual_seed(cfg.seed)
@@ -122,12 +138,9 @@ def train_ranker(split: Split, content: np.ndarray, model_cfg: RankerConfig,
             ids = torch.from_numpy(batch)
             inp, tgt = ids[:, :-1], ids[:, 1:]
             hidden = model.encode_sequence(inp, table[inp])
-            keep = tgt > 0
-            # Positions whose input is padding still predict nothing: both sides must be real.
-            keep &= inp > 0
-            logits = model.with_bias_dim(hidden[keep]) @ model.item_vectors(all_ids, table).T
-            logits[:, :FIRST_ITEM_INDEX] = float("-inf")
-            loss = F.cross_entropy(logits, tgt[keep])
+            keep = (tgt > 0) & (inp > 0)  # both sides must be real items
+            loss = softmax_loss(model, model.with_bias_dim(hidden[keep]), tgt[keep], table,
+                                all_ids, cfg.negatives)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
