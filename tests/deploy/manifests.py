@@ -301,13 +301,6 @@ def k8s_containers(overlay: str) -> list[Container]:
     return out
 
 
-def all_containers() -> list[Container]:
-    out = compose_containers()
-    for overlay in OVERLAYS:
-        out += k8s_containers(overlay)
-    return out
-
-
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The test process's environment without VIDREC_* (tests set what they mean)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIDREC_")}
