@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import random
 import time
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import redis
+from redis.utils import HIREDIS_AVAILABLE
 
 from services.feature_store.loader import load_bundle
 from services.feature_store.store import FeatureStore
@@ -108,8 +110,9 @@ def main() -> None:
         _delete_prefix(settings)
     report = {
         "bundle": bundle.version, "redis_url": settings.redis_url.split("@")[-1],
-        "machine": {"python": platform.python_version(), "cpu": platform.processor()
-                    or platform.machine(), "redis_py_hiredis": True},
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                    "load_average_1m": round(os.getloadavg()[0], 2),
+                    "hiredis": HIREDIS_AVAILABLE},
         "load": {"items": stats.items, "users": stats.users,
                  "interactions": stats.interactions, "seconds": round(stats.seconds, 2)},
         "latency": results,
