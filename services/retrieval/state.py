@@ -71,6 +71,7 @@ class RetrievalState:
     titles: list[str]
     tags: list[tuple[str, ...]]
     row_of: dict[str, int]              # item id -> its current row (dead rows stay mapped)
+    bundle_row_of: dict[str, int]       # item id -> its row in the bundle (fixed)
     model_index: GrowableRows           # int64: row + 2 for bundle items, 1 for new ones
     content: GrowableRows               # float32 [rows, E], L2-normalised
     vectors: GrowableRows               # float32 [rows, D], learned item vectors
@@ -114,7 +115,7 @@ class RetrievalState:
 
     def bundle_model_index(self, item_id: str) -> int:
         """The model's own index for an item the bundle was trained on, else UNKNOWN_INDEX."""
-        row = self.bundle.row_of.get(item_id)  # its bundle row, even after re-upserts
+        row = self.bundle_row_of.get(item_id)  # its bundle row, even after re-upserts
         return UNKNOWN_INDEX if row is None else row + FIRST_ITEM_INDEX
 
     # ---- mutations (event loop thread only) -------------------------------------------
@@ -200,6 +201,7 @@ def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
     if (bundle.path / "text_encoder.onnx").is_file():
         text_encoder = OnnxTextEncoder(bundle.path, settings.ort_intra_threads,
                                        settings.ort_inter_threads)
+    bundle_rows = {str(it["item_id"]): r for r, it in enumerate(items)}
     popularity = np.array([float(it.get("popularity", 0.0)) for it in items], np.float32)
     popular_rows = np.argsort(-popularity, kind="stable").astype(np.int64)
     tags = [tuple(it.get("tags", [])) for it in items]
@@ -212,7 +214,7 @@ def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
         item_ids=[str(it["item_id"]) for it in items],
         titles=[str(it.get("title", "")) for it in items],
         tags=tags,
-        row_of={str(it["item_id"]): r for r, it in enumerate(items)},
+        row_of=dict(bundle_rows), bundle_row_of=bundle_rows,
         model_index=GrowableRows(np.arange(n, dtype=np.int64) + FIRST_ITEM_INDEX),
         content=GrowableRows(content), vectors=GrowableRows(vectors),
         unit=GrowableRows(taste / norms), popularity=GrowableRows(popularity),

@@ -268,3 +268,66 @@ def test_popular_excludes_and_orders(settings) -> None:
     got = asyncio.run(go())
     assert len(got) == 5 and ranked[0]["item_id"] not in {c.item_id for c in got}
     assert [c.score for c in got] == [it["popularity"] for it in ranked[1:6]]
+
+
+def test_deleted_bundle_items_leave_every_source(settings) -> None:
+    bundle = bundle_of(settings)
+    history = warm_histories(bundle, 1)[0]
+    tags = tag_profile(bundle, history)
+    query = RetrievalQuery(history=history, tags=tags, caps=CAPS)
+
+    async def go():
+        service = await RetrievalService.open(settings)
+        (before,) = await service.retrieve([query])
+        victims = {}  # the first candidate of every source
+        for c in before.candidates:
+            victims.setdefault(c.source, c.item_id)
+        for item_id in victims.values():
+            await service.delete_item(item_id)
+        await service.delete_item(next(iter(victims.values())))  # deleting twice is harmless
+        (after,) = await service.retrieve([query])
+        return victims, after
+
+    victims, after = asyncio.run(go())
+    assert set(victims) == set(CAPS)
+    assert not set(victims.values()) & {c.item_id for c in after.candidates}
+    assert after.per_source == CAPS
+
+
+def test_hnsw_index_hides_deleted_and_replaced_rows(settings, tmp_path: Path) -> None:
+    """An HNSW index cannot remove rows; they must still never come back, caps still full."""
+    from shared import ann
+
+    src = bundle_of(settings).path
+    hnsw_dir = settings.artifacts_dir / f"hnsw-{tmp_path.name}"
+    hnsw_dir.mkdir()
+    for f in src.iterdir():
+        if f.name != "index_ann.faiss":
+            (hnsw_dir / f.name).symlink_to(f.resolve())
+    bundle = Bundle(hnsw_dir)
+    ann.save(ann.build_index(bundle.item_vectors(), kind="hnsw"), hnsw_dir / "index_ann.faiss")
+    history = warm_histories(bundle, 1)[0]
+    caps = {"ann": 30, "content": 0, "tags": 0, "popular": 0}
+    query = RetrievalQuery(history=history, caps=caps)
+
+    async def go():
+        service = await RetrievalService.open(settings, version=hnsw_dir.name)
+        (before,) = await service.retrieve([query])
+        gone = [c.item_id for c in before.candidates[:5]]
+        for item_id in gone[:3]:
+            await service.delete_item(item_id)
+        for item_id in gone[3:]:  # replaced: a new row, the old one stays in HNSW
+            await service.upsert_item(item_id, ItemUpsert(
+                title="replaced", embedding=bundle.content_embeddings()[0].tolist()))
+        (after,) = await service.retrieve([query])
+        return service.readiness(), gone, after, service.state
+
+    ready, gone, after, state = asyncio.run(go())
+    assert ready["index"] == "hnsw" and state.dead_in_index == 5
+    got = [c.item_id for c in after.candidates]
+    assert len(got) == 30 and not set(gone[:3]) & set(got)
+    # A replaced item may be proposed again, but only through its new row's vector.
+    user = query_vector(bundle, history)
+    for c in after.candidates:
+        row = state.row_of[c.item_id]
+        assert c.score == pytest.approx(float(state.vectors.view[row] @ user), abs=1e-3)
