@@ -101,26 +101,48 @@ class RetrievalService:
         then swap it in. On failure the old state keeps serving and the error propagates."""
         async with self._changes:
             remote = await self._remote_overlay()
-            state = await asyncio.to_thread(self._build, version or self.settings.bundle, remote)
+            state, local = await asyncio.to_thread(self._build, version or self.settings.bundle,
+                                                   remote or [])
             self._state = state  # the swap: requests that hold the old state finish on it
+            if remote is not None:
+                await self._heal_store(local, remote)
         log.info("retrieval: serving %s (%d items, %s index on %s)", state.version,
                  state.live_items, state.index_kind, state.faiss_device)
         return state.version
 
-    def _build(self, version: str, remote: list[OverlayItem]) -> RetrievalState:
+    def _build(self, version: str, remote: list[OverlayItem]
+               ) -> tuple[RetrievalState, list[OverlayItem]]:
         state = load_state(Bundle.open(self.settings.artifacts_dir, version), self.settings)
-        apply_overlay(state, merge(self.overlay.read(), remote))
-        return state
+        local = self.overlay.read()
+        apply_overlay(state, merge(local, remote))
+        return state, local
 
-    async def _remote_overlay(self) -> list[OverlayItem]:
+    async def _remote_overlay(self) -> list[OverlayItem] | None:
+        """The feature store's overlay; None when there is no store or it cannot answer."""
         if self.item_store is None:
-            return []
+            return None
         try:
             return await self.item_store.overlay_items()
         except ServiceUnavailable as exc:  # the overlay file still has this process's changes
             DEGRADED.labels(SERVICE, "overlay").inc()
             log.warning("retrieval: feature store overlay unavailable, file only: %s", exc)
-            return []
+            return None
+
+    async def _heal_store(self, local: list[OverlayItem], remote: list[OverlayItem]) -> None:
+        """Write back changes the feature store lost (e.g. a Redis without persistence that
+        restarted), so the gateway can show those items again."""
+        known = {e.meta.item_id: e.updated_at for e in remote}
+        lost = [e for e in local if known.get(e.meta.item_id, -1.0) < e.updated_at]
+        try:
+            for e in lost:
+                if e.meta.available:
+                    await self.item_store.put_item(e.meta, e.embedding)
+                else:
+                    await self.item_store.delete_item(e.meta.item_id)
+        except ServiceUnavailable as exc:
+            DEGRADED.labels(SERVICE, "overlay").inc()
+            log.warning("retrieval: could not restore %d item(s) in the feature store: %s",
+                        len(lost), exc)
 
     @property
     def state(self) -> RetrievalState:

@@ -331,3 +331,30 @@ def test_hnsw_index_hides_deleted_and_replaced_rows(settings, tmp_path: Path) ->
     for c in after.candidates:
         row = state.row_of[c.item_id]
         assert c.score == pytest.approx(float(state.vectors.view[row] @ user), abs=1e-3)
+
+
+def test_restart_restores_what_a_flushed_redis_lost(settings, make_store) -> None:
+    """Redis without persistence restarted empty: the overlay file puts the items back."""
+    embedding = bundle_of(settings).content_embeddings()[11].tolist()
+    victim = bundle_of(settings).items[2]["item_id"]
+
+    async def go():
+        store = make_store()
+        try:
+            service = await RetrievalService.open(settings, item_store=store)
+            await service.upsert_item("lost-in-redis", ItemUpsert(title="Kept", tags=["x"],
+                                                                  embedding=embedding))
+            await service.delete_item(victim)
+            keys = [k async for k in store.redis.scan_iter(match=f"{settings.key_prefix}:*")]
+            await store.redis.delete(*keys)  # what a restart of a non-persistent Redis leaves
+            assert await store.overlay_items() == []
+            await RetrievalService.open(settings, item_store=store)
+            return await store.item_meta(["lost-in-redis"]), await store.overlay_items()
+        finally:
+            await store.aclose()
+
+    meta, overlay = asyncio.run(go())
+    assert meta["lost-in-redis"].title == "Kept" and meta["lost-in-redis"].tags == ["x"]
+    by_id = {e.meta.item_id: e for e in overlay}
+    assert by_id["lost-in-redis"].embedding is not None
+    assert by_id[victim].meta.available is False
