@@ -201,7 +201,7 @@ class Servers:
 def warm_up(base: str, users: list[str], n: int = 200) -> None:
     import httpx
 
-    with httpx.Client(base_url=base, timeout=10) as client:
+    with httpx.Client(base_url=base, timeout=60) as client:
         for u in users[:n]:
             client.get(f"/v1/users/{u}/recommendations", params={"k": K}).raise_for_status()
 
@@ -210,7 +210,10 @@ def stage_means(base: str) -> dict[str, float]:
     """Mean ms per gateway stage over the run, from /metrics (sum / count)."""
     import httpx
 
-    text = httpx.get(f"{base}/metrics", timeout=5).text
+    try:
+        text = httpx.get(f"{base}/metrics", timeout=60).text
+    except httpx.HTTPError as exc:
+        return {"error": repr(exc)}
     sums, counts = {}, {}
     for m in re.finditer(r'vidrec_stage_seconds_(sum|count)\{service="(\w+)",stage="([\w+]+)"\}'
                          r" ([0-9.e+-]+)", text):
@@ -246,6 +249,7 @@ def scenario(name: str, topology: dict[str, int], rate: float, duration: float,
         warm_up(base, users)
         print(f"[bench] {name}: {rate:g} req/s for {duration:g} s ...", flush=True)
         out = run_loadgen(int(base.rsplit(":", 1)[1]), users_file, rate, duration)
+        print(f"[bench] {name}: {json.dumps(out)}", flush=True)
         out["stage_mean_ms"] = stage_means(base)
         return out
     finally:

@@ -80,17 +80,53 @@ def redis_answers(url: str, password: str | None = None) -> bool:
         return False
 
 
-def ensure_bundle(settings: Settings, dataset: str) -> Bundle:
+def _dataset_of(bundle: Bundle) -> str:
+    return str(bundle.manifest.get("dataset", ""))
+
+
+def built_from(bundle: Bundle, dataset: str) -> bool:
+    """Built from the whole of `dataset` (a name, or the folder given to `vidrec build`)."""
+    m = bundle.manifest
+    return m.get("dataset") == dataset or (
+        m.get("dataset_arg") == dataset and "sample" not in str(m.get("dataset")))
+
+
+def newest_bundle_for(settings: Settings, dataset: str) -> Bundle | None:
+    """The newest complete bundle under artifacts_dir built from `dataset` (full, not sampled)."""
+    found = []
+    for manifest in Path(settings.artifacts_dir).glob("*/manifest.json"):
+        if manifest.parent.is_symlink():
+            continue
+        try:
+            bundle = Bundle(manifest.parent.resolve())
+            if built_from(bundle, dataset):
+                found.append((manifest.stat().st_mtime, bundle))
+        except (BundleError, ValueError, OSError):
+            continue
+    return max(found, key=lambda f: f[0])[1] if found else None
+
+
+def ensure_bundle(settings: Settings, dataset: str) -> tuple[Settings, Bundle]:
+    """The bundle to serve: VIDREC_BUNDLE if set explicitly; else the newest bundle of
+    `dataset`, built first when there is none."""
+    if settings.bundle != "latest":
+        return settings, Bundle.open(settings.artifacts_dir, settings.bundle)
     try:
-        return Bundle.open(settings.artifacts_dir, settings.bundle)
+        latest = Bundle.open(settings.artifacts_dir, "latest")
+        if built_from(latest, dataset):
+            return settings, latest
     except BundleError:
         pass
-    print(f"[run] no bundle at {settings.artifacts_dir}/{settings.bundle}: building one from "
-          f"{dataset} (several minutes on 2 CPU cores)...", flush=True)
-    # A child process: the build imports torch, the server must not.
-    subprocess.run([sys.executable, "-m", "vidrec_cli", "build", "--dataset", dataset],
-                   check=True)
-    return Bundle.open(settings.artifacts_dir, settings.bundle)
+    bundle = newest_bundle_for(settings, dataset)
+    if bundle is None:
+        print(f"[run] no {dataset} bundle under {settings.artifacts_dir}: building one "
+              "(several minutes on 2 CPU cores)...", flush=True)
+        # A child process: the build imports torch, the server must not.
+        subprocess.run([sys.executable, "-m", "vidrec_cli", "build", "--dataset", dataset],
+                       check=True)
+        bundle = Bundle.open(settings.artifacts_dir, "latest")
+    print(f"[run] serving bundle {bundle.version} ({_dataset_of(bundle)})", flush=True)
+    return settings.model_copy(update={"bundle": bundle.version}), bundle
 
 
 def ensure_redis(settings: Settings) -> LocalRedis | None:
@@ -164,9 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reload-data", action="store_true",
                    help="Load the bundle into Redis even if it is already there.")
     args = p.parse_args(argv)
-    settings = get_settings()
-
-    bundle = ensure_bundle(settings, args.dataset)
+    settings, bundle = ensure_bundle(get_settings(), args.dataset)
     server = ensure_redis(settings)
     ensure_loaded(settings, bundle, force=args.reload_data or server is not None)
     item_id = bundle.items[0]["item_id"]
