@@ -34,6 +34,8 @@ class OnnxTextEncoder:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_threads
         opts.inter_op_num_threads = inter_threads
+        # Serving shares the cores with FAISS and other requests: idle pool threads must sleep.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(str(onnx_path), opts,
                                              providers=providers or ["CPUExecutionProvider"])
         self._inputs = {i.name for i in self._session.get_inputs()}
