@@ -36,6 +36,12 @@ class Split:
             h = np.append(h, self.valid[user_pos])
         return h
 
+    def with_validation_in_train(self) -> Split:
+        """The same split with each validation item moved into training (for the final refit:
+        the test item stays unseen)."""
+        train = [self.history(u, "test") for u in range(len(self.users))]
+        return Split(self.item_ids, self.users, train, np.zeros_like(self.valid), self.test)
+
     def summary(self) -> dict:
         return {
             "protocol": "leave-one-out, chronological per user",

@@ -52,7 +52,9 @@ def to_gpu_if_available(index: faiss.Index, use_gpu: bool = True) -> tuple[faiss
     if not use_gpu or gpu_count() == 0 or index_kind(index) != "flat":
         return index, "cpu"
     res = faiss.StandardGpuResources()
-    return faiss.index_cpu_to_gpu(res, 0, index), "gpu"
+    gpu_index = faiss.index_cpu_to_gpu(res, 0, index)
+    gpu_index.referenced_objects = [res]  # the resources must outlive the index
+    return gpu_index, "gpu"
 
 
 def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -137,6 +137,10 @@ def make_session(path: Path, settings: Settings) -> ort.InferenceSession:
     opts.inter_op_num_threads = settings.ort_inter_threads
     if settings.ort_inter_threads > 1:  # inter-op threads only matter in parallel mode
         opts.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+    # Sleeping (not spinning) worker threads: in one process retrieval and Redis I/O share the
+    # same cores, and spinning threads starve them.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     providers = ["CPUExecutionProvider"]
     if settings.use_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
