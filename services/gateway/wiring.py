@@ -1,11 +1,13 @@
 """Connect the gateway to its three dependencies: the in-process class when the part's URL
 setting is empty (one-process serving), its HTTP client otherwise. Whatever is created here is
-closed by the returned closers (objects passed in by the caller are the caller's to close)."""
+closed by the returned closers (objects passed in by the caller are the caller's to close).
+HTTP clients use the lean transport (transport.py) for plain http:// URLs."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from services.gateway.transport import transport_for
 from shared.contracts import FeatureStoreAPI, RankingAPI, RetrievalAPI
 from shared.settings import Settings
 
@@ -33,7 +35,8 @@ async def _feature_store(settings: Settings, closers: list[Closer]) -> FeatureSt
     if settings.feature_store_url:
         from services.feature_store.client import FeatureStoreClient
 
-        client = FeatureStoreClient(settings.feature_store_url, CLIENT_TIMEOUT_S)
+        client = FeatureStoreClient(settings.feature_store_url, CLIENT_TIMEOUT_S,
+                                    transport=transport_for(settings.feature_store_url))
         closers.append(client.aclose)
         return client
     from services.feature_store.store import FeatureStore
@@ -49,7 +52,8 @@ async def _retrieval(settings: Settings, feature_store: FeatureStoreAPI,
         from services.retrieval.client import RetrievalClient
 
         client = RetrievalClient(settings.retrieval_url, CLIENT_TIMEOUT_S,
-                                 admin_token=settings.admin_token)
+                                 admin_token=settings.admin_token,
+                                 transport=transport_for(settings.retrieval_url))
         closers.append(client.aclose)
         return client
     from services.retrieval.service import RetrievalService
@@ -72,7 +76,8 @@ async def _ranking(settings: Settings, retrieval: RetrievalAPI,
     if settings.ranking_url:
         from services.ranking.client import RankingClient
 
-        client = RankingClient(settings.ranking_url, CLIENT_TIMEOUT_S)
+        client = RankingClient(settings.ranking_url, CLIENT_TIMEOUT_S,
+                               transport=transport_for(settings.ranking_url))
         closers.append(client.aclose)
         return client
     from services.ranking.service import RankingService
