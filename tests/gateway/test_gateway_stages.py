@@ -19,7 +19,7 @@ from services.gateway.pipeline.filters import (
     UnavailableFilter,
 )
 from services.gateway.pipeline.items import ItemMetaStage
-from services.gateway.pipeline.retrieve import query_tags
+from services.gateway.pipeline.retrieve import Retrieve, query_tags
 from services.gateway.pipeline.score import Score
 from services.gateway.pipeline.select import Select, diversify
 from services.gateway.pipeline.stage import Pipeline, ScoreMismatch, Step
@@ -227,3 +227,13 @@ def test_tags_the_request_asked_for_are_not_capped() -> None:
     chosen = [c.item_id for c, _ in diversify(ranked, k=3, max_per_tag=1,
                                               exempt=frozenset({"a"}))]
     assert chosen == ["a1", "a3", "b1"]  # "a" uncapped, "x" still capped at one
+
+
+def test_retrieve_asks_ann_only_for_the_head_the_gateway_looks_at() -> None:
+    caps = {"ann": 300, "content": 100, "tags": 50, "popular": 50}
+    stage = Retrieve(retrieval=None, caps=caps, catalog=Catalog.empty())  # type: ignore[arg-type]
+    assert stage.caps_for(RecRequest("u", k=20)) == {**caps, "ann": 80}
+    assert stage.caps_for(RecRequest("u", k=5)) == {**caps, "ann": 40}
+    assert stage.caps_for(RecRequest("u", k=100)) == caps  # 400 > 300: the setting wins
+    # tag filters may remove most candidates: every one is looked at, so ask for all
+    assert stage.caps_for(RecRequest("u", k=20, exclude_tags=frozenset({"x"}))) == caps

@@ -10,18 +10,23 @@ those may remove most of it.
 from __future__ import annotations
 
 from services.gateway.catalog import Catalog
-from services.gateway.pipeline.context import RecContext
+from services.gateway.pipeline.context import RecContext, RecRequest
 from shared.contracts import FeatureStoreAPI
 
 HEAD_PER_K = 4  # look up 4k candidates: room for diversity and the odd unavailable item
 MIN_HEAD = 40
 
 
+def head_limit(request: RecRequest) -> int | None:
+    """How many of the best candidates are looked at; None: all of them."""
+    if request.include_tags or request.exclude_tags:
+        return None
+    return max(HEAD_PER_K * request.k, MIN_HEAD)
+
+
 def head_size(ctx: RecContext) -> int:
-    r = ctx.request
-    if r.include_tags or r.exclude_tags:
-        return len(ctx.candidates)
-    return max(HEAD_PER_K * r.k, MIN_HEAD)
+    limit = head_limit(ctx.request)
+    return len(ctx.candidates) if limit is None else limit
 
 
 def wanted_ids(ctx: RecContext) -> list[str]:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from services.gateway.catalog import Catalog
-from services.gateway.pipeline.context import RecContext
+from services.gateway.pipeline.context import RecContext, RecRequest
+from services.gateway.pipeline.items import head_limit
 from shared.contracts import Candidate, RetrievalAPI, RetrievalQuery, Source
 from shared.observability import CANDIDATES
 
@@ -35,11 +36,21 @@ class Retrieve:
     def _excluded(self, ctx: RecContext) -> set[str]:
         return set(ctx.user.seen).union(ctx.request.exclude)
 
+    def caps_for(self, request: RecRequest) -> dict[Source, int]:
+        """The ranker scores a candidate by user_vec . item_vec, exactly what the ANN source
+        searches (docs/bundle.md), so an ANN candidate past the head the gateway looks at
+        (items.py) can never reach it: asking for more only costs time."""
+        head = head_limit(request)
+        if head is None or self.caps.get("ann", 0) <= head:
+            return self.caps
+        return {**self.caps, "ann": head}
+
     async def run(self, ctx: RecContext) -> None:
         user = ctx.user
         query = RetrievalQuery(history=user.history,
                                tags=query_tags(user.tag_profile, ctx.request.interests),
-                               exclude=list(self._excluded(ctx)), caps=self.caps)
+                               exclude=list(self._excluded(ctx)),
+                               caps=self.caps_for(ctx.request))
         (result,) = await self.retrieval.retrieve([query])
         self._keep(ctx, result.candidates)
         ctx.per_source = dict(result.per_source)
