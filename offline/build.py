@@ -11,6 +11,7 @@ import platform
 import shutil
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -77,6 +78,7 @@ def run_build(settings: Settings, dataset: str, sample_users: int | None = None,
         content, content_facts = content_embeddings(ds, settings.encoder, artifacts / ".cache")
     with steps.step("split"):
         split = leave_one_out(ds)
+        split_summary = split.summary()
 
     model_cfg = RankerConfig(num_items=split.num_items, content_dim=content.shape[1])
     train_cfg = TrainConfig(seed=settings.seed)
@@ -86,6 +88,17 @@ def run_build(settings: Settings, dataset: str, sample_users: int | None = None,
         train_cfg.max_minutes = train_minutes
     with steps.step("train_ranker"):
         model, train_facts = train_ranker(split, content, model_cfg, train_cfg)
+    if train_cfg.refit and split.evaluable("valid").size:
+        # The validation run chose the epoch count; the final model also learns from each
+        # user's validation item (the most recent data), and the test item stays unseen.
+        with steps.step("refit_ranker"):
+            best_epoch = max(train_facts["history"], key=lambda h: h["NDCG@10"])["epoch"]
+            refit_cfg = replace(train_cfg, epochs=best_epoch, max_minutes=float("inf"))
+            model, refit_facts = train_ranker(split.with_validation_in_train(), content,
+                                              model_cfg, refit_cfg)
+            train_facts = {"validation_run": train_facts, "refit": refit_facts,
+                           "refit_epochs": best_epoch}
+            split = split.with_validation_in_train()  # baselines then fit on the same data
     table = content_table(content)
     with steps.step("export_onnx"):
         export_onnx(model, work, _export_examples(split, table))
@@ -110,8 +123,9 @@ def run_build(settings: Settings, dataset: str, sample_users: int | None = None,
     manifest = {
         "version": version, "dataset": ds.name, "dataset_arg": dataset,
         "sample_users": sample_users, "seed": settings.seed,
+        "validation_in_train": "refit" in train_facts,
         "built_at": datetime.now(UTC).isoformat(),
-        "split": split.summary(),
+        "split": split_summary,
         "sizes": {"users": len(ds.sequences), "items": len(ds.items),
                   "interactions": ds.num_interactions},
         "dims": {"content": int(content.shape[1]), "model": model_cfg.dim},

@@ -45,7 +45,10 @@ def evaluate_bundle(settings: Settings, bundle_arg: str) -> dict:
     ds = load_dataset(manifest["dataset_arg"], settings.data_dir)
     if manifest.get("sample_users"):
         ds = ds.sample_users(manifest["sample_users"], manifest.get("seed", settings.seed))
-    doc = compute_metrics(bundle, leave_one_out(ds), ds.name, settings)
+    split = leave_one_out(ds)
+    if manifest.get("validation_in_train"):
+        split = split.with_validation_in_train()
+    doc = compute_metrics(bundle, split, ds.name, settings)
     write_reports(doc, bundle.path)
     print((bundle.path / "metrics.md").read_text())
     return doc

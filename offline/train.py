@@ -31,6 +31,7 @@ class TrainConfig:
     # (0 = the whole catalogue). Sampling makes a step ~6x cheaper on the 2-core machine.
     negatives: int = 4096
     cosine: bool = True
+    refit: bool = True  # after the validation run, retrain on train + validation (build.py)
     max_minutes: float = 18.0
     valid_users: int | None = 10_000  # users sampled for per-epoch validation
     seed: int = 42
