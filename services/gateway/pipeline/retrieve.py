@@ -69,6 +69,9 @@ class Retrieve:
     @staticmethod
     def _keep(ctx: RecContext, candidates: list[Candidate]) -> None:
         # Sources may propose one item twice; the first (strongest source) wins.
+        if len({c.item_id for c in candidates}) == len(candidates):  # the usual case
+            ctx.candidates = candidates
+            return
         seen: set[str] = set()
         kept = []
         for c in candidates:

@@ -3,6 +3,8 @@ ordered best first."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from services.gateway.pipeline.context import RecContext
 from services.gateway.pipeline.stage import ScoreMismatch
 from shared.contracts import RankingAPI, ScoreItem
@@ -26,9 +28,11 @@ class Score:
         if len(scores) != 1 or len(scores[0]) != len(ids):
             got = len(scores[0]) if len(scores) == 1 else f"{len(scores)} lists of"
             raise ScoreMismatch(f"ranker returned {got} scores for {len(ids)} candidates")
-        ctx.scores = dict(zip(ids, scores[0], strict=True))
-        ctx.candidates = sorted(ctx.candidates, key=lambda c: ctx.scores[c.item_id],
-                                reverse=True)
+        row = scores[0]
+        ctx.scores = dict(zip(ids, row, strict=True))
+        best_first = np.argsort(-np.asarray(row, dtype=np.float64), kind="stable")
+        cands = ctx.candidates
+        ctx.candidates = [cands[i] for i in best_first.tolist()]
         ctx.ranked = True
         ctx.model_version = self.model_version = version
 
