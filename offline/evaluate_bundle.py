@@ -3,6 +3,7 @@ used by `vidrec build` and by `vidrec evaluate BUNDLE` to recompute metrics.json
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +30,17 @@ def compute_metrics(bundle: Bundle, split: Split, dataset_name: str, settings: S
         "ranker_only": evaluate(split, "test", lambda users: models.user_vectors(
             [split.history(u, "test") for u in users]) @ item_vectors.T),
     }
-    recall: list[float] = []
+    hits: dict[str, list[float]] = {}
     results["two_stage"] = evaluate(split, "test",
-                                    two_stage_fn(models, split, "test", settings, recall))
+                                    two_stage_fn(models, split, "test", settings, hits))
+    recall = {name: round(float(np.mean(h)), 5) for name, h in hits.items()}
+    # Which candidate source earns its place: each one's own recall of the test item.
+    (bundle.path / "retrieval.json").write_text(json.dumps({
+        "recall_of_test_item": recall,
+        "caps": {"ann": settings.candidates_ann, "content": settings.candidates_content,
+                 "popular": settings.candidates_popular}}, indent=2) + "\n")
     return metrics_document(dataset_name, len(split.evaluable("test")), results,
-                            float(np.mean(recall)) if recall else 0.0,
-                            candidates_per_request(settings))
+                            recall.get("union", 0.0), candidates_per_request(settings))
 
 
 def evaluate_bundle(settings: Settings, bundle_arg: str) -> dict:

@@ -49,9 +49,14 @@ class BundleModels:
         return [scores[r, :len(c)] for r, c in enumerate(candidates)]
 
 
+SOURCES = ("ann", "content", "popular")
+
+
 def candidate_rows(models: BundleModels, split: Split, which: str, users: np.ndarray,
-                   settings: Settings) -> list[np.ndarray]:
-    """Per user: the union of each source's top items (bundle rows), seen items removed."""
+                   settings: Settings, by_source: dict[str, list[np.ndarray]] | None = None,
+                   ) -> list[np.ndarray]:
+    """Per user: the union of each source's top items (bundle rows), seen items removed.
+    by_source, when given, also receives each source's own list per user."""
     histories = [split.history(u, which) for u in users]
     seen = [set((h - FIRST_ITEM_INDEX).tolist()) for h in histories]
     over = max((len(s) for s in seen), default=0)  # fetch extra so removals keep the caps full
@@ -63,29 +68,36 @@ def candidate_rows(models: BundleModels, split: Split, which: str, users: np.nda
     out = []
     for r in range(len(users)):
         merged: dict[int, None] = {}
-        for rows, cap in ((ann_rows[r], settings.candidates_ann),
-                          (content_rows[r], settings.candidates_content),
-                          (popular, settings.candidates_popular)):
+        for name, rows, cap in (("ann", ann_rows[r], settings.candidates_ann),
+                                ("content", content_rows[r], settings.candidates_content),
+                                ("popular", popular, settings.candidates_popular)):
             kept = [x for x in rows.tolist() if x >= 0 and x not in seen[r]][:cap]
             merged.update(dict.fromkeys(kept))
+            if by_source is not None:
+                by_source.setdefault(name, []).append(np.asarray(kept, np.int64))
         out.append(np.fromiter(merged, np.int64))
     return out
 
 
 def two_stage_fn(models: BundleModels, split: Split, which: str, settings: Settings,
-                 recall_out: list[float] | None = None) -> ScoreFn:
-    """Score function for offline.evaluate; appends per-user candidate hits to recall_out."""
+                 hits: dict[str, list[float]] | None = None) -> ScoreFn:
+    """Score function for offline.evaluate. `hits`, when given, receives per user whether the
+    target was among the candidates: key "union" for the whole set, and one key per source."""
     targets = getattr(split, which)
 
     def score(users: np.ndarray) -> np.ndarray:
-        rows = candidate_rows(models, split, which, users, settings)
+        by_source: dict[str, list[np.ndarray]] = {}
+        rows = candidate_rows(models, split, which, users, settings, by_source)
+        if hits is not None:
+            wanted = targets[users] - FIRST_ITEM_INDEX
+            for name, lists in [("union", rows), *by_source.items()]:
+                hits.setdefault(name, []).extend(
+                    float(t in set(c.tolist())) for t, c in zip(wanted, lists, strict=True))
         histories = [split.history(u, which) for u in users]
         scores = np.full((len(users), split.num_items), -np.inf, np.float32)
         for r, (c, s) in enumerate(zip(rows, models.rank(histories,
                                        [c + FIRST_ITEM_INDEX for c in rows]), strict=True)):
             scores[r, c] = s
-            if recall_out is not None:
-                recall_out.append(float((targets[users[r]] - FIRST_ITEM_INDEX) in set(c.tolist())))
         return scores
 
     return score

@@ -89,3 +89,14 @@ def test_malformed_microlens_line(tmp_path: Path) -> None:
     (folder / "MicroLens-50k_pairs.tsv").write_text("1\t1\r\n2 1\r\n")
     with pytest.raises(DatasetError, match="pairs.tsv: line 2: expected"):
         load_dataset("microlens-50k", tmp_path)
+
+
+def test_published_checksums_match_the_real_files(data_dir: Path) -> None:
+    """`vidrec data download` verifies against these; the copies here must agree."""
+    from shared.data.download import SOURCES, ChecksumError, verify
+
+    for source in SOURCES.values():
+        verify(data_dir / source.folder, source)
+    with pytest.raises(ChecksumError, match="does not match"):
+        verify(data_dir / "ml-latest-small", SOURCES["ml-latest-small"].__class__(
+            url="", folder="ml-latest-small", files={"movies.csv": "0" * 64}))
