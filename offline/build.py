@@ -4,7 +4,6 @@ complete, then `artifacts/latest` is repointed)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -36,6 +35,7 @@ from offline.train import (
 from shared import ann
 from shared.bundle import FIRST_ITEM_INDEX, Bundle
 from shared.data import Dataset, load_dataset
+from shared.data.download import sha256
 from shared.settings import Settings
 
 LIBRARIES = ["torch", "onnx", "onnxruntime", "faiss-cpu", "numpy", "sentence-transformers",
@@ -137,7 +137,7 @@ def run_build(settings: Settings, dataset: str, sample_users: int | None = None,
         "libraries": _library_versions(), "python": platform.python_version(),
         "step_seconds": steps.seconds, "build_seconds": round(sum(steps.seconds.values()), 2),
     }
-    manifest["files"] = {p.name: _sha256(p) for p in sorted(work.iterdir()) if p.is_file()}
+    manifest["files"] = {p.name: sha256(p) for p in sorted(work.iterdir()) if p.is_file()}
     (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     final = artifacts / version
     shutil.rmtree(final, ignore_errors=True)
@@ -241,11 +241,3 @@ def _library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[lib] = "not installed"
     return out
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

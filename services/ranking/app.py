@@ -8,18 +8,17 @@ upserted while serving get their content from the feature store's overlay in Red
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Request, status
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from services.ranking.errors import RankerLoadError
 from services.ranking.new_items import RedisOverlayContent
 from services.ranking.service import RankingService
+from shared.admin import require_admin
 from shared.contracts import ScoreRequest, ScoreResponse, ServiceUnavailable
 from shared.observability import add_ops_routes
 from shared.settings import Settings
@@ -42,20 +41,8 @@ def _service(request: Request) -> RankingService:
 
 
 Service = Annotated[RankingService, Depends(_service)]
-_bearer = HTTPBearer(auto_error=False)
 
 
-def require_admin(settings: Settings):
-    """Dependency: 401 without a bearer token, 403 with a wrong one."""
-
-    def check(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
-        if creds is None:
-            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "admin token required",
-                                headers={"WWW-Authenticate": "Bearer"})
-        if not secrets.compare_digest(creds.credentials.encode(), settings.admin_token.encode()):
-            raise HTTPException(status.HTTP_403_FORBIDDEN, "wrong admin token")
-
-    return check
 
 
 def create_app(settings: Settings, service: RankingService | None = None) -> FastAPI:

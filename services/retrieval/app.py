@@ -13,18 +13,17 @@ The bundle is loaded in the lifespan, never at import time.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from services.retrieval.errors import InvalidRequest, ItemNotFound, MetadataNotStored
 from services.retrieval.service import RetrievalService
+from shared.admin import require_admin
 from shared.bundle import BundleError
 from shared.contracts import (
     ItemMeta,
@@ -38,7 +37,6 @@ from shared.settings import Settings
 
 # A bundle version is a folder name under artifacts_dir, never a path.
 VERSION_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$"
-_bearer = HTTPBearer(auto_error=False)
 
 
 class ReloadRequest(BaseModel):
@@ -50,17 +48,6 @@ class ReloadResponse(BaseModel):
     bundle: str
 
 
-def require_admin(settings: Settings):
-    """Dependency: 401 without a bearer token, 403 with a wrong one."""
-
-    def check(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
-        if creds is None:
-            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "admin token required",
-                                headers={"WWW-Authenticate": "Bearer"})
-        if not secrets.compare_digest(creds.credentials.encode(), settings.admin_token.encode()):
-            raise HTTPException(status.HTTP_403_FORBIDDEN, "wrong admin token")
-
-    return check
 
 
 def _service(request: Request) -> RetrievalService:
