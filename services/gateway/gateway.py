@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 
@@ -22,7 +22,6 @@ from shared.contracts import FeatureStoreAPI, RankingAPI, RetrievalAPI, ServiceU
 from shared.settings import Settings
 
 log = logging.getLogger("vidrec.gateway")
-T = TypeVar("T")
 
 READY_TIMEOUT_S = 1.0
 RELOAD_TIMEOUT_S = 300.0

@@ -15,18 +15,14 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import httpx
+from prometheus_client import Counter, Histogram
+from redis.exceptions import RedisError
 
 from services.gateway.pipeline.context import RecContext
 from shared.contracts import ServiceUnavailable
 from shared.observability import DEGRADED, STAGE_SECONDS
 
 log = logging.getLogger("vidrec.gateway")
-
-try:  # the in-process feature store talks to Redis directly
-    from redis.exceptions import RedisError
-except ImportError:  # pragma: no cover - redis is a serving dependency
-    RedisError = OSError  # type: ignore[misc,assignment]
-
 
 class StageFailure(RuntimeError):
     """A stage's dependency answered, but not in a form the stage can use."""
@@ -36,7 +32,8 @@ class ScoreMismatch(StageFailure):
     """The ranker returned a different number of scores than candidates it was given."""
 
 
-# Failures that mean "a dependency is down or slow", expected in production and degraded quietly.
+# Failures that mean "a dependency is down or slow", expected in production and degraded quietly
+# (RedisError: the in-process feature store talks to Redis directly).
 DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
     ServiceUnavailable, TimeoutError, OSError, RedisError, httpx.HTTPError, StageFailure)
 
@@ -56,8 +53,8 @@ class Step:
     stage: Stage
     timeout_s: float | None = None
     fail_open: bool = True
-    _seconds: object = field(init=False, repr=False)
-    _degraded: object = field(init=False, repr=False)
+    _seconds: Histogram = field(init=False, repr=False)
+    _degraded: Counter = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._seconds = STAGE_SECONDS.labels("gateway", self.stage.name)
@@ -80,14 +77,14 @@ class Step:
                 raise
             if isinstance(exc, DEPENDENCY_ERRORS):
                 log.warning("stage %s degraded: %s: %s", self.name, type(exc).__name__,
-                            exc or f"no answer within {self.timeout_s} s")
+                            str(exc) or f"no answer within {self.timeout_s} s")
             else:  # a bug, not an outage: still answer, but loudly
                 log.exception("stage %s failed unexpectedly; falling back", self.name)
             self.stage.fallback(ctx)
             ctx.degraded.append(self.name)
-            self._degraded.inc()  # type: ignore[attr-defined]
+            self._degraded.inc()
         finally:
-            self._seconds.observe(time.perf_counter() - start)  # type: ignore[attr-defined]
+            self._seconds.observe(time.perf_counter() - start)
 
 
 class Pipeline:
