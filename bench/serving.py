@@ -274,8 +274,7 @@ async def measure_parts(settings, users: list[str], n: int) -> dict:
     from shared.contracts import RetrievalQuery, ScoreItem
 
     (fs, retrieval, ranking), closers = await connect(settings, None, None, None)
-    caps = Retrieve(retrieval, candidate_caps(settings), Catalog.empty()).caps_for(
-        RecRequest("bench", K))  # as the gateway asks
+    planner = Retrieve(retrieval, candidate_caps(settings), Catalog.empty())
     times: dict[str, list[float]] = {"hydrate": [], "retrieve": [], "item_meta": [], "score": []}
     try:
         for i in range(n + 20):
@@ -285,7 +284,8 @@ async def measure_parts(settings, users: list[str], n: int) -> dict:
             t1 = time.perf_counter()
             (res,) = await retrieval.retrieve([RetrievalQuery(
                 history=state.history, tags=query_tags(state.tag_profile, ()),
-                exclude=list(state.seen), caps=caps)])
+                exclude=list(state.seen),  # caps as the gateway asks them
+                caps=planner.caps_for(RecRequest(user, K), bool(state.history)))])
             t2 = time.perf_counter()
             ids = [c.item_id for c in res.candidates]
             scores = None

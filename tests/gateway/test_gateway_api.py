@@ -92,6 +92,22 @@ def test_interests_steer_a_new_users_list(live: str, bundle: Bundle) -> None:
         assert f"matches #{tag}" in it["reasons"]
 
 
+def test_interests_get_places_in_a_known_users_list(live: str, bundle: Bundle,
+                                                   users: list[str]) -> None:
+    user = users[len(users) // 5]
+    watched = set(bundle.users()[user])
+    # a tag the user's list would not otherwise carry much of
+    first = recs(live, user, k=8)["items"]
+    shown = Counter(t for it in first for t in it["tags"])
+    tag = next(t for t, _ in Counter(t for it in bundle.items for t in it["tags"]).most_common()
+               if shown[t] == 0)
+    body = recs(live, user, k=8, interests=tag)
+    matching = [it for it in body["items"] if tag in it["tags"]]
+    assert len(matching) >= 2  # a quarter of 8
+    assert all(f"matches #{tag}" in it["reasons"] for it in matching)
+    assert not watched & {it["item_id"] for it in body["items"]}
+
+
 def test_request_filters_are_applied(live: str, bundle: Bundle, users: list[str]) -> None:
     user = users[len(users) // 3]
     first = recs(live, user, k=10)["items"]

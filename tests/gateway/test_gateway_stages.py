@@ -18,10 +18,10 @@ from services.gateway.pipeline.filters import (
     SeenFilter,
     UnavailableFilter,
 )
-from services.gateway.pipeline.items import ItemMetaStage
+from services.gateway.pipeline.items import ItemMetaStage, keep_head
 from services.gateway.pipeline.retrieve import Retrieve, query_tags
 from services.gateway.pipeline.score import Score
-from services.gateway.pipeline.select import Select, diversify
+from services.gateway.pipeline.select import Select, diversify, reserve
 from services.gateway.pipeline.stage import Pipeline, ScoreMismatch, Step
 from shared.contracts import Candidate, ItemMeta, ScoreItem, UserState
 from shared.observability import DEGRADED, FILTERED
@@ -229,11 +229,36 @@ def test_tags_the_request_asked_for_are_not_capped() -> None:
     assert chosen == ["a1", "a3", "b1"]  # "a" uncapped, "x" still capped at one
 
 
-def test_retrieve_asks_ann_only_for_the_head_the_gateway_looks_at() -> None:
+def test_retrieve_asks_only_what_can_reach_the_answer() -> None:
     caps = {"ann": 300, "content": 100, "tags": 50, "popular": 50}
     stage = Retrieve(retrieval=None, caps=caps, catalog=Catalog.empty())  # type: ignore[arg-type]
-    assert stage.caps_for(RecRequest("u", k=20)) == {**caps, "ann": 80}
-    assert stage.caps_for(RecRequest("u", k=5)) == {**caps, "ann": 40}
-    assert stage.caps_for(RecRequest("u", k=100)) == caps  # 400 > 300: the setting wins
-    # tag filters may remove most candidates: every one is looked at, so ask for all
-    assert stage.caps_for(RecRequest("u", k=20, exclude_tags=frozenset({"x"}))) == caps
+    # a user with a history: ANN's head, popular as a safety net; tags only for interests
+    assert stage.caps_for(RecRequest("u", k=20), True) == {"ann": 80, "content": 0,
+                                                           "tags": 0, "popular": 20}
+    assert stage.caps_for(RecRequest("u", k=5, interests=("x",)), True) == {
+        "ann": 40, "content": 0, "tags": 50, "popular": 5}
+    assert stage.caps_for(RecRequest("u", k=100), True)["ann"] == 300  # the setting wins
+    # no history (nothing to search with) or tag filters (may remove most): every source
+    assert stage.caps_for(RecRequest("u", k=20), False) == caps
+    assert stage.caps_for(RecRequest("u", k=20, exclude_tags=frozenset({"x"})), True) == caps
+
+
+def test_the_head_keeps_the_best_interest_matches_behind_it() -> None:
+    ctx = RecContext(RecRequest("u", k=8, interests=("cats",)))  # head 40, quota 2
+    ctx.candidates = ([cand(f"a{i}") for i in range(50)]
+                      + [cand(f"c{i}", source="tags", matched_tags=["cats"]) for i in range(9)])
+    keep_head(ctx)
+    assert [c.item_id for c in ctx.candidates[40:]] == ["c0", "c1", "c2", "c3"]
+    assert len(ctx.candidates) == 44
+
+
+def test_interests_get_a_quarter_of_the_list() -> None:
+    ranked = pairs([("a1", ["x"]), ("a2", ["y"]), ("a3", ["z"]), ("a4", ["w"]),
+                    ("c1", ["cats"]), ("c2", ["cats", "v"]), ("c3", ["cats"])])
+    chosen = diversify(ranked, k=4, max_per_tag=3)
+    got = reserve(chosen, ranked, k=4, quota=1, interests=frozenset({"cats"}))
+    assert [c.item_id for c, _ in got] == ["a1", "a2", "a3", "c1"]
+    got = reserve(chosen, ranked, k=4, quota=2, interests=frozenset({"cats"}))
+    assert [c.item_id for c, _ in got] == ["a1", "a2", "c1", "c2"]
+    # already enough: unchanged
+    assert reserve(got, ranked, k=4, quota=2, interests=frozenset({"cats"})) == got

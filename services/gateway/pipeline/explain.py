@@ -17,6 +17,9 @@ def reasons_for(pick: Pick, ctx: RecContext, profile_tags: set[str]) -> list[str
     tags = list(c.matched_tags)
     if not tags:  # retrieval did not say; use the item's tags the user or request cares about
         tags = [t for t in pick.meta.tags if t in profile_tags]
+    interests = ctx.request.interests
+    if interests:  # what the request asked for comes first
+        tags.sort(key=lambda t: t not in interests)
     reasons.extend(f"matches #{t}" for t in tags[:MAX_TAG_REASONS])
     if c.source == "popular":
         reasons.append("popular now")

@@ -3,15 +3,16 @@ explain them), in one feature-store call.
 
 Only the head of the ranked list is looked up: the answer is k items, and fetching metadata
 for every candidate (hundreds) would cost more than the rest of the request. Candidates past
-the head are dropped here. With tag filters in the request the whole list is looked up, since
-those may remove most of it.
+the head are dropped here, except the best few matching the request's `interests` (they may
+take reserved places, select.py). With tag filters in the request the whole list is looked up,
+since those may remove most of it.
 """
 
 from __future__ import annotations
 
 from services.gateway.catalog import Catalog
 from services.gateway.pipeline.context import RecContext, RecRequest
-from shared.contracts import FeatureStoreAPI
+from shared.contracts import Candidate, FeatureStoreAPI
 
 HEAD_PER_K = 4  # look up 4k candidates: room for diversity and the odd unavailable item
 MIN_HEAD = 40
@@ -24,9 +25,27 @@ def head_limit(request: RecRequest) -> int | None:
     return max(HEAD_PER_K * request.k, MIN_HEAD)
 
 
-def head_size(ctx: RecContext) -> int:
+def interest_quota(request: RecRequest) -> int:
+    """Places kept for items matching `interests` (a quarter of the list)."""
+    return max(1, request.k // 4) if request.interests else 0
+
+
+def matches_interests(candidate: Candidate, interests: tuple[str, ...]) -> bool:
+    return bool(interests) and any(t in interests for t in candidate.matched_tags)
+
+
+def keep_head(ctx: RecContext) -> None:
+    """Candidates (best first) cut to the head, plus the best interest matches behind it."""
     limit = head_limit(ctx.request)
-    return len(ctx.candidates) if limit is None else limit
+    cands = ctx.candidates
+    if limit is None or len(cands) <= limit:
+        return
+    head, rest = cands[:limit], cands[limit:]
+    quota = interest_quota(ctx.request)
+    if quota:
+        interests = ctx.request.interests
+        head += [c for c in rest if matches_interests(c, interests)][:2 * quota]
+    ctx.candidates = head
 
 
 def wanted_ids(ctx: RecContext) -> list[str]:
@@ -43,7 +62,7 @@ class ItemMetaStage:
         self.catalog = catalog
 
     async def run(self, ctx: RecContext) -> None:
-        ctx.candidates = ctx.candidates[:head_size(ctx)]
+        keep_head(ctx)
         ids = wanted_ids(ctx)
         found = dict(await self.feature_store.item_meta(ids)) if ids else {}
         # Items the store does not know (e.g. upserted through this gateway while the store
@@ -55,6 +74,6 @@ class ItemMetaStage:
         ctx.meta = found
 
     def fallback(self, ctx: RecContext) -> None:
-        ctx.candidates = ctx.candidates[:head_size(ctx)]
+        keep_head(ctx)
         known = self.catalog.meta
         ctx.meta = {i: known[i] for i in wanted_ids(ctx) if i in known}

@@ -36,21 +36,33 @@ class Retrieve:
     def _excluded(self, ctx: RecContext) -> set[str]:
         return set(ctx.user.seen).union(ctx.request.exclude)
 
-    def caps_for(self, request: RecRequest) -> dict[Source, int]:
-        """The ranker scores a candidate by user_vec . item_vec, exactly what the ANN source
-        searches (docs/bundle.md), so an ANN candidate past the head the gateway looks at
-        (items.py) can never reach it: asking for more only costs time."""
+    def caps_for(self, request: RecRequest, has_history: bool) -> dict[Source, int]:
+        """Candidates to ask of each source for this request.
+
+        The ranker scores an item by user_vec . item_vec, exactly what the ANN source searches
+        (docs/bundle.md), and ANN returns the best items by that score among everything not
+        excluded. So for a user with a history, no candidate of another source can beat ANN's
+        top `head` items, and nothing past them is looked at (items.py): asking for more costs
+        time and cannot change the answer. What is still asked for: the tag source when the
+        request names `interests` (they get reserved places, select.py) and a few popular items
+        in case none of the history is in the catalogue (ANN then has nothing to search with).
+        Tag filters may remove most of the list, and a user without a history has nothing to
+        search with: those get every source, as configured.
+        """
         head = head_limit(request)
-        if head is None or self.caps.get("ann", 0) <= head:
+        if head is None or not has_history:
             return self.caps
-        return {**self.caps, "ann": head}
+        caps = self.caps
+        return {"ann": min(caps.get("ann", 0), head), "content": 0,
+                "tags": caps.get("tags", 0) if request.interests else 0,
+                "popular": min(caps.get("popular", 0), request.k)}
 
     async def run(self, ctx: RecContext) -> None:
         user = ctx.user
         query = RetrievalQuery(history=user.history,
                                tags=query_tags(user.tag_profile, ctx.request.interests),
                                exclude=list(self._excluded(ctx)),
-                               caps=self.caps_for(ctx.request))
+                               caps=self.caps_for(ctx.request, bool(user.history)))
         (result,) = await self.retrieval.retrieve([query])
         self._keep(ctx, result.candidates)
         ctx.per_source = dict(result.per_source)

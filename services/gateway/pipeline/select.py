@@ -1,24 +1,28 @@
-"""select: keep any one tag from dominating the list, take the top k (candidates arrive best
-first: ranked by score, or in retrieval order when the ranker could not answer)."""
+"""select: keep any one tag from dominating the list, keep places for the request's
+`interests`, take the top k (candidates arrive best first: ranked by score, or in retrieval
+order when the ranker could not answer)."""
 
 from __future__ import annotations
 
 from collections import Counter
 
 from services.gateway.pipeline.context import Pick, RecContext
+from services.gateway.pipeline.items import interest_quota
 from shared.contracts import Candidate, ItemMeta
 
+Pair = tuple[Candidate, ItemMeta]
 
-def diversify(ranked: list[tuple[Candidate, ItemMeta]], k: int, max_per_tag: int,
-              exempt: frozenset[str] = frozenset()) -> list[tuple[Candidate, ItemMeta]]:
+
+def diversify(ranked: list[Pair], k: int, max_per_tag: int,
+              exempt: frozenset[str] = frozenset()) -> list[Pair]:
     """Best-first, at most `max_per_tag` items per tag among the first k; items held back by a
     full tag fill the remaining places (best first) only when nothing else is left. Tags the
     request asked for (`exempt`) are not capped: the viewer wants many of those."""
     if max_per_tag <= 0:
         return ranked[:k]
     per_tag: Counter[str] = Counter()
-    chosen: list[tuple[Candidate, ItemMeta]] = []
-    held_back: list[tuple[Candidate, ItemMeta]] = []
+    chosen: list[Pair] = []
+    held_back: list[Pair] = []
     for pair in ranked:
         if len(chosen) == k:
             break
@@ -33,6 +37,30 @@ def diversify(ranked: list[tuple[Candidate, ItemMeta]], k: int, max_per_tag: int
     return chosen
 
 
+def reserve(chosen: list[Pair], ranked: list[Pair], k: int, quota: int,
+            interests: frozenset[str]) -> list[Pair]:
+    """At least `quota` of the k items carry one of `interests`, when there are that many: the
+    best such items replace the lowest-ranked others. The list stays in rank order."""
+    def wanted(pair: Pair) -> bool:
+        return not interests.isdisjoint(pair[1].tags)
+
+    missing = quota - sum(map(wanted, chosen))
+    if missing <= 0:
+        return chosen
+    taken = {c.item_id for c, _ in chosen}
+    extra = [p for p in ranked if wanted(p) and p[0].item_id not in taken][:missing]
+    drop = max(0, len(chosen) + len(extra) - k)
+    kept = list(chosen)
+    for i in range(len(kept) - 1, -1, -1):
+        if drop == 0:
+            break
+        if not wanted(kept[i]):
+            del kept[i]
+            drop -= 1
+    rank = {p[0].item_id: i for i, p in enumerate(ranked)}
+    return sorted(kept + extra, key=lambda p: rank[p[0].item_id])
+
+
 class Select:
     name = "select"
 
@@ -42,8 +70,11 @@ class Select:
     async def run(self, ctx: RecContext) -> None:
         meta, scores = ctx.meta, ctx.scores
         pairs = [(c, meta[c.item_id]) for c in ctx.candidates if c.item_id in meta]
-        asked = ctx.request.include_tags.union(ctx.request.interests)
-        chosen = diversify(pairs, ctx.request.k, self.max_per_tag, asked)
+        request = ctx.request
+        interests = frozenset(request.interests)
+        chosen = diversify(pairs, request.k, self.max_per_tag,
+                           request.include_tags.union(interests))
+        chosen = reserve(chosen, pairs, request.k, interest_quota(request), interests)
         ctx.picks = [Pick(c, m, float(scores.get(c.item_id, c.score))) for c, m in chosen]
 
     def fallback(self, ctx: RecContext) -> None:  # pure: cannot fail on a dependency
