@@ -32,6 +32,8 @@ class TrainConfig:
     negatives: int = 4096
     cosine: bool = True
     refit: bool = True  # after the validation run, retrain on train + validation (build.py)
+    # Small datasets get smaller batches, so an epoch is still this many optimizer steps.
+    min_steps_per_epoch: int = 100
     max_minutes: float = 18.0
     valid_users: int | None = 10_000  # users sampled for per-epoch validation
     seed: int = 42
@@ -132,7 +134,8 @@ def train_ranker(split: Split, content: np.ndarray, model_cfg: RankerConfig,
     table = content_table(content)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     windows = training_windows(split, model_cfg.max_history)
-    steps_per_epoch = -(-len(windows) // cfg.batch_size)
+    batch_size = max(16, min(cfg.batch_size, len(windows) // cfg.min_steps_per_epoch))
+    steps_per_epoch = -(-len(windows) // batch_size)
     # Cosine decay over the planned epochs: the last epochs refine instead of bouncing.
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch + 1, pct_start=0.05,
@@ -144,7 +147,7 @@ def train_ranker(split: Split, content: np.ndarray, model_cfg: RankerConfig,
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         total, steps = 0.0, 0
-        for batch in tqdm(list(batches(windows, cfg.batch_size, rng)), desc=f"epoch {epoch}",
+        for batch in tqdm(list(batches(windows, batch_size, rng)), desc=f"epoch {epoch}",
                           leave=False, mininterval=5):
             ids = torch.from_numpy(batch)
             inp, tgt = ids[:, :-1], ids[:, 1:]
@@ -187,4 +190,4 @@ def train_ranker(split: Split, content: np.ndarray, model_cfg: RankerConfig,
         model.load_state_dict(best_state)
     model.eval()
     return model, {"epochs_run": len(history), "best_valid_NDCG@10": best, "history": history,
-                   "windows": len(windows), "config": cfg.__dict__}
+                   "windows": len(windows), "batch_size": batch_size, "config": cfg.__dict__}
