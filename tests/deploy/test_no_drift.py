@@ -12,6 +12,7 @@ For docker-compose.yml, every k8s overlay and the Dockerfile:
 from __future__ import annotations
 
 import ast
+import os
 import re
 from urllib.parse import urlsplit
 
@@ -247,7 +248,10 @@ def test_locustfile_routes_exist_in_the_gateway() -> None:
 def test_make_loadtest_runs_locust_like_the_compose_service() -> None:
     import subprocess
 
-    proc = subprocess.run(["make", "-n", "loadtest", "HOST=http://127.0.0.1:9"], cwd=REPO,
+    # Under `make test` this is a sub-make: keep it from printing "Entering directory".
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    proc = subprocess.run(["make", "--no-print-directory", "-n", "loadtest",
+                           "HOST=http://127.0.0.1:9"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout.replace("\\\n", " ")
