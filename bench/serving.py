@@ -46,12 +46,19 @@ TARGETS = {"one_process_p99_ms": 25.0, "four_services_p99_ms": 40.0, "overhead":
 K = 20
 PROBE_S = 10.0
 SEQUENTIAL_N = 400
+IDLE_REUSE_S = 3.0  # the generator's pooled connections: below uvicorn's keep-alive timeout
 
 
 # ---- load generator (runs in its own process: `python -m bench.serving --loadgen ...`) -------
 class Conn:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self.last_used = time.perf_counter()
+
+    def fresh(self) -> bool:
+        """Not closed, and not idle long enough for the server to close it (uvicorn: 5 s)."""
+        return (not self.reader.at_eof() and not self.writer.is_closing()
+                and time.perf_counter() - self.last_used < IDLE_REUSE_S)
 
     async def get(self, host: str, path: str) -> tuple[int, bytes]:
         self.writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
@@ -83,7 +90,12 @@ async def run_load(host: str, port: int, users: list[str], rate: float, duration
     async def one(path: str, due: float) -> None:
         if clock() - due > 0.001:
             result.late_starts += 1
-        conn = idle.pop() if idle else None
+        conn = None
+        while idle and conn is None:
+            conn = idle.pop()
+            if not conn.fresh():
+                conn.writer.close()
+                conn = None
         try:
             if conn is None:
                 conn = Conn(*await asyncio.open_connection(host, port))
@@ -95,6 +107,7 @@ async def run_load(host: str, port: int, users: list[str], rate: float, duration
                 conn.writer.close()
             return
         done = clock()
+        conn.last_used = done
         idle.append(conn)
         if status != 200:
             result.errors[f"http_{status}"] = result.errors.get(f"http_{status}", 0) + 1
