@@ -12,7 +12,8 @@ from services.gateway.gateway import Gateway
 from shared.data.types import normalise_tag
 
 
-def get_gateway(request: Request) -> Gateway:
+async def get_gateway(request: Request) -> Gateway:
+    # async: FastAPI would run a plain def dependency in a worker thread, on every request
     return request.app.state.gateway
 
 
@@ -21,7 +22,7 @@ GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 _bearer = HTTPBearer(auto_error=False, description="settings.admin_token (VIDREC_ADMIN_TOKEN)")
 
 
-def require_admin(gateway: GatewayDep,
+async def require_admin(gateway: GatewayDep,
                   creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
     token = gateway.settings.admin_token
     if creds is None or not secrets.compare_digest(creds.credentials.encode(), token.encode()):

