@@ -103,8 +103,8 @@ def test_items_fallback_looks_up_the_head_of_the_list_in_the_catalog() -> None:
     ctx.candidates = [cand(f"i{n}", nearest_history="i99" if n == 0 else None)
                       for n in range(90)]
     ItemMetaStage(feature_store=None, catalog=cat).fallback(ctx)  # type: ignore[arg-type]
-    assert len(ctx.candidates) == 40  # max(4k, 40)
-    assert set(ctx.meta) == {f"i{n}" for n in range(40)} | {"i99"}
+    assert len(ctx.candidates) == 30  # max(3k, 30)
+    assert set(ctx.meta) == {f"i{n}" for n in range(30)} | {"i99"}
     ctx = RecContext(RecRequest("u", k=5, exclude_tags=frozenset({"x"})))
     ctx.candidates = [cand(f"i{n}") for n in range(90)]
     ItemMetaStage(feature_store=None, catalog=cat).fallback(ctx)  # type: ignore[arg-type]
@@ -233,10 +233,10 @@ def test_retrieve_asks_only_what_can_reach_the_answer() -> None:
     caps = {"ann": 300, "content": 100, "tags": 50, "popular": 50}
     stage = Retrieve(retrieval=None, caps=caps, catalog=Catalog.empty())  # type: ignore[arg-type]
     # a user with a history: ANN's head, popular as a safety net; tags only for interests
-    assert stage.caps_for(RecRequest("u", k=20), True) == {"ann": 80, "content": 0,
+    assert stage.caps_for(RecRequest("u", k=20), True) == {"ann": 60, "content": 0,
                                                            "tags": 0, "popular": 20}
     assert stage.caps_for(RecRequest("u", k=5, interests=("x",)), True) == {
-        "ann": 40, "content": 0, "tags": 50, "popular": 5}
+        "ann": 30, "content": 0, "tags": 50, "popular": 5}
     assert stage.caps_for(RecRequest("u", k=100), True)["ann"] == 300  # the setting wins
     # no history (nothing to search with) or tag filters (may remove most): every source
     assert stage.caps_for(RecRequest("u", k=20), False) == caps
@@ -244,12 +244,12 @@ def test_retrieve_asks_only_what_can_reach_the_answer() -> None:
 
 
 def test_the_head_keeps_the_best_interest_matches_behind_it() -> None:
-    ctx = RecContext(RecRequest("u", k=8, interests=("cats",)))  # head 40, quota 2
+    ctx = RecContext(RecRequest("u", k=8, interests=("cats",)))  # head 30, quota 2
     ctx.candidates = ([cand(f"a{i}") for i in range(50)]
                       + [cand(f"c{i}", source="tags", matched_tags=["cats"]) for i in range(9)])
     keep_head(ctx)
-    assert [c.item_id for c in ctx.candidates[40:]] == ["c0", "c1", "c2", "c3"]
-    assert len(ctx.candidates) == 44
+    assert [c.item_id for c in ctx.candidates[30:]] == ["c0", "c1", "c2", "c3"]
+    assert len(ctx.candidates) == 34
 
 
 def test_interests_get_a_quarter_of_the_list() -> None:
