@@ -1,9 +1,9 @@
 """Serving benchmark: the public API under a fixed request rate, over loopback HTTP.
 
-    .venv/bin/python -m bench.serving [--duration 25] [--bundle latest]
+    .venv/bin/python -m bench.serving [--duration 25] [--repeats 3] [--shared-redis]
 
-With the bundle (artifacts/latest, MicroLens-50k for the published numbers) loaded into Redis
-under the prefix `vidrec:bench` (loaded once, reused by later runs):
+With the bundle (VIDREC_BUNDLE, default artifacts/latest: MicroLens-50k for the published
+numbers) loaded into a redis-server of the bench's own (prefix `vidrec:bench`):
 
   (a) one process (`vidrec serve all`) at 200 req/s
   (b) four processes (gateway, feature-store, retrieval, ranking over HTTP) at 100 req/s
@@ -11,10 +11,13 @@ under the prefix `vidrec:bench` (loaded once, reused by later runs):
       called directly in-process, also one at a time: Redis hydrate read, retrieval search,
       Redis item-meta read, ONNX scoring)
 
-Load comes from a separate process, open-loop: request i is due at start + i/rate whatever
-happened to earlier ones, and its latency is measured from when it was due (so a stalled server
-cannot hide its queue). Real user ids, k=20, a minimal keep-alive HTTP/1.1 client on uvloop so
-the generator spends little of the 2 cores. Writes bench/results/serving.json.
+Each scenario runs its load `--repeats` times on the same servers and reports the run with the
+median p99, keeping all of them. Load comes from a separate process, open-loop: request i is
+due at start + i/rate whatever happened to earlier ones, and its latency is measured from when
+it was due (so a stalled server cannot hide its queue). Real user ids, k=20, a minimal
+keep-alive HTTP/1.1 client on uvloop so the generator spends little of the 2 cores. Before the
+load, each scenario is also timed one request at a time and at a light 20 req/s.
+Writes bench/results/serving.json and prints a summary.
 
 Targets: (a) p99 <= 25 ms; (b) p99 <= 40 ms; (c) overhead <= 1.5.
 """
@@ -28,6 +31,7 @@ import os
 import platform
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -273,7 +277,8 @@ def run_loadgen(port: int, users_file: Path, rate: float, duration: float,
 
 
 def scenario(name: str, topology: dict[str, int], rate: float, duration: float,
-             users: list[str], users_file: Path, log_dir: Path, probe_rate: float) -> dict:
+             users: list[str], users_file: Path, log_dir: Path, probe_rate: float,
+             repeats: int = 1) -> dict:
     servers = Servers(log_dir)
     try:
         if "all" in topology:
@@ -295,9 +300,17 @@ def scenario(name: str, topology: dict[str, int], rate: float, duration: float,
         sequential = run_loadgen(port, users_file, 0.0, 0.0, sequential=SEQUENTIAL_N)
         print(f"[bench] {name}: probe at {probe_rate:g} req/s ...", flush=True)
         probe = run_loadgen(port, users_file, probe_rate, PROBE_S)
-        print(f"[bench] {name}: {rate:g} req/s for {duration:g} s ...", flush=True)
-        out = run_loadgen(port, users_file, rate, duration)
-        print(f"[bench] {name}: {json.dumps(out)}", flush=True)
+        runs = []
+        for i in range(repeats):
+            print(f"[bench] {name}: {rate:g} req/s for {duration:g} s (run {i + 1}/{repeats})",
+                  flush=True)
+            runs.append(run_loadgen(port, users_file, rate, duration))
+            print(f"[bench] {name}: {json.dumps(runs[-1])}", flush=True)
+        # The run with the median p99 is the result; every run is kept (a shared 2-core box
+        # is noisy: one stall elsewhere moves a p99 a lot).
+        out = dict(sorted(runs, key=lambda r: r["p99_ms"])[len(runs) // 2])
+        out["runs"] = [{k: r[k] for k in ("p50_ms", "p95_ms", "p99_ms", "achieved_rps",
+                                          "errors", "degraded")} for r in runs]
         out["stage_mean_ms"] = stage_means(base)
         out["light_load"] = probe
         out["one_at_a_time"] = sequential
@@ -384,7 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--users-file", default="", help=argparse.SUPPRESS)
     p.add_argument("--rate", type=float, default=0, help=argparse.SUPPRESS)
     p.add_argument("--sequential", type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--duration", type=float, default=25.0, help="Seconds per scenario.")
+    p.add_argument("--duration", type=float, default=25.0, help="Seconds per loaded run.")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="Loaded runs per scenario; the one with the median p99 is reported.")
     p.add_argument("--one-process-rate", type=float, default=200.0)
     p.add_argument("--four-services-rate", type=float, default=100.0)
     p.add_argument("--parts-requests", type=int, default=300)
@@ -393,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", choices=["one", "four", "parts"], action="append",
                    help="Run only these scenarios (repeatable).")
     p.add_argument("--out", default=str(OUT))
+    p.add_argument("--shared-redis", action="store_true",
+                   help="Use VIDREC_REDIS_URL instead of a redis-server of the bench's own.")
     args = p.parse_args(argv)
     if args.loadgen:
         loadgen_main(args)
@@ -403,6 +420,23 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = get_settings().model_copy(update={"key_prefix": KEY_PREFIX})
     bundle = Bundle.open(settings.artifacts_dir, settings.bundle)
+    own_redis = None
+    if not args.shared_redis and shutil.which("redis-server"):
+        # A Redis of its own: other work on a shared Redis (a bulk load, a test's cleanup)
+        # would otherwise stall this benchmark's reads.
+        from scripts.run_local import LocalRedis
+
+        own_redis = LocalRedis(free_port()).start()
+        os.environ["VIDREC_REDIS_URL"] = own_redis.url  # for the servers started below
+        settings = settings.model_copy(update={"redis_url": own_redis.url})
+    try:
+        return run_all(args, settings, bundle)
+    finally:
+        if own_redis is not None:
+            own_redis.stop()
+
+
+def run_all(args: argparse.Namespace, settings, bundle) -> int:
     ensure_loaded(settings)
     all_users = [u for u, seq in bundle.users().items() if seq]
     users = random.Random(42).sample(all_users, min(5000, len(all_users)))
@@ -418,17 +452,18 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version()},
         "targets": TARGETS, "logs": str(work),
+        "redis_url": settings.redis_url,  # the bench's own redis-server unless --shared-redis
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if "one" in only:
         results["one_process"] = scenario("one process", {"all": free_port()},
                                           args.one_process_rate, args.duration, users,
-                                          users_file, work, args.probe_rate)
+                                          users_file, work, args.probe_rate, args.repeats)
     if "four" in only:
         ports = {s: free_port() for s in ("gateway", "feature-store", "retrieval", "ranking")}
         results["four_services"] = scenario("four services", ports, args.four_services_rate,
                                             args.duration, users, users_file, work,
-                                            args.probe_rate)
+                                            args.probe_rate, args.repeats)
     if "parts" in only:
         print("[bench] parts, called directly in-process ...", flush=True)
         import uvloop
@@ -473,7 +508,8 @@ def print_summary(r: dict, out: Path) -> None:
             s = r[key]
             print(f"  {label:14s} {s['target_rps']:5.0f} req/s -> achieved {s['achieved_rps']:6.1f}"
                   f"  p50 {s['p50_ms']:6.2f}  p95 {s['p95_ms']:6.2f}  p99 {s['p99_ms']:6.2f} ms"
-                  f"  errors {s['errors']}  degraded {s['degraded'] or 0}")
+                  f"  errors {s['errors']}  degraded {s['degraded'] or 0}"
+                  f"  (median of p99s {[r['p99_ms'] for r in s['runs']]})")
             lt = s["light_load"]
             print(f"  {'':14s} {lt['target_rps']:5.0f} req/s -> achieved {lt['achieved_rps']:6.1f}"
                   f"  p50 {lt['p50_ms']:6.2f}  p95 {lt['p95_ms']:6.2f}  p99 {lt['p99_ms']:6.2f} ms"
