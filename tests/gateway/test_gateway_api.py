@@ -76,6 +76,29 @@ def test_no_tag_dominates_a_short_list(live: str, users: list[str]) -> None:
     assert max(per_tag.values(), default=0) <= 3  # settings.max_per_tag
 
 
+def test_a_history_unknown_to_retrieval_still_gets_a_full_list(gw_settings: Settings) -> None:
+    """ANN has nothing to search with when no history item is in the catalogue: the retrieve
+    stage then asks every source (real RetrievalService on the real bundle)."""
+    from services.gateway.catalog import Catalog
+    from services.gateway.pipeline import RecContext, RecRequest
+    from services.gateway.pipeline.config import candidate_caps
+    from services.gateway.pipeline.retrieve import Retrieve
+    from services.retrieval.service import RetrievalService
+    from shared.contracts import UserState
+
+    async def go() -> RecContext:
+        service = RetrievalService(gw_settings)
+        await service.reload()
+        ctx = RecContext(RecRequest("u", k=10), state=UserState(
+            user_id="u", known=True, history=["gone-1", "gone-2"], seen=["gone-1", "gone-2"]))
+        await Retrieve(service, candidate_caps(gw_settings), Catalog.empty()).run(ctx)
+        return ctx
+
+    ctx = asyncio.run(go())
+    assert len(ctx.candidates) >= 10
+    assert {c.source for c in ctx.candidates} >= {"popular"}
+
+
 def test_an_unknown_user_gets_a_cold_start_list(live: str) -> None:
     body = recs(live, f"new-{uuid.uuid4().hex}", k=8)
     assert body["degraded"] == []

@@ -232,11 +232,11 @@ def test_tags_the_request_asked_for_are_not_capped() -> None:
 def test_retrieve_asks_only_what_can_reach_the_answer() -> None:
     caps = {"ann": 300, "content": 100, "tags": 50, "popular": 50}
     stage = Retrieve(retrieval=None, caps=caps, catalog=Catalog.empty())  # type: ignore[arg-type]
-    # a user with a history: ANN's head, popular as a safety net; tags only for interests
+    # a user with a history: ANN's head; tags only for interests
     assert stage.caps_for(RecRequest("u", k=20), True) == {"ann": 60, "content": 0,
-                                                           "tags": 0, "popular": 20}
+                                                           "tags": 0, "popular": 0}
     assert stage.caps_for(RecRequest("u", k=5, interests=("x",)), True) == {
-        "ann": 30, "content": 0, "tags": 50, "popular": 5}
+        "ann": 30, "content": 0, "tags": 50, "popular": 0}
     assert stage.caps_for(RecRequest("u", k=100), True)["ann"] == 300  # the setting wins
     # no history (nothing to search with) or tag filters (may remove most): every source
     assert stage.caps_for(RecRequest("u", k=20), False) == caps

@@ -43,27 +43,29 @@ class Retrieve:
         (docs/bundle.md), and ANN returns the best items by that score among everything not
         excluded. So for a user with a history, no candidate of another source can beat ANN's
         top `head` items, and nothing past them is looked at (items.py): asking for more costs
-        time and cannot change the answer. What is still asked for: the tag source when the
-        request names `interests` (they get reserved places, select.py) and a few popular items
-        in case none of the history is in the catalogue (ANN then has nothing to search with).
-        Tag filters may remove most of the list, and a user without a history has nothing to
-        search with: those get every source, as configured.
+        time and cannot change the answer. The tag source is still asked when the request names
+        `interests` (they get reserved places, select.py). Tag filters may remove most of the
+        list, and a user without a history has nothing to search with: those get every source,
+        as configured (and so does a user whose history gave ANN nothing, see `run`).
         """
         head = head_limit(request)
         if head is None or not has_history:
             return self.caps
         caps = self.caps
         return {"ann": min(caps.get("ann", 0), head), "content": 0,
-                "tags": caps.get("tags", 0) if request.interests else 0,
-                "popular": min(caps.get("popular", 0), request.k)}
+                "tags": caps.get("tags", 0) if request.interests else 0, "popular": 0}
 
     async def run(self, ctx: RecContext) -> None:
         user = ctx.user
+        caps = self.caps_for(ctx.request, bool(user.history))
         query = RetrievalQuery(history=user.history,
                                tags=query_tags(user.tag_profile, ctx.request.interests),
-                               exclude=list(self._excluded(ctx)),
-                               caps=self.caps_for(ctx.request, bool(user.history)))
+                               exclude=list(self._excluded(ctx)), caps=caps)
         (result,) = await self.retrieval.retrieve([query])
+        if len(result.candidates) < ctx.request.k and caps != self.caps:
+            # Too few (none of the history is in the catalogue, say): every source, once more.
+            (result,) = await self.retrieval.retrieve([query.model_copy(update={
+                "caps": self.caps})])
         self._keep(ctx, result.candidates)
         ctx.per_source = dict(result.per_source)
         if self.count_candidates:
