@@ -36,7 +36,7 @@ class ReloadResponse(BaseModel):
     bundle: str
 
 
-def _service(request: Request) -> RankingService:
+async def _service(request: Request) -> RankingService:
     return request.app.state.ranking
 
 

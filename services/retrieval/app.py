@@ -50,7 +50,7 @@ class ReloadResponse(BaseModel):
 
 
 
-def _service(request: Request) -> RetrievalService:
+async def _service(request: Request) -> RetrievalService:
     return request.app.state.retrieval
 
 
