@@ -1,4 +1,4 @@
-"""The admin bearer-token check every service's admin routes use."""
+"""What every service's admin routes share: the bearer-token check and the reload body."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
 
 from shared.settings import Settings
 
@@ -25,3 +26,16 @@ def require_admin(settings: Settings) -> Callable[..., None]:
             raise HTTPException(status.HTTP_403_FORBIDDEN, "wrong admin token")
 
     return check
+
+
+# A bundle version is a folder name under artifacts_dir, never a path (no "/", no leading ".").
+VERSION_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$"
+
+
+class ReloadRequest(BaseModel):
+    bundle: str | None = Field(None, pattern=VERSION_PATTERN,
+                               description="Bundle version to load (default: VIDREC_BUNDLE).")
+
+
+class ReloadResponse(BaseModel):
+    bundle: str

@@ -13,27 +13,14 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Request, status
-from pydantic import BaseModel, Field
 
 from services.ranking.errors import RankerLoadError
 from services.ranking.new_items import RedisOverlayContent
 from services.ranking.service import RankingService
-from shared.admin import require_admin
+from shared.admin import ReloadRequest, ReloadResponse, require_admin
 from shared.contracts import ScoreRequest, ScoreResponse, ServiceUnavailable
 from shared.observability import add_ops_routes
 from shared.settings import Settings
-
-# A bundle version is a folder name under artifacts_dir, never a path (no "/", no leading ".").
-VERSION_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$"
-
-
-class ReloadRequest(BaseModel):
-    bundle: str | None = Field(None, pattern=VERSION_PATTERN,
-                               description="Bundle version to load (default: VIDREC_BUNDLE).")
-
-
-class ReloadResponse(BaseModel):
-    bundle: str
 
 
 async def _service(request: Request) -> RankingService:

@@ -19,11 +19,10 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 
 from services.retrieval.errors import InvalidRequest, ItemNotFound, MetadataNotStored
 from services.retrieval.service import RetrievalService
-from shared.admin import require_admin
+from shared.admin import ReloadRequest, ReloadResponse, require_admin
 from shared.bundle import BundleError
 from shared.contracts import (
     ItemMeta,
@@ -34,20 +33,6 @@ from shared.contracts import (
 )
 from shared.observability import add_ops_routes
 from shared.settings import Settings
-
-# A bundle version is a folder name under artifacts_dir, never a path.
-VERSION_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$"
-
-
-class ReloadRequest(BaseModel):
-    bundle: str | None = Field(None, pattern=VERSION_PATTERN,
-                               description="Bundle version to load (default: VIDREC_BUNDLE).")
-
-
-class ReloadResponse(BaseModel):
-    bundle: str
-
-
 
 
 async def _service(request: Request) -> RetrievalService:

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
 
 from services.gateway.deps import Admin, GatewayDep
 from services.gateway.responses import JSON
+from shared.admin import ReloadRequest
 
 router = APIRouter(tags=["admin"])
-
-
-class ReloadRequest(BaseModel):
-    bundle: str | None = Field(None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$",
-                               description="Bundle version (default: VIDREC_BUNDLE).")
 
 
 @router.post("/admin/reload", dependencies=[Admin],
