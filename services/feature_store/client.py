@@ -29,6 +29,7 @@ from shared.contracts import (
     ServiceUnavailable,
     UserState,
 )
+from shared.http_client import is_ready, request
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -46,13 +47,10 @@ class FeatureStoreClient:
 
     async def _call(self, method: str, path: str, model: type[M], *,
                     body: BaseModel | None = None, params: dict | None = None) -> M:
-        try:
-            resp = await self._http.request(
-                method, path, params=params,
-                content=None if body is None else body.model_dump_json(),
-                headers=None if body is None else {"content-type": "application/json"})
-        except httpx.TransportError as exc:  # connect/read errors and timeouts
-            raise ServiceUnavailable(f"feature store {path}: {exc!r}") from exc
+        resp = await request(
+            self._http, method, path, f"feature store {path}", params=params,
+            content=None if body is None else body.model_dump_json(),
+            headers=None if body is None else {"content-type": "application/json"})
         if resp.status_code >= 500:
             raise ServiceUnavailable(f"feature store {path}: HTTP {resp.status_code}")
         if resp.status_code == 422:
@@ -84,8 +82,4 @@ class FeatureStoreClient:
         return resp.items
 
     async def ready(self) -> bool:
-        try:
-            resp = await self._http.get("/readyz")
-        except httpx.TransportError:
-            return False
-        return resp.status_code == 200
+        return await is_ready(self._http)

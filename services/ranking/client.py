@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from services.ranking.errors import ScoreCountMismatch, ScoreRequestRejected
 from shared.contracts import ScoreItem, ScoreRequest, ScoreResponse, ServiceUnavailable
+from shared.http_client import is_ready, request
 
 
 class RankingClient:
@@ -43,19 +44,11 @@ class RankingClient:
         return answer.scores, answer.model_version
 
     async def ready(self) -> bool:
-        try:
-            response = await self._http.get("/readyz")
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
+        return await is_ready(self._http)
 
     async def _send(self, method: str, url: str, **kwargs) -> httpx.Response:
-        try:
-            response = await self._http.request(method, url, **kwargs)
-        except httpx.TimeoutException as exc:
-            raise ServiceUnavailable(f"ranking at {self.base_url}: timed out ({exc!r})") from exc
-        except httpx.TransportError as exc:
-            raise ServiceUnavailable(f"ranking at {self.base_url}: {exc!r}") from exc
+        response = await request(self._http, method, url, f"ranking at {self.base_url}",
+                                 **kwargs)
         if response.status_code >= 500:
             raise ServiceUnavailable(f"ranking at {self.base_url}: HTTP {response.status_code} "
                                      f"{response.text[:300]}")

@@ -31,6 +31,7 @@ from shared.contracts import (
     RetrieveResponse,
     ServiceUnavailable,
 )
+from shared.http_client import is_ready, request
 
 JSON = {"content-type": "application/json"}
 
@@ -73,22 +74,13 @@ class RetrievalClient:
         return str(response.json()["bundle"])
 
     async def ready(self) -> bool:
-        try:
-            response = await self._http.get("/readyz")
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
+        return await is_ready(self._http)
 
     # ---- plumbing -----------------------------------------------------------------------
     async def _send(self, method: str, url: str, item_id: str | None = None,
                     **kwargs) -> httpx.Response:
         where = f"retrieval at {self.base_url}"
-        try:
-            response = await self._http.request(method, url, **kwargs)
-        except httpx.TimeoutException as exc:
-            raise ServiceUnavailable(f"{where}: timed out ({exc!r})") from exc
-        except httpx.TransportError as exc:
-            raise ServiceUnavailable(f"{where}: {exc!r}") from exc
+        response = await request(self._http, method, url, where, **kwargs)
         code = response.status_code
         if code < 400:
             return response
