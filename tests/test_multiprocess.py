@@ -24,16 +24,11 @@ import pytest
 from services.feature_store.loader import load_bundle
 from shared.bundle import Bundle
 from shared.settings import Settings
+from tests.support import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 ADMIN = {"Authorization": "Bearer mp-test-token"}
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(check, what: str, timeout_s: float = 180.0) -> None:

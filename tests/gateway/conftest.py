@@ -4,7 +4,6 @@ of the test process: one process, real HTTP)."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 import uuid
@@ -20,14 +19,9 @@ from fastapi import FastAPI
 from services.feature_store.loader import load_bundle
 from shared.bundle import Bundle
 from shared.settings import Settings
+from tests.support import free_port
 
 ADMIN_TOKEN = "test-admin-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def delete_prefix(settings: Settings) -> None:

@@ -14,14 +14,9 @@ import pytest
 from services.ranking.client import RankingClient
 from services.ranking.errors import ScoreCountMismatch, ScoreRequestRejected
 from shared.contracts import ScoreItem, ServiceUnavailable
+from tests.support import free_port
 
 REQ = [ScoreItem(history=["a"], candidates=["b", "c"])]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def call(client: RankingClient, requests: list[ScoreItem] = REQ):

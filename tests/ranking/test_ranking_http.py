@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from services.ranking.client import RankingClient
 from services.ranking.scorer import OnnxRanker
 from shared.bundle import Bundle
 from shared.contracts import ScoreItem, ServiceUnavailable
+from tests.support import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "test-admin-token"
@@ -28,12 +28,6 @@ LAUNCH = ("import sys, uvicorn; from services.ranking.app import create_app; "
           "from shared.settings import Settings; "
           "uvicorn.run(create_app(Settings()), host='127.0.0.1', port=int(sys.argv[1]), "
           "log_level='warning')")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(artifacts: Path, bundle: str) -> tuple[subprocess.Popen, str]:

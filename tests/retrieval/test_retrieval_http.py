@@ -20,18 +20,13 @@ from services.retrieval.errors import AdminRejected, InvalidRequest, ItemNotFoun
 from shared.bundle import Bundle
 from shared.contracts import ItemUpsert, RetrievalQuery, ServiceUnavailable
 from shared.settings import Settings
+from tests.support import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 LAUNCH = ("import sys, uvicorn; from services.retrieval.app import create_app; "
           "from shared.settings import Settings; "
           "uvicorn.run(create_app(Settings()), host='127.0.0.1', port=int(sys.argv[1]), "
           "log_level='warning')")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
