@@ -29,11 +29,16 @@ def ndcg(ranks: np.ndarray, k: int) -> float:
     return float(gains.mean())
 
 
+def candidate_hits(candidates: list[np.ndarray] | np.ndarray, targets: np.ndarray
+                   ) -> np.ndarray:
+    """Per user, 1.0 when the target is among that user's candidates, else 0.0."""
+    return np.array([float(t in set(c.tolist())) for c, t in zip(candidates, targets,
+                                                                   strict=True)])
+
+
 def recall_at(candidates: list[np.ndarray] | np.ndarray, targets: np.ndarray) -> float:
     """Share of users whose target is among their candidates."""
-    if not len(targets):
-        return 0.0
-    return float(np.mean([t in set(c.tolist()) for c, t in zip(candidates, targets, strict=True)]))
+    return float(candidate_hits(candidates, targets).mean()) if len(targets) else 0.0
 
 
 def summarise(ranks: np.ndarray) -> dict[str, float]:

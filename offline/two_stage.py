@@ -9,6 +9,7 @@ import onnxruntime as ort
 
 from offline.baselines import user_content_queries
 from offline.evaluate import ScoreFn
+from offline.metrics import candidate_hits
 from offline.split import Split
 from offline.train import left_pad
 from shared import ann
@@ -47,9 +48,6 @@ class BundleModels:
         scores = self.ranker.run(None, {"hist_ids": hist, "hist_content": self.table[hist],
                                         "cand_ids": cand, "cand_content": self.table[cand]})[0]
         return [scores[r, :len(c)] for r, c in enumerate(candidates)]
-
-
-SOURCES = ("ann", "content", "popular")
 
 
 def candidate_rows(models: BundleModels, split: Split, which: str, users: np.ndarray,
@@ -91,8 +89,7 @@ def two_stage_fn(models: BundleModels, split: Split, which: str, settings: Setti
         if hits is not None:
             wanted = targets[users] - FIRST_ITEM_INDEX
             for name, lists in [("union", rows), *by_source.items()]:
-                hits.setdefault(name, []).extend(
-                    float(t in set(c.tolist())) for t, c in zip(wanted, lists, strict=True))
+                hits.setdefault(name, []).extend(candidate_hits(lists, wanted).tolist())
         histories = [split.history(u, which) for u in users]
         scores = np.full((len(users), split.num_items), -np.inf, np.float32)
         for r, (c, s) in enumerate(zip(rows, models.rank(histories,
