@@ -20,7 +20,7 @@ from services.ranking.client import RankingClient
 from services.ranking.scorer import OnnxRanker
 from shared.bundle import Bundle
 from shared.contracts import ScoreItem, ServiceUnavailable
-from tests.support import free_port
+from tests.support import free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "test-admin-token"
@@ -54,16 +54,6 @@ def wait_ready(proc: subprocess.Popen, url: str, timeout_s: float = 60.0) -> Non
     raise AssertionError("server did not become ready")
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture(scope="module")
 def artifacts(small_bundle, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("artifacts")
@@ -81,7 +71,7 @@ def server(artifacts: Path) -> Iterator[str]:
         wait_ready(proc, url)
         yield url
     finally:
-        stop(proc)
+        stop_process(proc)
 
 
 def requests_for(bundle: Bundle) -> list[ScoreItem]:
@@ -155,7 +145,7 @@ def test_client_maps_a_stopped_server_to_service_unavailable(artifacts) -> None:
     try:
         wait_ready(proc, url)
     finally:
-        stop(proc)
+        stop_process(proc)
 
     async def go():
         client = RankingClient(url, timeout_s=2.0)
@@ -178,6 +168,6 @@ def test_server_refuses_to_start_on_a_mismatched_model(small_bundle, tmp_path,
     try:
         _, err = proc.communicate(timeout=60)
     finally:
-        stop(proc)
+        stop_process(proc)
     assert proc.returncode != 0
     assert "ModelSchemaMismatch" in err and "candidate_content" in err

@@ -20,7 +20,7 @@ from services.retrieval.errors import AdminRejected, InvalidRequest, ItemNotFoun
 from shared.bundle import Bundle
 from shared.contracts import ItemUpsert, RetrievalQuery, ServiceUnavailable
 from shared.settings import Settings
-from tests.support import free_port
+from tests.support import free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 LAUNCH = ("import sys, uvicorn; from services.retrieval.app import create_app; "
@@ -54,12 +54,7 @@ def server(settings: Settings, tmp_path: Path) -> Iterator[str]:
             time.sleep(0.1)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
 
 
