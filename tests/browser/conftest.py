@@ -163,12 +163,16 @@ class Page:
         return found[0]
 
     def screenshot(self, name: str) -> Path:
+        """`name.png`: the top of the page at the current window size (what the README
+        shows); `name-full.png`: the whole page."""
+        self.driver.execute_script("window.scrollTo(0, 0); document.activeElement?.blur();")
         path = self.results / f"{name}.png"
-        # the whole page, not only the viewport: the document's height at this width
-        width = self.driver.get_window_size()["width"]
-        height = self.driver.execute_script("return document.documentElement.scrollHeight")
-        self.driver.set_window_size(width, min(max(height + 120, 600), 4000))
         self.driver.save_screenshot(str(path))
+        size = self.driver.get_window_size()
+        height = self.driver.execute_script("return document.documentElement.scrollHeight")
+        self.driver.set_window_size(size["width"], min(max(height + 140, 600), 4000))
+        self.driver.save_screenshot(str(self.results / f"{name}-full.png"))
+        self.driver.set_window_size(size["width"], size["height"])
         return path
 
     def record(self, name: str, value) -> None:

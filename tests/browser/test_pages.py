@@ -20,12 +20,19 @@ def known_users(small_bundle: Path) -> list[str]:
     return sorted((u for u, s in users.items() if len(s) >= 10), key=lambda u: (len(users[u]), u))
 
 
+def ids_in(page: Page, selector: str) -> list[str]:
+    # read in one script: the list is replaced on every refresh, so element handles go stale
+    return page.driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map(e => e.dataset.itemId);",
+        selector)
+
+
 def card_ids(page: Page) -> list[str]:
-    return [c.get_attribute("data-item-id") for c in page.css("#cards .card")]
+    return ids_in(page, "#cards .card")
 
 
 def history_ids(page: Page) -> list[str]:
-    return [h.get_attribute("data-item-id") for h in page.css("#history li[data-item-id]")]
+    return ids_in(page, "#history li[data-item-id]")
 
 
 def show_user(page: Page, user: str, k: int = K) -> list[str]:
@@ -81,12 +88,14 @@ def test_actions_work_from_the_keyboard_and_dislike_removes_the_item(
     second.find_element("css selector", "button[data-action=dislike]").send_keys(Keys.ENTER)
     page.wait(lambda d: ids[1] not in card_ids(page), what="the disliked item leaves the list")
     assert history_ids(page) == before  # a dislike is not a watch
+    page.wait(lambda d: "Sent dislike" in page.one("#note").text, what="the refresh")
     like = page.one("#cards .card button[data-action=like]")
-    liked = page.one("#cards .card").get_attribute("data-item-id")
+    liked = card_ids(page)[0]
     like.send_keys(Keys.SPACE)
     page.wait(lambda d: history_ids(page)[:1] == [liked], what="a liked item enters the history")
     # focus comes back to the list, so the next action is one key away
-    assert page.driver.switch_to.active_element.get_attribute("data-action") == "view"
+    page.wait(lambda d: d.switch_to.active_element.get_attribute("data-action") == "view",
+              what="focus on the first card's play button")
 
 
 def test_a_random_user(page: Page) -> None:

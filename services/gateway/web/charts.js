@@ -30,9 +30,12 @@ const charts = (() => {
   }
 
   // series: [{name, points: [[t, value|null], ...]}]; bars: draw the first series as bars.
+  // The time axis runs from the oldest point (at most windowS ago, at least a minute) to now.
   function draw(figure, series, { bars = false, windowS = 600, summary = "" } = {}) {
     const now = Date.now() / 1000;
-    const x = (t) => PAD.l + (W - PAD.l - PAD.r) * (1 - Math.min(1, (now - t) / windowS));
+    const oldest = Math.min(...series.flatMap((s) => s.points.map((p) => p[0])), now);
+    const spanS = Math.min(windowS, Math.max(60, now - oldest));
+    const x = (t) => PAD.l + (W - PAD.l - PAD.r) * (1 - Math.min(1, (now - t) / spanS));
     const values = series.flatMap((s) => s.points.map((p) => p[1])).filter((v) => v !== null);
     const top = niceMax(Math.max(0, ...values));
     const y = (v) => H - PAD.b - (H - PAD.t - PAD.b) * (v / top);
@@ -44,15 +47,14 @@ const charts = (() => {
       root.append(svg("text", { x: PAD.l - 6, y: y(v) + 4, "text-anchor": "end",
                                 "font-size": 11, fill: "#5b6675" }, label(v)));
     }
-    const minutes = Math.round(windowS / 60);
-    root.append(svg("text", { x: PAD.l, y: H - 8, "font-size": 11, fill: "#5b6675" },
-                    `−${minutes} min`));
+    const span = spanS >= 120 ? `−${Math.round(spanS / 60)} min` : `−${Math.round(spanS)} s`;
+    root.append(svg("text", { x: PAD.l, y: H - 8, "font-size": 11, fill: "#5b6675" }, span));
     root.append(svg("text", { x: W - PAD.r, y: H - 8, "font-size": 11, fill: "#5b6675",
                               "text-anchor": "end" }, "now"));
     series.forEach((s, i) => {
-      const pts = s.points.filter((p) => p[1] !== null && now - p[0] <= windowS);
+      const pts = s.points.filter((p) => p[1] !== null && now - p[0] <= spanS);
       if (bars) {
-        const width = Math.max(2, ((W - PAD.l - PAD.r) / Math.max(1, windowS / (s.step || 5))) - 1);
+        const width = Math.max(2, ((W - PAD.l - PAD.r) / Math.max(1, spanS / (s.step || 5))) - 1);
         for (const [t, v] of pts) {
           root.append(svg("rect", { x: x(t) - width, y: y(v), width, height: y(0) - y(v),
                                     fill: color(i), "data-value": v }));

@@ -5,10 +5,10 @@
 (() => {
   const { api, el, showError, clearError, newId, fmt } = vidrec;
   const $ = (id) => document.getElementById(id);
-  const HISTORY_SHOWN = 30;
-  const ACTIONS = [  // button label, event type, watch fraction
-    ["▶ Play", "view", 1.0], ["👍 Like", "like", 1.0],
-    ["⏭ Skip", "skip", 0.05], ["👎 Dislike", "dislike", 0.3],
+  const HISTORY_SHOWN = 15;
+  const ACTIONS = [  // symbol, name, event type, watch fraction (symbols every font has)
+    ["▶", "Play", "view", 1.0], ["♥", "Like", "like", 1.0],
+    ["»", "Skip", "skip", 0.05], ["×", "Dislike", "dislike", 0.3],
   ];
   const state = { user: null, interests: [], chosen: new Set(), busy: false };
 
@@ -65,11 +65,10 @@
   }
 
   function card(item, i) {
-    const buttons = ACTIONS.map(([label, type, fraction]) => el("button", {
-      type: "button", "data-action": type,
-      "aria-label": `${label.slice(2)}: ${item.title}`,
+    const buttons = ACTIONS.map(([symbol, name, type, fraction]) => el("button", {
+      type: "button", "data-action": type, "aria-label": `${name}: ${item.title}`,
       onclick: (e) => act(item, i, type, fraction, e.currentTarget),
-    }, label));
+    }, el("span", { "aria-hidden": "true" }, symbol), ` ${name}`));
     return el("li", { class: "card", "data-item-id": item.item_id },
       el("h3", {}, el("span", { class: "rank" }, `${i + 1}.`),
         el("button", { type: "button", class: "linklike", onclick: () => openItem(item.item_id) },
@@ -112,7 +111,7 @@
       note(`Sent ${type} on “${item.title}”; the list is refreshed.`);
       await refresh();
       clearError(errorBox);
-      $("cards").querySelector("button")?.focus();
+      $("cards").querySelector(".actions button")?.focus();  // the next action is one key away
     } catch (err) {
       showError(errorBox, err);
       cardNode.querySelectorAll("button").forEach((b) => { b.disabled = false; });
