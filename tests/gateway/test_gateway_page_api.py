@@ -198,3 +198,18 @@ def test_pages_and_their_files_are_served_from_the_package(live: str, path: str,
         assert asset in r.text
         got = httpx.get(live + asset)
         assert got.status_code == 200 and got.content
+
+
+def test_every_page_file_ships_in_the_package() -> None:
+    """Images install the wheel, not the source tree: pyproject's package-data must name every
+    file of services/gateway/web/ (a new file type would otherwise be missing in containers)."""
+    import fnmatch
+    import tomllib
+
+    from services.gateway.routes.pages import WEB
+
+    project = tomllib.loads((WEB.parents[2] / "pyproject.toml").read_text())
+    patterns = project["tool"]["setuptools"]["package-data"]["services.gateway"]
+    files = [p.relative_to(WEB.parent).as_posix() for p in WEB.rglob("*") if p.is_file()]
+    assert files
+    assert [f for f in files if not any(fnmatch.fnmatch(f, p) for p in patterns)] == []
