@@ -75,6 +75,19 @@ class History(BaseModel):
     items: list[dict] = Field(description="{item_id, type, timestamp, title, tags}, newest last")
 
 
+class TagWeight(BaseModel):
+    tag: str
+    weight: float = Field(description="Decayed weight now (events and imported history).")
+
+
+class TasteProfile(BaseModel):
+    user_id: str
+    known: bool = Field(description="False when the store holds nothing for this user.")
+    liked: list[TagWeight] = Field(description="Positive weights, strongest first.")
+    disliked: list[TagWeight] = Field(description="Negative weights (dislikes), most first.")
+    seen: int = Field(description="Items the user has interacted with.")
+
+
 class PopularItems(BaseModel):
     items: list[ItemMeta]
 

@@ -121,6 +121,20 @@ def test_a_new_user_chooses_interests(page: Page) -> None:
     assert any(f"#{t}" in first_tags for t in wanted), (wanted, first_tags)
     assert page.one("#user-id").get_attribute("value").startswith("new-")
     assert "Nothing yet" in page.one("#history").text
+    assert "No tags yet" in page.one("#taste").text
+
+    # a play raises the played video's tags in the user's taste, a dislike pushes some down
+    played = page.one("#cards .card")
+    played_tags = {t.text.lstrip("#") for t in played.find_elements("css selector", ".tag")}
+    played.find_element("css selector", "button[data-action=view]").click()
+    page.wait(lambda d: page.css("#taste strong.up"), what="tags going up")
+    risen = {li.get_attribute("data-tag") for li in page.css("#taste li")
+             if li.find_elements("css selector", "strong.up")}
+    assert risen and risen <= played_tags
+    page.wait(lambda d: "Sent view" in page.one("#note").text, what="the refresh")
+    page.one("#cards .card button[data-action=dislike]").click()
+    page.wait(lambda d: page.css("#taste strong.down, #taste-down strong.down"),
+              what="tags going down")
 
     page.one("#tag-filter").send_keys(wanted[0][:3])
     page.wait(lambda d: all(wanted[0][:3] in c.get_attribute("data-tag")

@@ -101,6 +101,27 @@ def test_a_dislike_hides_the_item_and_pushes_its_tags_down(
     assert httpx.get(f"{live}/v1/users/{user}/history").json()["items"] == history_before
 
 
+def test_the_profile_shows_liked_tags_up_and_disliked_tags_down(live: str,
+                                                                bundle: Bundle) -> None:
+    user = f"new-{uuid.uuid4().hex}"
+    empty = httpx.get(f"{live}/v1/users/{user}/profile").json()
+    assert empty == {"user_id": user, "known": False, "liked": [], "disliked": [], "seen": 0}
+    liked = next(it for it in bundle.items if len(set(it["tags"])) >= 2)
+    disliked = next(it for it in bundle.items
+                    if it["tags"] and not set(it["tags"]) & set(liked["tags"]))
+    for item, kind in ((liked, "like"), (disliked, "dislike")):
+        r = httpx.post(f"{live}/v1/events", json={
+            "event_id": uuid.uuid4().hex, "user_id": user, "item_id": item["item_id"],
+            "type": kind, "timestamp": time.time()})
+        assert r.status_code == 200, r.text
+    body = httpx.get(f"{live}/v1/users/{user}/profile", params={"limit": 100}).json()
+    assert body["known"] and body["seen"] == 2
+    assert {t["tag"] for t in body["liked"]} == set(liked["tags"])
+    assert all(t["weight"] == pytest.approx(2.0, rel=1e-3) for t in body["liked"])
+    assert {t["tag"] for t in body["disliked"]} == set(disliked["tags"])
+    assert all(t["weight"] == pytest.approx(-2.0, rel=1e-3) for t in body["disliked"])
+
+
 def test_recommendations_name_the_source_of_each_item(live: str, users: list[str]) -> None:
     body = recs(live, users[(len(users) * 3) // 5], k=10)
     assert {it["source"] for it in body["items"]} <= {"ann", "content", "tags", "popular"}

@@ -33,12 +33,38 @@
     const path = `/v1/users/${encodeURIComponent(state.user)}/recommendations?` +
       query({ k: k(), interests: state.interests });
     const started = performance.now();
-    const [recs, history] = await Promise.all([
+    const user = encodeURIComponent(state.user);
+    const [recs, history, taste] = await Promise.all([
       api(path),
-      api(`/v1/users/${encodeURIComponent(state.user)}/history?limit=${HISTORY_SHOWN}`),
+      api(`/v1/users/${user}/history?limit=${HISTORY_SHOWN}`),
+      api(`/v1/users/${user}/profile?limit=8`),
     ]);
     renderRecs(recs, performance.now() - started);
     renderHistory(history);
+    renderTaste(taste);
+  }
+
+  // The user's strongest tags, with how each moved since the previous refresh (a like raises
+  // its tags, a dislike pushes them down).
+  function renderTaste(body) {
+    const same = Boolean(state.taste) && state.taste.user === body.user_id;
+    const before = same ? state.taste.weights : {};
+    const weights = {};
+    const row = ({ tag, weight }) => {
+      weights[tag] = weight;
+      const moved = same ? weight - (before[tag] ?? 0) : 0;
+      const arrow = moved > 1e-3 ? el("strong", { class: "up" }, ` ↑${fmt(moved, 2)}`)
+        : moved < -1e-3 ? el("strong", { class: "down" }, ` ↓${fmt(-moved, 2)}`) : null;
+      return el("li", { "data-tag": tag }, el("span", { class: "tag" }, `#${tag}`),
+        ` ${fmt(weight, 2)}`, arrow);
+    };
+    const liked = body.liked.map(row);
+    const disliked = body.disliked.map(row);
+    $("taste").replaceChildren(...(liked.length ? liked
+      : [el("li", { class: "muted" }, "No tags yet.")]));
+    $("taste-down").replaceChildren(...disliked);
+    $("taste-down-title").classList.toggle("hidden", !disliked.length);
+    state.taste = { user: body.user_id, weights };
   }
 
   function renderRecs(body, ms) {
