@@ -19,6 +19,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -66,45 +67,67 @@ def _delete_prefix(settings: Settings) -> None:
         client.close()
 
 
-@pytest.fixture(scope="session")
-def site(small_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Base URL of `vidrec serve all` (a process of its own) on the small bundle."""
-    _require_chromium()
-    state = tmp_path_factory.mktemp("browser-state")
+@contextmanager
+def serving(small_bundle: Path, state: Path, service: str = "all",
+            **env: str) -> Iterator[str]:
+    """`vidrec serve <service>` (a process of its own) on the small bundle, loaded into Redis
+    under a fresh key prefix; yields its base URL once /healthz answers."""
     settings = Settings(artifacts_dir=small_bundle.parent, bundle=small_bundle.name,
                         key_prefix=f"vidrec:test:{uuid.uuid4().hex}", state_dir=state,
                         admin_token=ADMIN_TOKEN, use_gpu=False)
     load_bundle(settings, settings.bundle, progress=False)
     port = free_port()
-    env = {**os.environ, "VIDREC_ARTIFACTS_DIR": str(settings.artifacts_dir),
-           "VIDREC_BUNDLE": settings.bundle, "VIDREC_KEY_PREFIX": settings.key_prefix,
-           "VIDREC_STATE_DIR": str(state), "VIDREC_ADMIN_TOKEN": ADMIN_TOKEN,
-           "VIDREC_USE_GPU": "false", "VIDREC_ORT_INTRA_THREADS": "1",
-           "VIDREC_CONSOLE_SAMPLE_S": "1",
-           # generous stage budgets: a busy 2-core test machine must not degrade answers
-           "VIDREC_TIMEOUT_HYDRATE_S": "2", "VIDREC_TIMEOUT_RETRIEVE_S": "5",
-           "VIDREC_TIMEOUT_SCORE_S": "5", "VIDREC_TIMEOUT_ITEMS_S": "2"}
-    log = (state / "server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "vidrec_cli", "serve", "all", "--host",
-                             "127.0.0.1", "--port", str(port)], cwd=REPO, env=env,
+    full_env = {**os.environ, "VIDREC_ARTIFACTS_DIR": str(settings.artifacts_dir),
+                "VIDREC_BUNDLE": settings.bundle, "VIDREC_KEY_PREFIX": settings.key_prefix,
+                "VIDREC_STATE_DIR": str(state), "VIDREC_ADMIN_TOKEN": ADMIN_TOKEN,
+                "VIDREC_USE_GPU": "false", "VIDREC_ORT_INTRA_THREADS": "1",
+                "VIDREC_CONSOLE_SAMPLE_S": "1",
+                # generous stage budgets: a busy 2-core test machine must not degrade answers
+                "VIDREC_TIMEOUT_HYDRATE_S": "2", "VIDREC_TIMEOUT_RETRIEVE_S": "5",
+                "VIDREC_TIMEOUT_SCORE_S": "5", "VIDREC_TIMEOUT_ITEMS_S": "2", **env}
+    log_path = state / f"{service}.log"
+    log = log_path.open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "vidrec_cli", "serve", service, "--host",
+                             "127.0.0.1", "--port", str(port)], cwd=REPO, env=full_env,
                             stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while True:
-            assert proc.poll() is None, (state / "server.log").read_text()
+            assert proc.poll() is None, log_path.read_text()
             try:
-                if httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200:
+                if httpx.get(f"{base}/healthz", timeout=1.0).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
-            assert time.monotonic() < deadline, "the gateway did not become ready"
+            assert time.monotonic() < deadline, "the gateway did not start"
             time.sleep(0.1)
         yield base
     finally:
         stop_process(proc)
         log.close()
         _delete_prefix(settings)
+
+
+@pytest.fixture(scope="session")
+def site(small_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL of `vidrec serve all` on the small bundle."""
+    _require_chromium()
+    with serving(small_bundle, tmp_path_factory.mktemp("browser-state")) as base:
+        assert httpx.get(f"{base}/readyz", timeout=5).status_code == 200
+        yield base
+
+
+@pytest.fixture(scope="module")
+def degraded_site(small_bundle: Path, tmp_path_factory: pytest.TempPathFactory
+                  ) -> Iterator[str]:
+    """The gateway alone with the ranker's URL pointing where nothing listens: every known
+    user's answer is degraded at the score stage, and /readyz says ranking is down."""
+    _require_chromium()
+    dead = f"http://127.0.0.1:{free_port()}"
+    with serving(small_bundle, tmp_path_factory.mktemp("browser-degraded"), "gateway",
+                 VIDREC_RANKING_URL=dead, VIDREC_TIMEOUT_SCORE_S="0.5") as base:
+        yield base
 
 
 @pytest.fixture(scope="session")
@@ -142,9 +165,9 @@ class Page:
         self.results = results
         self.allowed: list[str] = []  # substrings of log lines a test provokes on purpose
 
-    def open(self, path: str, size: tuple[int, int] = DESKTOP) -> Page:
+    def open(self, path: str, size: tuple[int, int] = DESKTOP, base: str | None = None) -> Page:
         self.driver.set_window_size(*size)
-        self.driver.get(self.base + path)
+        self.driver.get((base or self.base) + path)
         return self
 
     def wait(self, condition, timeout: float = 20.0, what: str = ""):

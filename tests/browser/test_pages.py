@@ -242,3 +242,21 @@ def test_console_reload_needs_the_typed_token(page: Page) -> None:
     page.one("#reload-form button").click()
     page.wait(lambda d: "Reloaded" in result.text, timeout=60, what="a reload")
     assert ADMIN_TOKEN not in page.driver.page_source
+
+
+def test_a_degraded_answer_shows_a_banner_and_the_console_a_part_down(
+        page: Page, degraded_site: str, known_users: list[str]) -> None:
+    page.allowed.append("status of 503")  # /readyz answers 503 while the ranker is down
+    user = known_users[len(known_users) // 5]
+    page.open(f"/?user={user}", base=degraded_site)
+    banner = page.one("#degraded")
+    page.wait(lambda d: banner.is_displayed(), what="the degraded banner")
+    assert "Degraded answer: the ranker (score) did not answer" in banner.text
+    assert len(card_ids(page)) == 10  # still a full list, in retrieval's order
+    page.screenshot("try-degraded")
+    page.open("/console", base=degraded_site)
+    page.wait(lambda d: page.css("#ready .ready.down"), what="a part down")
+    down = [t.get_attribute("data-part") for t in page.css("#ready .ready.down")]
+    assert set(down) == {"Gateway", "Ranking"}
+    page.wait(lambda d: page.css("#chart-degraded svg rect"), timeout=30,
+              what="degraded answers on the chart")

@@ -55,7 +55,7 @@ const charts = (() => {
       const pts = s.points.filter((p) => p[1] !== null && now - p[0] <= spanS);
       if (bars) {
         const width = Math.max(2, ((W - PAD.l - PAD.r) / Math.max(1, spanS / (s.step || 5))) - 1);
-        for (const [t, v] of pts) {
+        for (const [t, v] of pts.filter((p) => p[1] > 0)) {
           root.append(svg("rect", { x: x(t) - width, y: y(v), width, height: y(0) - y(v),
                                     fill: color(i), "data-value": v }));
         }

@@ -10,6 +10,10 @@
     ["▶", "Play", "view", 1.0], ["♥", "Like", "like", 1.0],
     ["»", "Skip", "skip", 0.05], ["×", "Dislike", "dislike", 0.3],
   ];
+  const STAGE_WORDS = {  // docs/api.md, "degraded"
+    hydrate: "the user's history (hydrate)", retrieve: "candidate retrieval (retrieve)",
+    score: "the ranker (score)", items: "video details (items)",
+  };
   const state = { user: null, interests: [], chosen: new Set(), busy: false };
 
   const errorBox = $("error");
@@ -81,8 +85,9 @@
 
     const banner = $("degraded");
     if (body.degraded && body.degraded.length) {
-      banner.textContent = `Degraded answer: ${body.degraded.join(", ")} could not answer in ` +
-        "time, so this list was built without it (see /console).";
+      const parts = body.degraded.map((stage) => STAGE_WORDS[stage] || stage);
+      banner.textContent = `Degraded answer: ${parts.join(", ")} did not answer (down or too ` +
+        "slow), so this list was made without it. The console (/console) shows which part.";
       banner.classList.remove("hidden");
     } else {
       banner.classList.add("hidden");
