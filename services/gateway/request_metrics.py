@@ -31,6 +31,10 @@ class RequestMetrics:
         self.app = app
         self.service = service
         self._paths: dict[Any, str] = {}  # endpoint -> path template, filled on first use
+        # The labelled children, looked up once: .labels() takes a lock and validates the
+        # labels on every call, several times the cost of the increment itself.
+        self._counts: dict[tuple[str, int], Any] = {}
+        self._seconds: dict[str, Any] = {}
 
     def _route_of(self, scope: Scope) -> str:
         route = scope.get("route")
@@ -66,5 +70,12 @@ class RequestMetrics:
             await self.app(scope, receive, send_and_note)
         finally:
             route = self._route_of(scope)
-            HTTP_REQUESTS.labels(self.service, route, str(status)).inc()
-            HTTP_SECONDS.labels(self.service, route).observe(time.perf_counter() - start)
+            count = self._counts.get((route, status))
+            if count is None:
+                count = self._counts[(route, status)] = HTTP_REQUESTS.labels(
+                    self.service, route, str(status))
+            seconds = self._seconds.get(route)
+            if seconds is None:
+                seconds = self._seconds[route] = HTTP_SECONDS.labels(self.service, route)
+            count.inc()
+            seconds.observe(time.perf_counter() - start)

@@ -98,8 +98,13 @@ def test_actions_work_from_the_keyboard_and_dislike_removes_the_item(
               what="focus on the first card's play button")
 
 
-def test_a_random_user(page: Page) -> None:
+def test_search_by_id_or_a_random_user(page: Page, known_users: list[str]) -> None:
     page.open("/")
+    prefix = known_users[0][:1]
+    page.one("#user-id").send_keys(prefix)
+    page.wait(lambda d: page.css("#user-suggestions option"), what="id suggestions")
+    suggested = [o.get_attribute("value") for o in page.css("#user-suggestions option")]
+    assert suggested and all(u.startswith(prefix) for u in suggested)
     page.one("#random-user").click()
     page.wait(lambda d: len(card_ids(page)) > 0, what="a random user's list")
     assert page.one("#user-id").get_attribute("value")
