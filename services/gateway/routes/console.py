@@ -18,6 +18,7 @@ from fastapi.responses import FileResponse
 
 from services.gateway.console_stats import StatsWindow
 from services.gateway.deps import GatewayDep
+from services.gateway.gateway import Gateway
 from services.gateway.responses import JSON
 from shared.bundle import Bundle, BundleError
 
@@ -34,7 +35,7 @@ async def stats(request: Request) -> JSON:
     return JSON(window.as_json())
 
 
-def _bundle_path(gateway) -> Path:
+def _bundle_path(gateway: Gateway) -> Path:
     version = gateway.catalog.version
     if not version:
         raise HTTPException(status.HTTP_404_NOT_FOUND,
