@@ -4,7 +4,8 @@
     2. make sure Redis answers at VIDREC_REDIS_URL; start a local redis-server if it does not
        (and one is installed), else say how to get one
     3. load the bundle into Redis (`vidrec load`), unless this bundle is already loaded there
-    4. serve everything in one process, after printing curl examples with real user ids
+    4. serve everything in one process, after printing the pages' addresses (/ and /console)
+       and curl examples with real user ids
 
 Usage: python -m scripts.run_local [--dataset microlens-50k] [--port 8000] [--reload-data]
 """
@@ -180,6 +181,7 @@ def print_examples(base: str, users: list[str], item_id: str, token: str) -> Non
     u = users[0] if users else "some-user"
     print(f"""
 [run] vidrec is starting on {base}  (API docs: {base}/docs)
+[run] try it in a browser:  {base}/        operator's console:  {base}/console
   curl '{base}/v1/users/{u}/recommendations?k=10'
   curl '{base}/v1/users/{users[-1] if users else u}/history?limit=5'
   curl '{base}/v1/users/new-user-1/recommendations?k=5&interests=funny'

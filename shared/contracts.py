@@ -9,6 +9,7 @@ alone). The pydantic models below are also the JSON bodies of the internal HTTP 
                    POST /v1/events         EventBatch          -> EventBatchResult
                    GET  /v1/users/{id}/history?limit=N         -> HistoryResponse
     retrieval      POST /v1/retrieve       RetrieveRequest     -> RetrieveResponse
+                   GET  /v1/items/{id}/similar?k=N             -> SimilarResponse (404: unknown)
                    PUT  /v1/items/{id}     ItemUpsert (admin)  -> ItemMeta
                    DELETE /v1/items/{id}   (admin)             -> 204
                    POST /admin/reload      (admin)             -> {"bundle": version}
@@ -25,7 +26,7 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, Field
 
-EventType = Literal["view", "like", "skip", "complete"]
+EventType = Literal["view", "like", "skip", "complete", "dislike"]
 Source = Literal["ann", "content", "tags", "popular"]
 
 
@@ -125,6 +126,21 @@ class RetrieveResponse(BaseModel):
     bundle: str
 
 
+class Neighbour(BaseModel):
+    """An item like another one, and the space it was found in: `ann` (the learned item
+    vectors: watched by the same people) or `content` (title and tags)."""
+
+    item_id: str
+    source: Literal["ann", "content"]
+    score: float = Field(description="Cosine similarity in that space.")
+
+
+class SimilarResponse(BaseModel):
+    item_id: str
+    items: list[Neighbour]
+    bundle: str
+
+
 class ItemUpsert(BaseModel):
     title: str = Field(min_length=1, max_length=2000)
     tags: list[str] = Field(default_factory=list, max_length=100)
@@ -158,6 +174,7 @@ class FeatureStoreAPI(Protocol):
 
 class RetrievalAPI(Protocol):
     async def retrieve(self, queries: list[RetrievalQuery]) -> list[RetrievalResult]: ...
+    async def similar(self, item_id: str, k: int) -> list[Neighbour]: ...
     async def upsert_item(self, item_id: str, item: ItemUpsert) -> ItemMeta: ...
     async def delete_item(self, item_id: str) -> None: ...
     async def ready(self) -> bool: ...

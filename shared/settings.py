@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     ort_inter_threads: int = 1
     use_gpu: bool = Field(True, description="Use a GPU for FAISS and onnxruntime when present.")
 
+    # --- console (/console, GET /stats) -------------------------------------------------
+    console_sample_s: float = Field(5.0, gt=0, description="Seconds per point of the console's "
+                                    "live charts.")
+    console_window_s: float = Field(600.0, gt=0, description="How far back the charts reach.")
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

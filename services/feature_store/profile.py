@@ -13,10 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-# What one event is worth to each tag of its item. A skip is a negative signal: it adds
-# nothing (the item still enters the seen set, so it is not recommended again).
+# What one event is worth to each tag of its item. A skip is a weak negative signal: it adds
+# nothing (the item still enters the seen set, so it is not recommended again). A dislike is a
+# strong one: it takes off as much as a like adds, so a tag can go below zero (and is then
+# never asked of the tag source, retrieve.py).
 COMPLETE_WEIGHT = 3.0
 LIKE_WEIGHT = 2.0
+DISLIKE_WEIGHT = -LIKE_WEIGHT
 VIEW_BASE, VIEW_PER_FRACTION = 0.5, 0.5  # a view is worth 0.5 .. 1.0 by watch fraction
 IMPORT_WEIGHT = 1.0  # each interaction in a bundle's users.json (`vidrec load`)
 
@@ -31,12 +34,15 @@ def event_weight(type_: str, watch_fraction: float) -> float:
         return LIKE_WEIGHT
     if type_ == "view":
         return VIEW_BASE + VIEW_PER_FRACTION * watch_fraction
+    if type_ == "dislike":
+        return DISLIKE_WEIGHT
     return 0.0  # skip
 
 
 def enters_history(type_: str) -> bool:
-    """History is the ranker's input, a sequence of positive interactions; skips stay out."""
-    return type_ != "skip"
+    """History is the ranker's input, a sequence of positive interactions; skips and dislikes
+    stay out."""
+    return type_ not in ("skip", "dislike")
 
 
 def decay_factor(ref: float, now: float, half_life_s: float) -> float:
@@ -76,7 +82,7 @@ if ARGV[2] ~= '' then
 end
 redis.call('SADD', KEYS[3], ARGV[4])
 local weight = tonumber(ARGV[5])
-if weight <= 0 or #ARGV < 8 then return false end
+if weight == 0 or #ARGV < 8 then return false end
 local t = tonumber(ARGV[6])
 local half_life = tonumber(ARGV[7])
 local ref = tonumber(redis.call('GET', KEYS[5]))
@@ -90,7 +96,7 @@ if e > {REBASE_HALF_LIVES} then
   local flat = redis.call('HGETALL', KEYS[4])
   for i = 1, #flat, 2 do
     local w = tonumber(flat[i + 1]) * scale
-    if w < {PRUNE_BELOW} then
+    if math.abs(w) < {PRUNE_BELOW} then
       redis.call('HDEL', KEYS[4], flat[i])
     else
       redis.call('HSET', KEYS[4], flat[i], string.format('%.17g', w))
@@ -100,7 +106,7 @@ if e > {REBASE_HALF_LIVES} then
   e = 0
 end
 local inc = weight * 2 ^ e
-if inc < {PRUNE_BELOW} then return false end
+if math.abs(inc) < {PRUNE_BELOW} then return false end
 inc = string.format('%.17g', inc)
 for i = 8, #ARGV do
   redis.call('HINCRBYFLOAT', KEYS[4], ARGV[i], inc)

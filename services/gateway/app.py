@@ -13,9 +13,12 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
+from services.gateway.console_stats import StatsWindow, sampling
 from services.gateway.errors import add_error_handlers
 from services.gateway.gateway import Gateway, load_catalog
-from services.gateway.routes import admin, events, items, recommendations, users
+from services.gateway.request_metrics import RequestMetrics
+from services.gateway.routes import admin, browse, console, events, items, recommendations, users
+from services.gateway.routes.pages import add_pages
 from services.gateway.schemas import EventBatchIn, EventIn
 from shared.contracts import FeatureStoreAPI, RankingAPI, RetrievalAPI
 from shared.observability import add_ops_routes
@@ -26,7 +29,8 @@ DEFAULT_ADMIN_TOKEN = Settings.model_fields["admin_token"].default
 
 DESCRIPTION = """Video recommendations: FAISS retrieval, an ONNX transformer ranker, a Redis
 feature store. A dependency that fails degrades the answer (listed in `degraded`) instead of
-failing it. Admin routes need `Authorization: Bearer <VIDREC_ADMIN_TOKEN>`."""
+failing it. Admin routes need `Authorization: Bearer <VIDREC_ADMIN_TOKEN>`. A person can try
+it at `/` and watch it at `/console`."""
 
 
 def create_app(settings: Settings, feature_store: FeatureStoreAPI | None = None,
@@ -48,17 +52,21 @@ def create_app(settings: Settings, feature_store: FeatureStoreAPI | None = None,
         gc.collect()
         gc.freeze()
         try:
-            yield
+            async with sampling(app.state.stats):
+                yield
         finally:
             await gateway.close()
 
     app = FastAPI(title="vidrec", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app.state.stats = StatsWindow(settings.console_sample_s, settings.console_window_s)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST", "PUT", "DELETE"],
                            allow_headers=["Authorization", "Content-Type"])
-    for module in (recommendations, events, items, users, admin):
+    for module in (recommendations, events, items, users, admin, browse, console):
         app.include_router(module.router)
+    add_pages(app)  # / and /console: the pages for people (routes/pages.py)
+    app.add_middleware(RequestMetrics)
     add_error_handlers(app)
 
     async def readiness() -> dict:

@@ -20,6 +20,8 @@ class Catalog:
     popular: list[str] = field(default_factory=list)  # item ids, most popular first
     popularity: dict[str, float] = field(default_factory=dict)
     changed: set[str] = field(default_factory=set)  # ids upserted/deleted through the gateway
+    revision: int = 0  # bumped by every change through the gateway
+    _tag_counts: tuple[int, list[tuple[str, int]]] | None = field(default=None, repr=False)
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> Catalog:
@@ -41,6 +43,7 @@ class Catalog:
         """An item upserted through this gateway: its title/tags are known from now on."""
         self.meta[item.item_id] = item
         self.changed.add(item.item_id)
+        self.revision += 1
 
     def forget(self, item_id: str) -> None:
         """A deleted item: keep its title for history views, but never propose it again."""
@@ -48,11 +51,25 @@ class Catalog:
         if old is not None:
             self.meta[item_id] = old.model_copy(update={"available": False})
             self.changed.add(item_id)
+            self.revision += 1
 
     def keep_upserts_from(self, older: Catalog) -> None:
         for item_id in older.changed:
             self.meta[item_id] = older.meta[item_id]
         self.changed |= older.changed
+
+    def tag_counts(self) -> list[tuple[str, int]]:
+        """(tag, available items carrying it), most common first; recomputed only after the
+        catalog changed."""
+        if self._tag_counts is None or self._tag_counts[0] != self.revision:
+            counts: dict[str, int] = {}
+            for meta in self.meta.values():
+                if meta.available:
+                    for tag in set(meta.tags):
+                        counts[tag] = counts.get(tag, 0) + 1
+            ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+            self._tag_counts = (self.revision, ranked)
+        return self._tag_counts[1]
 
     def popular_candidates(self, n: int, exclude: set[str] | frozenset[str],
                            tags: Iterable[str] = ()) -> list[Candidate]:

@@ -15,6 +15,8 @@ class RecommendedItem(BaseModel):
     tags: list[str]
     score: float
     reasons: list[str] = Field(description="Why the item is here, e.g. 'matches #cats'.")
+    source: str = Field(description="Candidate source that proposed it: ann (learned item "
+                                    "vectors), content, tags or popular.")
 
 
 class Recommendations(BaseModel):
@@ -73,5 +75,55 @@ class History(BaseModel):
     items: list[dict] = Field(description="{item_id, type, timestamp, title, tags}, newest last")
 
 
+class TagWeight(BaseModel):
+    tag: str
+    weight: float = Field(description="Decayed weight now (events and imported history).")
+
+
+class TasteProfile(BaseModel):
+    user_id: str
+    known: bool = Field(description="False when the store holds nothing for this user.")
+    liked: list[TagWeight] = Field(description="Positive weights, strongest first.")
+    disliked: list[TagWeight] = Field(description="Negative weights (dislikes), most first.")
+    seen: int = Field(description="Items the user has interacted with.")
+
+
 class PopularItems(BaseModel):
     items: list[ItemMeta]
+
+
+class SimilarItem(BaseModel):
+    item_id: str
+    title: str
+    tags: list[str]
+    score: float = Field(description="Cosine similarity in the space of `source`.")
+    source: str = Field(description="ann: learned item vectors (watched by the same people); "
+                                    "content: title and tags.")
+
+
+class SimilarItems(BaseModel):
+    item_id: str
+    title: str
+    tags: list[str]
+    items: list[SimilarItem]
+
+
+class CatalogTag(BaseModel):
+    tag: str
+    items: int = Field(description="Available items carrying it.")
+
+
+class CatalogTags(BaseModel):
+    tags: list[CatalogTag]
+    matching: int = Field(description="Tags matching `q` (the list is cut to `limit`).")
+
+
+class KnownUser(BaseModel):
+    user_id: str
+    interactions: int = Field(description="Length of the user's sequence in the bundle.")
+
+
+class KnownUserList(BaseModel):
+    users: list[KnownUser]
+    total: int = Field(description="Users in the bundle.")
+    bundle: str

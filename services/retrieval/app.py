@@ -17,11 +17,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, HTTPException, Request, Response, status
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
 from services.retrieval.errors import InvalidRequest, ItemNotFound, MetadataNotStored
 from services.retrieval.service import RetrievalService
+from services.retrieval.similar import MAX_SIMILAR
 from shared.admin import ReloadRequest, ReloadResponse, require_admin
 from shared.bundle import BundleError
 from shared.contracts import (
@@ -30,6 +31,7 @@ from shared.contracts import (
     RetrieveRequest,
     RetrieveResponse,
     ServiceUnavailable,
+    SimilarResponse,
 )
 from shared.observability import add_ops_routes
 from shared.settings import Settings
@@ -94,6 +96,17 @@ def create_app(settings: Settings, service: RetrievalService | None = None) -> F
         # Serialised by pydantic-core directly: no second validation of 100s of candidates.
         return Response(RetrieveResponse(results=results, bundle=version).model_dump_json(),
                         media_type="application/json")
+
+    @app.get("/v1/items/{item_id}/similar", tags=["items"], response_model=SimilarResponse)
+    async def similar(item_id: str, svc: Service,
+                      k: Annotated[int, Query(ge=1, le=MAX_SIMILAR)] = 10) -> Response:
+        try:
+            items = svc.similar_now(item_id, k)
+        except ItemNotFound as exc:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+        version = svc.state.version
+        return Response(SimilarResponse(item_id=item_id, items=items, bundle=version)
+                        .model_dump_json(), media_type="application/json")
 
     @app.put("/v1/items/{item_id}", tags=["items"], dependencies=[admin])
     async def upsert(item_id: str, body: ItemUpsert, svc: Service) -> ItemMeta:

@@ -5,7 +5,7 @@ the exceptions the in-process RetrievalService raises, so callers handle both al
 
     refused / reset / timed out / 5xx / malformed answer  -> ServiceUnavailable
         (503 after an applied change whose metadata failed -> MetadataNotStored, a subclass)
-    422 -> InvalidRequest (field from the error's `loc`)    404 on delete -> ItemNotFound
+    422 -> InvalidRequest (field from the error's `loc`)    404 on delete/similar -> ItemNotFound
     401 / 403 -> AdminRejected                               other 4xx -> ServiceUnavailable
 """
 
@@ -25,11 +25,13 @@ from services.retrieval.errors import (
 from shared.contracts import (
     ItemMeta,
     ItemUpsert,
+    Neighbour,
     RetrievalQuery,
     RetrievalResult,
     RetrieveRequest,
     RetrieveResponse,
     ServiceUnavailable,
+    SimilarResponse,
 )
 from shared.http_client import is_ready, request
 
@@ -58,6 +60,11 @@ class RetrievalClient:
                                      f"results for {len(queries)} queries")
         self.last_bundle = answer.bundle
         return answer.results
+
+    async def similar(self, item_id: str, k: int) -> list[Neighbour]:
+        response = await self._send("GET", f"/v1/items/{_quote(item_id)}/similar",
+                                    params={"k": k}, item_id=item_id)
+        return self._parse(SimilarResponse, response).items
 
     async def upsert_item(self, item_id: str, item: ItemUpsert) -> ItemMeta:
         response = await self._send("PUT", f"/v1/items/{_quote(item_id)}",

@@ -39,12 +39,14 @@ from services.retrieval.retrieve import (
     search_source,
     tag_source,
 )
+from services.retrieval.similar import MAX_SIMILAR, similar_items
 from services.retrieval.state import RetrievalState, load_state
 from shared.bundle import Bundle
 from shared.contracts import (
     Candidate,
     ItemMeta,
     ItemUpsert,
+    Neighbour,
     RetrievalQuery,
     RetrievalResult,
     ServiceUnavailable,
@@ -189,6 +191,21 @@ class RetrievalService:
         for source in SOURCES:
             CANDIDATES.labels(source).inc(sum(r.per_source[source] for r in results))
         return results, state.version
+
+    async def similar(self, item_id: str, k: int) -> list[Neighbour]:
+        return self.similar_now(item_id, k)
+
+    def similar_now(self, item_id: str, k: int) -> list[Neighbour]:
+        """Up to k items like `item_id` (similar.py); ItemNotFound for an id not in the live
+        catalogue (never there, or deleted)."""
+        if not 1 <= k <= MAX_SIMILAR:
+            raise InvalidRequest("k", f"must be between 1 and {MAX_SIMILAR}, got {k}")
+        state = self.state
+        row = state.row_of.get(item_id)
+        if row is None or state.dead.view[row]:
+            raise ItemNotFound(item_id)
+        with timed(SERVICE, "similar"):
+            return similar_items(state, row, k)
 
     def popular(self, n: int, exclude: list[str] | tuple[str, ...] = ()) -> list[Candidate]:
         """The n most popular live items not in `exclude` (what a brand-new user can get)."""

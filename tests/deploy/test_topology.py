@@ -180,6 +180,23 @@ def exercise(topology: Topology, small_bundle: Path) -> None:
     assert history["items"][-1]["item_id"] == item_id
     assert call(topology, "GET", f"/v1/items/{item_id}")["item_id"] == item_id
     assert call(topology, "GET", "/v1/popular?k=5")["items"]
+    # similar videos come from retrieval over HTTP; a dislike goes to the feature store's
+    other = recs["items"][1]["item_id"]
+    similar = call(topology, "GET", f"/v1/items/{other}/similar?k=5")["items"]
+    assert len(similar) == 5 and {s["source"] for s in similar} <= {"ann", "content"}
+    call(topology, "POST", "/v1/events", {
+        "event_id": f"topology-{uuid.uuid4().hex}", "user_id": user_id, "item_id": other,
+        "type": "dislike", "timestamp": 1_700_000_050})
+    # the pages and what they read are served by the gateway alone too
+    assert call(topology, "GET", "/v1/tags?limit=3")["tags"]
+    assert call(topology, "GET", "/v1/users?random=true&limit=1")["users"]
+    assert "two_stage" in call(topology, "GET", "/v1/bundle")["metrics"]["models"]
+    assert "samples" in call(topology, "GET", "/stats")
+    for page, marker in (("/", b"Who is watching?"), ("/console", b"Offline metrics"),
+                         ("/web/try.js", b"POST")):
+        with urllib.request.urlopen(f"http://127.0.0.1:{topology.ports['gateway']}{page}",
+                                    timeout=30) as resp:
+            assert resp.status == 200 and marker in resp.read(), page
     # an admin upsert goes gateway -> retrieval with the admin token from the compose env
     new_id = f"topology-item-{uuid.uuid4().hex[:8]}"
     put = call(topology, "PUT", f"/v1/items/{new_id}",
@@ -191,6 +208,7 @@ def exercise(topology: Topology, small_bundle: Path) -> None:
         "type": "complete", "timestamp": 1_700_000_100, "watch_fraction": 1.0})
     again = call(topology, "GET", f"/v1/users/{user_id}/recommendations?k=10")
     assert again["degraded"] == [] and again["items"], again
+    assert other not in {it["item_id"] for it in again["items"]}  # disliked: gone
 
 
 def test_only_redis_clients_connect_to_redis(topology: Topology, small_bundle: Path) -> None:

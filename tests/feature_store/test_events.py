@@ -47,14 +47,15 @@ async def snapshot(store: FeatureStore) -> dict[str, object]:
 
 async def test_replaying_a_batch_changes_nothing(store: FeatureStore) -> None:
     batch = [ev("e1", "v0", "view"), ev("e2", "v1", "like"), ev("e3", "v2", "complete"),
-             ev("e4", "v1", "skip"), ev("e5", "v0", "view", user="other")]
+             ev("e4", "v1", "skip"), ev("e5", "v0", "view", user="other"),
+             ev("e6", "v2", "dislike")]
     first = await store.record_events(batch)
-    assert [o.status for o in first] == ["accepted"] * 5
+    assert [o.status for o in first] == ["accepted"] * 6
     before = await snapshot(store)
     again = await store.record_events(batch)
     assert [(o.event_id, o.status) for o in again] == [(e.event_id, "duplicate") for e in batch]
     assert await snapshot(store) == before
-    assert await store.redis.xlen(store.keys.events) == 5
+    assert await store.redis.xlen(store.keys.events) == 6
 
 
 async def test_same_event_twice_in_one_batch_counts_once(store: FeatureStore) -> None:
@@ -95,6 +96,22 @@ async def test_a_skip_is_seen_but_neither_history_nor_taste(store: FeatureStore)
     assert state.known and state.history == [] and state.tag_profile == {}
     assert state.seen == ["v2"]
     assert await store.redis.xlen(store.keys.events) == 1  # still streamed for retraining
+
+
+async def test_a_dislike_is_seen_pushes_taste_down_and_stays_out_of_history(
+        store: FeatureStore) -> None:
+    await store.record_events([ev("l", "v0", "like"), ev("d", "v1", "dislike")])
+    state = await store.hydrate("u", 10)
+    assert state.history == ["v0"]  # the ranker's input holds positive interactions only
+    assert sorted(state.seen) == ["v0", "v1"]  # never recommended again
+    assert state.tag_profile["t0"] > 0 > state.tag_profile["t1"]
+    assert state.tag_profile["all"] == pytest.approx(0.0, abs=1e-3)  # +2 like, -2 dislike
+    ((_, first), (_, second)) = await store.redis.xrange(store.keys.events)
+    assert (first["type"], second["type"]) == ("like", "dislike")  # streamed for retraining
+    again = await store.record_events([ev("d", "v1", "dislike")])
+    assert again[0].status == "duplicate"  # idempotent like every event type
+    assert (await store.hydrate("u", 10)).tag_profile["t1"] == pytest.approx(
+        state.tag_profile["t1"], rel=1e-6)  # decayed a little more, not applied twice
 
 
 async def test_events_on_a_deleted_item_are_accepted(store: FeatureStore) -> None:

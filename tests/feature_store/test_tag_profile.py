@@ -8,6 +8,7 @@ import pytest
 
 from services.feature_store.profile import (
     COMPLETE_WEIGHT,
+    DISLIKE_WEIGHT,
     LIKE_WEIGHT,
     REBASE_HALF_LIVES,
     event_weight,
@@ -60,6 +61,7 @@ def test_weights_by_type() -> None:
     assert event_weight("view", 0.0) == 0.5
     assert event_weight("view", 1.0) == 1.0
     assert event_weight("skip", 1.0) == 0.0
+    assert event_weight("dislike", 1.0) == DISLIKE_WEIGHT == -LIKE_WEIGHT
     assert COMPLETE_WEIGHT > LIKE_WEIGHT > event_weight("view", 1.0)
 
 
@@ -117,6 +119,28 @@ async def test_skips_and_tagless_items_leave_the_profile_alone(store: FeatureSto
     await store.record_events([ev("1", "a", T0, "skip"), ev("2", "bare", T0)])
     assert await profile_at(store, T0) == {}
     assert await store.redis.exists(store.keys.tagref("u")) == 0
+
+
+async def test_a_dislike_pushes_its_tags_down_with_the_same_decay(store: FeatureStore) -> None:
+    store.clock.now = T0 + H  # type: ignore[attr-defined]
+    await store.record_events([ev("1", "b", T0 + H, "complete"), ev("2", "a", T0, "dislike")])
+    # complete on b (y +3, now); dislike on a one half-life ago (x, y: -2 * 1/2)
+    got = await profile_at(store, T0 + H)
+    assert got == pytest.approx({"x": -1.0, "y": 2.0})
+    assert await profile_at(store, T0 + 2 * H) == pytest.approx({"x": -0.5, "y": 1.0})
+
+
+async def test_a_rebase_keeps_negative_weights_and_prunes_by_size(store: FeatureStore) -> None:
+    far = T0 + (REBASE_HALF_LIVES + 4) * H
+    store.clock.now = far  # type: ignore[attr-defined]
+    await store.record_events([ev("0", "c", T0), ev("1", "a", T0 + 10 * H, "dislike")])
+    await store.record_events([ev("2", "b", far)])  # past the rebase threshold
+    assert float(await store.redis.get(store.keys.tagref("u"))) == far
+    got = await profile_at(store, far)
+    # z (like at T0) decayed 20 half-lives: below the threshold, dropped; x and y (dislike 10
+    # half-lives ago) are small but not negligible: kept, and still negative for x
+    n = REBASE_HALF_LIVES + 4 - 10
+    assert got == pytest.approx({"x": -2.0 * 2 ** -n, "y": 2.0 - 2.0 * 2 ** -n}, rel=1e-12)
 
 
 async def test_a_non_finite_time_decays_as_now(store: FeatureStore) -> None:

@@ -20,6 +20,7 @@ from services.retrieval.errors import AdminRejected, InvalidRequest, ItemNotFoun
 from shared.bundle import Bundle
 from shared.contracts import ItemUpsert, RetrievalQuery, ServiceUnavailable
 from shared.settings import Settings
+from tests.retrieval.test_retrieval_similar import a_popular_item, brute_force
 from tests.support import free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
@@ -203,3 +204,31 @@ def test_client_maps_a_silent_server_to_service_unavailable() -> None:
                 await client.aclose()
 
         assert asyncio.run(go()) < 5.0
+
+
+def test_similar_over_http_through_the_client(server: str, settings: Settings) -> None:
+    bundle = Bundle.open(settings.artifacts_dir, settings.bundle)
+    item = a_popular_item(bundle, 2)
+
+    async def go():
+        client = RetrievalClient(server, 5.0)
+        try:
+            found = await client.similar(item, 8)
+            with pytest.raises(ItemNotFound):
+                await client.similar("never-existed", 8)
+            return found
+        finally:
+            await client.aclose()
+
+    found = asyncio.run(go())
+    truth = brute_force(bundle, item, 8)  # test_retrieval_similar.py
+    assert len(found) == 8
+    for n in found:
+        assert n.item_id in truth[n.source]
+
+
+def test_similar_route_validates_k(server: str) -> None:
+    r = httpx.get(f"{server}/v1/items/x/similar", params={"k": 0})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "k"]
+    r = httpx.get(f"{server}/v1/items/never-existed/similar")
+    assert r.status_code == 404 and "never-existed" in r.json()["detail"]

@@ -33,7 +33,9 @@ class Explain:
     name = "explain"
 
     async def run(self, ctx: RecContext) -> None:
-        profile = set(ctx.user.tag_profile).union(ctx.request.interests)
+        # tags the user likes: a dislike pushes a tag's weight below zero (feature store)
+        liked = {t for t, w in ctx.user.tag_profile.items() if w > 0}
+        profile = liked.union(ctx.request.interests)
         for pick in ctx.picks:
             pick.reasons = reasons_for(pick, ctx, profile)
 

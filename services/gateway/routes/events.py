@@ -57,7 +57,7 @@ def unknown_items(exc: UnknownItems, where: tuple[str, ...]) -> RequestValidatio
 
 
 @router.post("/v1/events", response_model=EventsAccepted,
-             summary="Record views, likes, skips and completes (retry on 503)",
+             summary="Record views, likes, skips, dislikes and completes (retry on 503)",
              openapi_extra={"requestBody": {"required": True, "content": {
                  "application/json": {"schema": BODY_SCHEMA}}}})
 async def post_events(gateway: GatewayDep, request: Request) -> JSON:

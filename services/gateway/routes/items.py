@@ -1,5 +1,5 @@
-"""GET /v1/items/{id}, GET /v1/popular; admin PUT/DELETE /v1/items/{id} (forwarded to retrieval,
-which computes the embedding and updates the indexes)."""
+"""GET /v1/items/{id}, GET /v1/items/{id}/similar, GET /v1/popular; admin PUT/DELETE
+/v1/items/{id} (forwarded to retrieval, which computes the embedding and updates the indexes)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from services.gateway.deps import Admin, GatewayDep, parse_tags
 from services.gateway.gateway import Gateway
 from services.gateway.pipeline.stage import DEPENDENCY_ERRORS
 from services.gateway.responses import JSON
-from services.gateway.schemas import PopularItems
+from services.gateway.schemas import PopularItems, SimilarItems
 from shared.contracts import ItemMeta, ItemUpsert, RetrievalQuery
 
 router = APIRouter(tags=["items"])
@@ -45,6 +45,22 @@ async def get_item(gateway: GatewayDep, item_id: ItemId) -> JSON:
     if meta is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"item {item_id!r} not found")
     return JSON(meta.model_dump())
+
+
+@router.get("/v1/items/{item_id}/similar", response_model=SimilarItems,
+            summary="Videos like this one: learned and content neighbours (404: unknown item)")
+async def similar(gateway: GatewayDep, item_id: ItemId,
+                  k: Annotated[int, Query(ge=1, le=100)] = 10) -> JSON:
+    # An unknown or deleted item raises ItemNotFound -> 404; retrieval down -> 503 (errors.py).
+    async with asyncio.timeout(gateway.settings.timeout_retrieve_s * 4):
+        neighbours = await gateway.retrieval.similar(item_id, k)
+    meta = await lookup_meta(gateway, [item_id, *(n.item_id for n in neighbours)])
+    items = [{"item_id": n.item_id, "title": meta[n.item_id].title, "tags": meta[n.item_id].tags,
+              "score": n.score, "source": n.source}
+             for n in neighbours if n.item_id in meta and meta[n.item_id].available]
+    this = meta.get(item_id)
+    return JSON({"item_id": item_id, "title": this.title if this else "",
+                 "tags": this.tags if this else [], "items": items})
 
 
 @router.get("/v1/popular", response_model=PopularItems, summary="Popular videos")

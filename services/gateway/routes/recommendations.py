@@ -21,7 +21,8 @@ def render(ctx: RecContext) -> dict:
     return {
         "user_id": ctx.request.user_id,
         "items": [{"item_id": p.meta.item_id, "title": p.meta.title, "tags": p.meta.tags,
-                   "score": p.score, "reasons": p.reasons} for p in ctx.picks],
+                   "score": p.score, "reasons": p.reasons, "source": p.candidate.source}
+                  for p in ctx.picks],
         "model_version": ctx.model_version,
         "degraded": ctx.degraded,
     }

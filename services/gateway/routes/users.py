@@ -1,4 +1,5 @@
-"""GET /v1/users/{user_id}/history: what the user watched, newest last, with titles."""
+"""GET /v1/users/{user_id}/history: what the user watched, newest last, with titles.
+GET /v1/users/{user_id}/profile: the user's strongest and weakest tags (their taste)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from fastapi import APIRouter, Path, Query
 from services.gateway.deps import GatewayDep
 from services.gateway.responses import JSON
 from services.gateway.routes.items import lookup_meta
-from services.gateway.schemas import History
+from services.gateway.schemas import History, TasteProfile
 
 router = APIRouter(tags=["users"])
 
@@ -31,3 +32,19 @@ async def history(
         items.append({"item_id": e.item_id, "type": e.type, "timestamp": e.timestamp,
                       "title": m.title if m else None, "tags": m.tags if m else []})
     return JSON({"user_id": user_id, "items": items})
+
+
+@router.get("/v1/users/{user_id}/profile", response_model=TasteProfile,
+            summary="A user's tag profile: strongest tags first, then the ones pushed down")
+async def profile(
+    gateway: GatewayDep,
+    user_id: Annotated[str, Path(min_length=1, max_length=200)],
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> JSON:
+    async with asyncio.timeout(gateway.settings.timeout_hydrate_s * 10):
+        state = await gateway.feature_store.hydrate(user_id, gateway.settings.history_len)
+    ranked = sorted(state.tag_profile.items(), key=lambda kv: kv[1], reverse=True)
+    liked = [{"tag": t, "weight": round(w, 4)} for t, w in ranked if w > 0][:limit]
+    disliked = [{"tag": t, "weight": round(w, 4)} for t, w in reversed(ranked) if w < 0][:limit]
+    return JSON({"user_id": user_id, "known": state.known, "liked": liked,
+                 "disliked": disliked, "seen": len(state.seen)})
