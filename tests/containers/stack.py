@@ -41,7 +41,7 @@ def engine_problem() -> str | None:
     try:
         info = docker("info", "--format", "{{.ServerVersion}}", timeout=30, check=False)
         if info.returncode != 0:
-            return f"the Docker engine does not answer: {info.stderr.strip()[:300]}"
+            return f"the Docker engine does not answer: {info.stderr.strip()[:300].rstrip('.')}"
         compose = docker("compose", "version", "--short", timeout=30, check=False)
         if compose.returncode != 0:
             return f"no Compose v2 plugin: {compose.stderr.strip()[:300]}"
