@@ -6,9 +6,9 @@
 #   gpu      serving on NVIDIA GPUs: CUDA runtime base, faiss-gpu, onnxruntime-gpu
 #   serving  (default target) serving on CPUs: no torch, no compilers, non-root
 #
-#   docker build -t vidrec:0.1.0 .
-#   docker build --target build -t vidrec-build:0.1.0 .
-#   docker build --target gpu -t vidrec-gpu:0.1.0 .
+#   DOCKER_BUILDKIT=1 docker build -t vidrec:0.1.0 .          (RUN --mount needs BuildKit;
+#   DOCKER_BUILDKIT=1 docker build --target build -t vidrec-build:0.1.0 .   `docker compose
+#   DOCKER_BUILDKIT=1 docker build --target gpu -t vidrec-gpu:0.1.0 .       build` uses it)
 #
 # Every image serves every service by its command: ENTRYPOINT is `vidrec`, so
 # `docker run vidrec:0.1.0 serve ranking --host 0.0.0.0 --port 8002` runs the ranking service.
