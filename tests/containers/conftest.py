@@ -40,7 +40,8 @@ def engine() -> dict[str, str]:
     return engine_versions()
 
 
-@pytest.fixture(scope="session")
+# package scope: torn down after the last container test, so total_s is this folder's own time
+@pytest.fixture(scope="package")
 def results(engine: dict[str, str]) -> Iterator[dict]:
     """What the run measured; written to bench/results/containers.json at the end."""
     out: dict = {"engine": engine, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -80,7 +81,7 @@ def image_size_mb(name: str) -> float:
     return round(int(docker("image", "inspect", name, "--format", "{{.Size}}").stdout) / 1e6, 1)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def images(engine: dict[str, str], results: dict) -> dict[str, float]:
     """`docker compose build`: the serving and build images from the real Dockerfile."""
     results["torch_wheel_from"] = stage_torch_wheel()
