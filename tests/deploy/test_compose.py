@@ -58,6 +58,8 @@ def test_services_start_after_the_bundle_and_gateway_after_the_services() -> Non
     for name in APP_SERVICES[1:]:
         assert gateway_deps[name]["condition"] == "service_healthy"
     assert services["gateway"]["ports"], "the gateway is the one published port"
+    # published on loopback unless the user says otherwise (VIDREC_BIND_ADDRESS)
+    assert all(str(p).startswith("127.0.0.1:") for p in services["gateway"]["ports"])
     assert not any(services[n].get("ports") for n in APP_SERVICES[1:])
 
 

@@ -75,13 +75,29 @@ def test_serving_images_have_entrypoint_and_healthcheck() -> None:
 
 def test_build_stage_torch_is_the_cpu_build_the_extra_allows() -> None:
     install = runs("build")
-    m = re.search(r"pip install [^&]*torch==([\w.]+) --index-url (\S+)", install)
+    m = re.search(r"pip install [^&]*torch==([\w.]+)\+cpu\b", install)
     assert m, install
-    assert m.group(2) == "https://download.pytorch.org/whl/cpu"
+    # from PyTorch's CPU index by default, or from a local wheel folder (wheels/README.md)
+    args = {rest.split("=", 1)[0]: rest.split("=", 1)[1]
+            for s, word, rest in dockerfile_instructions() if word == "ARG" and "=" in rest}
+    assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    assert '--extra-index-url "$index"' in install and "--find-links /mnt/wheels" in install
     (torch,) = [Requirement(r) for r in pyproject()["project"]["optional-dependencies"]["build"]
                 if Requirement(r).name == "torch"]
     assert torch.specifier.contains(m.group(1)), f"torch=={m.group(1)} vs {torch}"
     assert "[build,encoder]" in install
+
+
+def test_build_context_mounts_exist_and_reach_the_context() -> None:
+    """RUN --mount=type=bind sources from the build context (not from a stage) exist in the
+    repository and are let through .dockerignore, like COPY sources."""
+    mounted = re.findall(r"--mount=type=bind,source=([^,\s]+)",
+                         "\n".join(rest for _, word, rest in dockerfile_instructions()
+                                   if word == "RUN"))
+    assert mounted == ["wheels"], mounted
+    for src in mounted:
+        assert (REPO / src / "README.md").is_file(), f"{src}/ must exist (its README keeps it)"
+        assert dockerignore_allows(f"{src}/README.md"), src
 
 
 def test_gpu_stage_pins_match_the_gpu_extra() -> None:

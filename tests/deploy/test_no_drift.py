@@ -22,12 +22,14 @@ from .manifests import (
     OVERLAYS,
     REPO,
     Container,
+    as_argv,
     by_kind,
     compose,
     compose_containers,
     env_references,
     k8s_containers,
     parse_vidrec,
+    pod_spec,
     render,
     routes,
     serve_target,
@@ -266,3 +268,42 @@ def test_make_loadtest_runs_locust_like_the_compose_service() -> None:
     assert make_env["LOCUST_SUMMARY_JSON"].startswith("bench/results/loadtest")
     for same in ("LOCUST_HEADLESS", "LOCUST_ONLY_SUMMARY"):
         assert make_env[same] == compose_env[same], same
+
+
+# ---- who runs what: compose (run for real by tests/containers) and Kubernetes agree ----------
+def _dockerfile_user(target: str) -> str:
+    return [rest for stage, word, rest in dockerfile_instructions()
+            if word == "USER" and stage == target][-1]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_compose_and_k8s_run_the_same_users_on_read_only_roots(overlay: str) -> None:
+    """tests/containers checks the running containers against compose; this keeps the pods'
+    securityContext saying the same (uid:gid, read-only root, the image's own user)."""
+    docs = render(overlay)
+    services = compose()["services"]
+    checked = 0
+    for doc in docs:
+        spec = pod_spec(doc)
+        if spec is None:
+            continue
+        name = doc["metadata"]["name"].removeprefix("vidrec-")
+        if name not in services:
+            continue
+        svc = services[name]
+        user = str(svc.get("user") or _dockerfile_user(svc["build"]["target"]))
+        pod = spec["securityContext"]
+        assert f"{pod['runAsUser']}:{pod['runAsGroup']}" == user, (overlay, name, user)
+        assert svc["read_only"] is True, name
+        for c in spec["containers"]:
+            assert c["securityContext"]["readOnlyRootFilesystem"] is True, (overlay, name)
+        checked += 1
+    assert checked >= (6 if overlay != "external-redis" else 5), (overlay, checked)
+
+
+@pytest.mark.parametrize("overlay", [o for o in OVERLAYS if o != "external-redis"])
+def test_compose_and_k8s_redis_keep_the_same_append_only_file(overlay: str) -> None:
+    (redis,) = [c for c in k8s_containers(overlay) if c.workload == "StatefulSet/redis"]
+    compose_args = " ".join(as_argv(compose()["services"]["redis"]["command"]))
+    for option in ("--appendonly yes", "--appendfsync everysec", "--dir /data"):
+        assert option in compose_args and option in " ".join(redis.argv), (overlay, option)
