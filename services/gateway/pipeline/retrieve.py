@@ -66,6 +66,9 @@ class Retrieve:
             # Too few (none of the history is in the catalogue, say): every source, once more.
             (result,) = await self.retrieval.retrieve([query.model_copy(update={
                 "caps": self.caps})])
+        resolved = result.resolved_tags  # absent: the interest is a cluster name itself
+        ctx.interest_clusters = frozenset(
+            c for i in ctx.request.interests for c in resolved.get(i, [i]))
         self._keep(ctx, result.candidates)
         ctx.per_source = dict(result.per_source)
         if self.count_candidates:
@@ -76,6 +79,7 @@ class Retrieve:
         # Retrieval is down: the bundle's popular list (interest matches first) still answers.
         n = sum(self.caps.values()) or 100
         cands = self.catalog.popular_candidates(n, self._excluded(ctx), ctx.request.interests)
+        ctx.interest_clusters = self.catalog.interest_clusters(ctx.request.interests)
         self._keep(ctx, cands)
         ctx.per_source = {"fallback": len(cands)}
         CANDIDATES.labels("fallback").inc(len(cands))
