@@ -61,7 +61,7 @@ def rule_order(counts: Counter[str]) -> list[str]:
 
 
 def cluster_tags(tags: list[str], vectors: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
-                 vocab: frozenset[str] = frozenset()) -> Clustering:
+                 vocab: dict[str, int] | None = None) -> Clustering:
     """Apply the rule of shared/tags.py to `tags` (already in rule order) with the unit
     embeddings of their canonical texts. Exact: each block of tags is compared with every
     earlier leader in one matrix product, then walked in order against the leaders created
@@ -134,7 +134,7 @@ def embed_texts(texts: list[str], encoder: str, cache_dir: Path) -> tuple[np.nda
 
 # ---- bundle files ---------------------------------------------------------------------------
 def clusters_document(c: Clustering, counts: Counter[str], threshold: float,
-                      encoder: str, vocab: frozenset[str]) -> dict:
+                      encoder: str, vocab: dict[str, int]) -> dict:
     members: dict[int, list[str]] = {}
     for tag, cid in zip(c.tags, c.cluster.tolist(), strict=True):
         members.setdefault(cid, []).append(tag)
@@ -143,7 +143,7 @@ def clusters_document(c: Clustering, counts: Counter[str], threshold: float,
     return {"format": TAGS_FORMAT, "algorithm": "leader clustering in order of use: squashed "
             "canonical text match, else cosine to the nearest leader >= threshold "
             "(docs/tags.md)",
-            "threshold": threshold, "encoder": encoder, "words": sorted(vocab),
+            "threshold": threshold, "encoder": encoder, "words": vocab,
             "tags_total": len(c.tags), "clusters_total": len(clusters),
             "clusters": clusters,
             "tags": {t: int(cid) for t, cid in zip(c.tags, c.cluster.tolist(), strict=True)}}
@@ -206,7 +206,7 @@ def build_tag_clusters(out_dir: Path, tag_lists: Iterable[Sequence[str]], encode
 
 def cluster_catalogue(tags: list[str], encoder: str, cache_dir: Path,
                       threshold: float = DEFAULT_THRESHOLD,
-                      ) -> tuple[Clustering, np.ndarray, frozenset[str], int]:
+                      ) -> tuple[Clustering, np.ndarray, dict[str, int], int]:
     """Tags in rule order -> (clustering, canonical-text vectors, vocabulary, texts encoded)."""
     vocab = vocabulary(tags)
     vectors, encoded = embed_texts([canonical(t, vocab) for t in tags], encoder, cache_dir)

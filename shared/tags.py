@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -77,41 +77,45 @@ def words(tag: str) -> list[str]:
     return [singular(w) for w in kept]
 
 
-def split_word(word: str, vocabulary: frozenset[str] | set[str]) -> list[str]:
-    """A run-together word as two words the catalogue uses on their own (`kinghonor` ->
-    `king honor`), the longest first part winning; unchanged when no split is found."""
-    if word in vocabulary or len(word) < 2 * MIN_SPLIT_PART:
+def split_word(word: str, vocabulary: Mapping[str, int]) -> list[str]:
+    """A run-together word as two words the catalogue uses more often on their own
+    (`kinghonor` -> `king honor`), the longest first part winning; unchanged when no split is
+    found. `vocabulary`: word -> multi-word tags using it."""
+    if len(word) < 2 * MIN_SPLIT_PART:
         return [word]
+    own = vocabulary.get(word, 0)
     for cut in range(len(word) - MIN_SPLIT_PART, MIN_SPLIT_PART - 1, -1):
         head, tail = singular(word[:cut]), singular(word[cut:])
-        if head in vocabulary and tail in vocabulary:
+        if min(vocabulary.get(head, 0), vocabulary.get(tail, 0)) > own:
             return [head, tail]
     return [word]
 
 
-def canonical(tag: str, vocabulary: frozenset[str] | set[str] = frozenset()) -> str:
-    """The text a tag is embedded as: `Kings of Glory` -> `king glory`."""
+def canonical(tag: str, vocabulary: Mapping[str, int] | None = None) -> str:
+    """The text a tag is embedded as: `Kings of Glory` -> `king glory`, `kingglory hot` ->
+    `king glory hot`."""
     ws = words(tag)
-    if len(ws) == 1 and vocabulary:
-        ws = split_word(ws[0], vocabulary)
+    if vocabulary:
+        ws = [part for w in ws for part in split_word(w, vocabulary)]
     return " ".join(ws)
 
 
-def squash(tag: str, vocabulary: frozenset[str] | set[str] = frozenset()) -> str:
+def squash(tag: str, vocabulary: Mapping[str, int] | None = None) -> str:
     """The canonical text without spaces: the strongest same-tag signal (`king glory`,
     `kingglory`, `king of glory` -> `kingglory`)."""
     return canonical(tag, vocabulary).replace(" ", "")
 
 
-def vocabulary(tags: Iterable[str]) -> frozenset[str]:
-    """Words that appear in at least two multi-word tags: the parts `split_word` may use."""
+def vocabulary(tags: Iterable[str]) -> dict[str, int]:
+    """Words that appear in at least two multi-word tags, with how many: the parts
+    `split_word` may use."""
     seen: dict[str, int] = {}
     for tag in tags:
         ws = words(tag)
         if len(ws) > 1:
             for w in set(ws):
                 seen[w] = seen.get(w, 0) + 1
-    return frozenset(w for w, n in seen.items() if n >= 2 and len(w) >= MIN_SPLIT_PART)
+    return {w: n for w, n in sorted(seen.items()) if n >= 2 and len(w) >= MIN_SPLIT_PART}
 
 
 def nearest_leader(vector: np.ndarray, leaders: np.ndarray) -> tuple[int, float]:
@@ -129,7 +133,7 @@ class TagClusters:
     names: list[str]                      # cluster names, row i of `leaders`
     leaders: np.ndarray                   # float32 [clusters, E] unit leader embeddings
     threshold: float = DEFAULT_THRESHOLD
-    vocabulary: frozenset[str] = frozenset()
+    vocabulary: dict[str, int] = field(default_factory=dict)
     by_squash: dict[str, str] = field(default_factory=dict)
     members: dict[str, list[str]] = field(default_factory=dict)
     _interests: dict[str, list[tuple[str, float]]] = field(default_factory=dict, repr=False)
@@ -165,8 +169,8 @@ class TagClusters:
             names = [c["name"] for c in doc["clusters"]]
             cluster_of = {tag: names[cid] for tag, cid in doc["tags"].items()}
             threshold = float(doc["threshold"])
-            vocab = frozenset(doc.get("words", ()))
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            vocab = {str(w): int(n) for w, n in doc.get("words", {}).items()}
+        except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
             raise TagsFileError(f"{path}: not a tag cluster file ({exc!r})") from exc
         leaders_path = bundle_dir / LEADERS_FILE
         leaders = (np.load(leaders_path).astype(np.float32) if leaders_path.is_file()

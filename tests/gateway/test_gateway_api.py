@@ -15,6 +15,7 @@ import pytest
 from services.feature_store.store import FeatureStore
 from shared.bundle import Bundle
 from shared.settings import Settings
+from shared.tags import TagClusters
 
 
 @pytest.fixture(scope="module")
@@ -238,8 +239,9 @@ def test_item_and_popular(live: str, bundle: Bundle) -> None:
     it = bundle.items[5]
     r = httpx.get(f"{live}/v1/items/{it['item_id']}")
     assert r.status_code == 200
+    clusters = TagClusters.load(bundle.path).clusters(it["tags"])  # the bundle's tags.json
     assert r.json() == {"item_id": it["item_id"], "title": it["title"], "tags": it["tags"],
-                        "available": True}
+                        "available": True, "clusters": clusters}
     assert httpx.get(f"{live}/v1/items/no-such-item").status_code == 404
     popular = httpx.get(f"{live}/v1/popular", params={"k": 5}).json()["items"]
     most = max(bundle.items, key=lambda i: i["popularity"])

@@ -46,13 +46,16 @@ class FakeEncoder:
 
 
 def test_canonical_text_and_squash() -> None:
-    vocab = frozenset({"king", "honor", "glory", "peace", "elite"})
+    vocab = {"king": 9, "honor": 3, "glory": 5, "peace": 2, "elite": 2, "kinghonor": 2,
+             "car": 4, "pet": 4, "carpet": 5}
     assert canonical("King of Glory") == "king glory"
     assert canonical("funny videos") == "funny"
     assert canonical("video") == "video"  # nothing but filler: kept
     assert canonical("kinghonor", vocab) == "king honor"
     assert canonical("kingshonor", vocab) == "king honor"
+    assert canonical("kinghonor dream brawl", vocab) == "king honor dream brawl"
     assert canonical("kinghonor") == "kinghonor"  # no vocabulary: no split
+    assert canonical("carpet", vocab) == "carpet"  # used more often than its parts: kept
     assert canonical("class") == "class" and canonical("games") == "game"
     assert {squash(t) for t in ("king glory", "kingglory", "King-Glory", "kings of glory")} == \
         {"kingglory"}
@@ -62,7 +65,7 @@ def test_canonical_text_and_squash() -> None:
 
 def test_vocabulary_holds_words_of_multi_word_tags_used_twice() -> None:
     vocab = vocabulary(["king glory", "king honor", "glory days", "solo", "honor guard", "x y"])
-    assert vocab == frozenset({"king", "glory", "honor"})
+    assert vocab == {"glory": 2, "honor": 2, "king": 2}
 
 
 def test_leaders_squash_and_threshold() -> None:
@@ -130,7 +133,7 @@ def test_online_assign_is_the_rule_applied_to_the_next_tag(tmp_path) -> None:
              "king honor": [0.9, 0.2, 0], "dog": [0.1, 0.1, 1], "news": [0.5, 0.5, 0.5]}
     enc = FakeEncoder(table)
     offline_tags = ["king glory", "funny", "cats"]
-    vocab = frozenset({"king", "honor", "glory"})
+    vocab = {"king": 2, "honor": 2, "glory": 2}
     c = cluster_tags(offline_tags, enc.encode([canonical(t, vocab) for t in offline_tags]),
                      threshold=0.8, vocab=vocab)
     doc = clusters_document(c, Counter(dict.fromkeys(offline_tags, 1)), 0.8, "fake", vocab)
@@ -160,7 +163,7 @@ def test_resolve_interests(tmp_path) -> None:
     enc = FakeEncoder(table)
     tags = ["soccer", "funny", "cats"]
     c = cluster_tags(tags, enc.encode(tags), threshold=0.9)
-    doc = clusters_document(c, Counter(dict.fromkeys(tags, 1)), 0.9, "fake", frozenset())
+    doc = clusters_document(c, Counter(dict.fromkeys(tags, 1)), 0.9, "fake", {})
     (tmp_path / TAGS_FILE).write_text(json.dumps(doc))
     np.save(tmp_path / LEADERS_FILE, enc.encode(c.names))
     clusters = TagClusters.load(tmp_path)
