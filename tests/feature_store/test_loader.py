@@ -118,3 +118,27 @@ def test_vidrec_load_command(load_settings: Settings, small_bundle: Path) -> Non
         assert all(r.exists(keys.hist(u)) for u in list(users)[:20])
     finally:
         r.close()
+
+
+def test_a_bundle_without_tag_clusters_loads_as_before(load_settings: Settings,
+                                                       small_bundle: Path,
+                                                       tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for f in small_bundle.iterdir():
+        if f.name not in ("tags.json", "tag_leaders.npy", "tags.md"):
+            (plain / f.name).symlink_to(f.resolve())
+    load_bundle(load_settings, str(plain), progress=False)
+    items = json.loads((small_bundle / "items.json").read_text())
+    users = json.loads((small_bundle / "users.json").read_text())
+    tags_of = {it["item_id"]: it["tags"] for it in items}
+    keys = Keys(load_settings.key_prefix)
+    r = redis.Redis.from_url(load_settings.redis_url, decode_responses=True)
+    try:
+        for user_id, seq in list(users.items())[:20]:
+            assert user_state(r, keys, user_id)[2] == import_profile(tags_of[i] for i in seq)
+        it = next(i for i in items if i["tags"])
+        assert json.loads(r.get(keys.item(it["item_id"]))) == {
+            "title": it["title"], "tags": it["tags"], "available": True}  # no clusters
+    finally:
+        r.close()

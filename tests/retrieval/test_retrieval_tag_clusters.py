@@ -29,7 +29,7 @@ def write_clusters(bundle_dir: Path, encoder: OnnxTextEncoder) -> dict[str, str]
     assert set(MERGED) <= set(tags)
     names = [t for t in tags if t not in MERGED[1:]]
     cluster_of = {t: ("thriller" if t in MERGED else t) for t in tags}
-    doc = {"format": 1, "threshold": 0.75, "encoder": "test", "words": [],
+    doc = {"format": 1, "threshold": 0.75, "encoder": "test", "words": {},
            "clusters": [{"id": i, "name": n, "items": 0,
                          "tags": [t for t in tags if cluster_of[t] == n]}
                         for i, n in enumerate(names)],
