@@ -116,6 +116,17 @@ def test_interests_steer_a_new_users_list(live: str, bundle: Bundle) -> None:
         assert f"matches #{tag}" in it["reasons"]
 
 
+def test_a_free_text_interest_finds_the_nearest_tag_cluster(live: str, bundle: Bundle) -> None:
+    # not a tag of the bundle: retrieval embeds it with the bundle's ONNX text encoder
+    clusters = TagClusters.load(bundle.path)
+    assert clusters.of("scary horror films") is None
+    body = recs(live, f"new-{uuid.uuid4().hex}", k=5, interests="scary horror films")
+    assert body["degraded"] == [] and len(body["items"]) == 5
+    for it in body["items"]:
+        assert "horror" in clusters.clusters(it["tags"])
+        assert "matches #horror" in it["reasons"]
+
+
 def test_interests_get_places_in_a_known_users_list(live: str, bundle: Bundle,
                                                    users: list[str]) -> None:
     user = users[len(users) // 5]
