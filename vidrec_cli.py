@@ -92,7 +92,8 @@ def _tags(settings, bundle_arg: str, threshold: float | None) -> None:
     path = Path(bundle_arg)
     path = path.resolve() if path.is_dir() else resolve_bundle(settings.artifacts_dir, bundle_arg)
     facts = add_to_bundle(path, settings.encoder, Path(settings.artifacts_dir) / ".cache",
-                          DEFAULT_THRESHOLD if threshold is None else threshold)
+                          DEFAULT_THRESHOLD if threshold is None else threshold,
+                          settings.candidates_tags)
     print((path / "tags.md").read_text().split("## A sample")[0])
     print(f"tag clusters written to {path}: {facts}")
 

@@ -214,20 +214,30 @@ def cluster_catalogue(tags: list[str], encoder: str, cache_dir: Path,
 
 
 def add_to_bundle(bundle_dir: Path, encoder: str, cache_dir: Path,
-                  threshold: float = DEFAULT_THRESHOLD) -> dict:
+                  threshold: float = DEFAULT_THRESHOLD, candidates_tags: int = 50) -> dict:
     """`vidrec tags BUNDLE`: (re)write the tag clusters of an existing bundle from its
-    items.json, and record them in its manifest (facts and file hashes)."""
+    items.json, record them in its manifest (facts and file hashes) and refresh the
+    `tag_clusters` line of its metrics.json, as a build would have."""
+    from offline.tag_eval import metrics_line
     from shared.data.download import sha256
+    from shared.tags import TagClusters
 
     bundle_dir = Path(bundle_dir)
     items = json.loads((bundle_dir / "items.json").read_text())
     facts = build_tag_clusters(bundle_dir, (it.get("tags") or [] for it in items), encoder,
                                cache_dir, threshold)
+    metrics_path = bundle_dir / "metrics.json"
+    if metrics_path.is_file():
+        metrics = json.loads(metrics_path.read_text())
+        users = json.loads((bundle_dir / "users.json").read_text())
+        metrics["tag_clusters"] = metrics_line(items, users, TagClusters.load(bundle_dir),
+                                               candidates_tags)
+        metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
     manifest_path = bundle_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["tag_clusters"] = facts
     files = manifest.setdefault("files", {})
-    for name in (TAGS_FILE, LEADERS_FILE, "tags.md"):
+    for name in (TAGS_FILE, LEADERS_FILE, "tags.md", "metrics.json"):
         files[name] = sha256(bundle_dir / name)
     tmp = manifest_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")

@@ -3,8 +3,9 @@ source and the gateway's query tags), on a bundle's items and users:
 
 - cold start: a new user states as interests the tags of their first three videos and is
   evaluated on their fourth; the list is the tag source's candidates (popularity fills the
-  rest), as a brand-new user's candidates; HR@10 / NDCG@10 for the popular list, exact tags
-  and clusters;
+  rest), as a brand-new user's candidates; HR@10 / NDCG@10 (and HR@50) for the popular list,
+  exact tags and clusters, and how many users' fourth video carries one of the stated tags /
+  is in one of their clusters;
 - tag-source recall@N for known users: the profile of everything before their last video
   (`vidrec load`'s import weights), its strongest tags as the query, the last video as target.
 
@@ -26,6 +27,7 @@ from shared.tags import TagClusters
 
 COLD_START_SEEN = 3
 TOP_K = 10
+LONG_K = 50
 
 
 @dataclass
@@ -80,7 +82,8 @@ def _ranks(lists: list[np.ndarray], targets: list[int]) -> np.ndarray:
 
 
 def _scores(ranks: np.ndarray) -> dict[str, float]:
-    return {"HR@10": round(hit_rate(ranks, TOP_K), 5), "NDCG@10": round(ndcg(ranks, TOP_K), 5)}
+    return {"HR@10": round(hit_rate(ranks, TOP_K), 5), "NDCG@10": round(ndcg(ranks, TOP_K), 5),
+            f"HR@{LONG_K}": round(hit_rate(ranks, LONG_K), 5)}
 
 
 def cold_start(items: list[dict], users: dict[str, list[str]], clusters: TagClusters,
@@ -90,19 +93,26 @@ def cold_start(items: list[dict], users: dict[str, list[str]], clusters: TagClus
     tags_of = [tuple(it.get("tags") or []) for it in items]
     chosen = _users(users, COLD_START_SEEN + 1, max_users, seed)
     lists: dict[str, list[np.ndarray]] = {"popular": [], "exact_tags": [], "clusters": []}
-    targets, with_interests = [], 0
+    targets, with_interests, share_tag, share_cluster = [], 0, 0, 0
     for seq in chosen:
         first = [exact.row_of[i] for i in seq[:COLD_START_SEEN]]
-        targets.append(exact.row_of[seq[COLD_START_SEEN]])
+        target = exact.row_of[seq[COLD_START_SEEN]]
+        targets.append(target)
         interests = dict.fromkeys((t for r in first for t in tags_of[r]), 1.0)
         with_interests += bool(interests)
-        lists["popular"].append(exact.candidates({}, first, 0, TOP_K))
-        lists["exact_tags"].append(exact.candidates(interests, first, cap, TOP_K))
-        lists["clusters"].append(by_cluster.candidates(interests, first, cap, TOP_K))
+        share_tag += not interests.keys().isdisjoint(tags_of[target])
+        share_cluster += not {c for r in first for c in by_cluster.clusters[r]}.isdisjoint(
+            by_cluster.clusters[target])
+        lists["popular"].append(exact.candidates({}, first, 0, LONG_K))
+        lists["exact_tags"].append(exact.candidates(interests, first, cap, LONG_K))
+        lists["clusters"].append(by_cluster.candidates(interests, first, cap, LONG_K))
+    n = max(1, len(chosen))
     out: dict = {"users": len(chosen), "users_with_interests": with_interests,
-                 "candidates_tags": cap}
+                 "candidates_tags": cap,
+                 "next_video_carries_a_stated_tag": round(share_tag / n, 5),
+                 "next_video_in_a_stated_cluster": round(share_cluster / n, 5)}
     for name, rows in lists.items():
-        out[name] = _scores(_ranks([r[:TOP_K] for r in rows], targets))
+        out[name] = _scores(_ranks([r[:LONG_K] for r in rows], targets))
     base = out["exact_tags"]["NDCG@10"]
     out["clusters_vs_exact_ndcg@10"] = round(out["clusters"]["NDCG@10"] / base - 1, 4) \
         if base else None
