@@ -117,7 +117,8 @@ def diversity(bundle: Bundle, clusters: TagClusters, settings, n_users: int) -> 
     metas = [ItemMeta(item_id=it["item_id"], title="", tags=it.get("tags") or [],
                       clusters=clusters.clusters(it.get("tags") or [])) for it in items]
     plain = [m.model_copy(update={"clusters": []}) for m in metas]  # before: exact tags
-    distinct = {"before": [], "after": []}
+    distinct: dict[str, list[int]] = {"before": [], "after": []}
+    over_cap: dict[str, list[bool]] = {"undiversified": [], "before": [], "after": []}
     ranks = {"undiversified": [], "before": [], "after": []}
     k, cap = 10, settings.max_per_tag
     for start in range(0, len(users), 256):
@@ -132,13 +133,17 @@ def diversity(bundle: Bundle, clusters: TagClusters, settings, n_users: int) -> 
                               ("before", _top(order, plain, k, cap, diversify)),
                               ("after", _top(order, metas, k, cap, diversify))):
                 ranks[name].append(top.index(target) if target in top else -1)
+                per_cluster = Counter(x for r in top for x in metas[r].tag_keys)
+                over_cap[name].append(max(per_cluster.values(), default=0) > cap)
                 if name != "undiversified":
-                    distinct[name].append(len({x for r in top for x in metas[r].tag_keys}))
+                    distinct[name].append(len(per_cluster))
     from offline.metrics import hit_rate, ndcg
 
     return {"users": len(users), "max_per_tag": cap,
             "distinct_clusters_top10_mean": {n: round(float(np.mean(v)), 3)
                                              for n, v in distinct.items()},
+            "lists_with_a_cluster_over_the_cap": {n: round(float(np.mean(v)), 4)
+                                                  for n, v in over_cap.items()},
             "two_stage_NDCG@10": {n: round(ndcg(np.array(r), k), 5) for n, r in ranks.items()},
             "two_stage_HR@10": {n: round(hit_rate(np.array(r), k), 5) for n, r in ranks.items()}}
 
@@ -151,7 +156,8 @@ def _top(order: list[int], metas: list[ItemMeta], k: int, cap: int, diversify) -
 def main() -> None:
     args = argparse.ArgumentParser(description=__doc__)
     args.add_argument("--bundle", default=None)
-    args.add_argument("--users", type=int, default=20000, help="cold-start / recall users")
+    args.add_argument("--users", type=int, default=None,
+                      help="cold-start / recall users (default: all that qualify)")
     args.add_argument("--sweep-users", type=int, default=5000)
     args.add_argument("--diversity-users", type=int, default=2000)
     opts = args.parse_args()
@@ -166,7 +172,7 @@ def main() -> None:
     doc = {"bundle": bundle.version, "machine": platform.machine(),
            "load_average_start": load_average(), "threshold": clusters.threshold,
            "clusters": len(clusters.names), "tags": len(clusters.cluster_of)}
-    doc["cold_start"] = cold_start(items, users, clusters, cap, opts.users)
+    doc["cold_start"] = cold_start(items, users, clusters, cap, opts.users, confidence=True)
     print("cold start", doc["cold_start"], flush=True)
     doc["tag_source_recall"] = tag_source_recall(items, users, clusters, cap, opts.users)
     print("recall", doc["tag_source_recall"], flush=True)

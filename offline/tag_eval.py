@@ -87,7 +87,8 @@ def _scores(ranks: np.ndarray) -> dict[str, float]:
 
 
 def cold_start(items: list[dict], users: dict[str, list[str]], clusters: TagClusters,
-               cap: int, max_users: int | None = None, seed: int = 0) -> dict:
+               cap: int, max_users: int | None = None, seed: int = 0,
+               confidence: bool = False) -> dict:
     exact, by_cluster = TagIndex.build(items, TagClusters.identity()), \
         TagIndex.build(items, clusters)
     tags_of = [tuple(it.get("tags") or []) for it in items]
@@ -111,11 +112,36 @@ def cold_start(items: list[dict], users: dict[str, list[str]], clusters: TagClus
                  "candidates_tags": cap,
                  "next_video_carries_a_stated_tag": round(share_tag / n, 5),
                  "next_video_in_a_stated_cluster": round(share_cluster / n, 5)}
-    for name, rows in lists.items():
-        out[name] = _scores(_ranks([r[:LONG_K] for r in rows], targets))
-    base = out["exact_tags"]["NDCG@10"]
-    out["clusters_vs_exact_ndcg@10"] = round(out["clusters"]["NDCG@10"] / base - 1, 4) \
-        if base else None
+    ranks = {name: _ranks([r[:LONG_K] for r in rows], targets) for name, rows in lists.items()}
+    for name, r in ranks.items():
+        out[name] = _scores(r)
+    for metric, gain in (("NDCG@10", _ndcg_gains), ("HR@10", _hits)):
+        exact, clusters = gain(ranks["exact_tags"]), gain(ranks["clusters"])
+        out[f"clusters_vs_exact_{metric}"] = _relative(exact, clusters, confidence)
+    return out
+
+
+def _ndcg_gains(ranks: np.ndarray) -> np.ndarray:
+    inside = (ranks >= 0) & (ranks < TOP_K)
+    return np.where(inside, 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)
+
+
+def _hits(ranks: np.ndarray) -> np.ndarray:
+    return ((ranks >= 0) & (ranks < TOP_K)).astype(float)
+
+
+def _relative(exact: np.ndarray, clusters: np.ndarray, confidence: bool) -> dict:
+    """clusters / exact - 1 over the same users, with a paired bootstrap 95% interval."""
+    if not exact.sum():
+        return {"relative": None}
+    out: dict = {"relative": round(float(clusters.mean() / exact.mean() - 1), 4)}
+    if confidence and len(exact) > 1:
+        from scipy.stats import bootstrap
+
+        ci = bootstrap((exact, clusters), lambda e, c, axis=-1: c.mean(axis=axis)
+                       / e.mean(axis=axis) - 1, paired=True, vectorized=True,
+                       n_resamples=1000, batch=50, random_state=0).confidence_interval
+        out["ci95"] = [round(float(ci.low), 4), round(float(ci.high), 4)]
     return out
 
 

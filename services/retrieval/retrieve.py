@@ -73,8 +73,10 @@ def prepare(state: RetrievalState, query: RetrievalQuery, caps: dict[str, int]) 
 
 def resolve_tags(state: RetrievalState, tags: dict[str, float],
                  ) -> tuple[dict[str, float], dict[str, list[str]]]:
-    """Query tags -> cluster weights (a tag reaching a cluster by embedding counts with its
-    similarity), and how each query tag that is not itself a cluster name was resolved."""
+    """Query tags -> cluster weights, and how each query tag that is not itself a cluster name
+    was resolved. Tags of one cluster add up (`king glory` and `kingglory` stated together
+    weigh twice, as they would in a tag profile); a tag reaching a cluster by embedding counts
+    with its similarity."""
     clusters = state.tag_clusters
     out: dict[str, float] = {}
     resolved: dict[str, list[str]] = {}
@@ -86,7 +88,7 @@ def resolve_tags(state: RetrievalState, tags: dict[str, float],
         if [c for c, _ in found] != [tag]:
             resolved[tag] = [c for c, _ in found]
         for cluster, sim in found:
-            out[cluster] = max(out.get(cluster, 0.0), weight * sim)
+            out[cluster] = out.get(cluster, 0.0) + weight * sim
     return out, resolved
 
 
