@@ -13,7 +13,8 @@ PROFILE_TAGS = 10  # strongest tag-profile tags sent to the tag source
 
 def query_tags(tag_profile: dict[str, float], interests: tuple[str, ...]) -> dict[str, float]:
     """The user's strongest tags scaled to at most 1, plus the request's interests at weight 1."""
-    top = sorted(tag_profile.items(), key=lambda kv: kv[1], reverse=True)[:PROFILE_TAGS]
+    # ties by name: the same profile always sends the same tags (dict order follows hashing)
+    top = sorted(tag_profile.items(), key=lambda kv: (-kv[1], kv[0]))[:PROFILE_TAGS]
     peak = top[0][1] if top and top[0][1] > 0 else 1.0
     tags = {tag: weight / peak for tag, weight in top if weight > 0}
     for tag in interests:
