@@ -28,6 +28,11 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="Recompute metrics.json of a bundle.")
     e.add_argument("bundle", help="Bundle folder, or a version under the artifacts dir.")
 
+    t = sub.add_parser("tags", help="(Re)build the tag clusters of an existing bundle.")
+    t.add_argument("bundle", help="Bundle folder, or a version under the artifacts dir.")
+    t.add_argument("--threshold", type=float, default=None,
+                   help="Cosine similarity for joining a cluster (default: docs/tags.md).")
+
     d = sub.add_parser("data", help="Dataset utilities.")
     dsub = d.add_subparsers(dest="data_command", required=True)
     dl = dsub.add_parser("download", help="Download a dataset from its official source.")
@@ -59,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         from offline.evaluate_bundle import evaluate_bundle
 
         evaluate_bundle(settings, args.bundle)
+    elif args.command == "tags":
+        _tags(settings, args.bundle, args.threshold)
     elif args.command == "data":
         from shared.data.download import download
 
@@ -73,6 +80,22 @@ def main(argv: list[str] | None = None) -> int:
         serve(settings, args.service, args.host, args.port or DEFAULT_PORTS[args.service],
               workers=args.workers)
     return 0
+
+
+def _tags(settings, bundle_arg: str, threshold: float | None) -> None:
+    from pathlib import Path
+
+    from offline.tag_clusters import add_to_bundle
+    from shared.bundle import resolve_bundle
+    from shared.tags import DEFAULT_THRESHOLD
+
+    path = Path(bundle_arg)
+    path = path.resolve() if path.is_dir() else resolve_bundle(settings.artifacts_dir, bundle_arg)
+    facts = add_to_bundle(path, settings.encoder, Path(settings.artifacts_dir) / ".cache",
+                          DEFAULT_THRESHOLD if threshold is None else threshold,
+                          settings.candidates_tags)
+    print((path / "tags.md").read_text().split("## A sample")[0])
+    print(f"tag clusters written to {path}: {facts}")
 
 
 if __name__ == "__main__":

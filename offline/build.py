@@ -76,6 +76,8 @@ def run_build(settings: Settings, dataset: str, sample_users: int | None = None,
 
     with steps.step("content_embeddings"):
         content, content_facts = content_embeddings(ds, settings.encoder, artifacts / ".cache")
+    with steps.step("tag_clusters"):
+        tag_facts = _tag_clusters(settings, ds, work, artifacts / ".cache")
     with steps.step("split"):
         split = leave_one_out(ds)
         split_summary = split.summary()
@@ -130,6 +132,7 @@ def run_build(settings: Settings, dataset: str, sample_users: int | None = None,
                   "interactions": ds.num_interactions},
         "dims": {"content": int(content.shape[1]), "model": model_cfg.dim},
         "content_embeddings": content_facts, "text_encoder": text_encoder,
+        "tag_clusters": tag_facts,
         "model": model_cfg.to_dict(), "training": train_facts, "index": index_facts,
         "onnx_parity_max_abs_diff": parity,
         "candidates": {"ann": settings.candidates_ann, "content": settings.candidates_content,
@@ -225,6 +228,20 @@ def _export_text_encoder(settings: Settings, work: Path, content_facts: dict) ->
     except ImportError as exc:
         return {"exported": False, "why": f"exporter unavailable: {exc}"}
     return {"exported": True, **export_text_encoder(settings.encoder, work)}
+
+
+def _tag_clusters(settings: Settings, ds: Dataset, work: Path, cache_dir: Path) -> dict:
+    """tags.json + tag_leaders.npy + tags.md (offline/tag_clusters.py); optional: a bundle
+    without them serves every tag as its own cluster."""
+    if not any(it.tags for it in ds.items):
+        return {"built": False, "why": "the dataset has no tags"}
+    try:
+        from offline.tag_clusters import build_tag_clusters
+    except ImportError as exc:
+        return {"built": False, "why": f"clustering unavailable: {exc}"}
+    facts = build_tag_clusters(work, (it.tags for it in ds.items), settings.encoder, cache_dir)
+    print((work / "tags.md").read_text().split("## A sample")[0][:3000], flush=True)
+    return {"built": True, **facts}
 
 
 def _graph_io() -> dict:

@@ -12,10 +12,12 @@ from offline import baselines
 from offline.evaluate import evaluate
 from offline.report import metrics_document, write_reports
 from offline.split import Split, leave_one_out
+from offline.tag_eval import metrics_line
 from offline.two_stage import BundleModels, candidates_per_request, two_stage_fn
 from shared.bundle import Bundle, resolve_bundle
 from shared.data import load_dataset
 from shared.settings import Settings
+from shared.tags import TagClusters
 
 
 def compute_metrics(bundle: Bundle, split: Split, dataset_name: str, settings: Settings,
@@ -39,8 +41,13 @@ def compute_metrics(bundle: Bundle, split: Split, dataset_name: str, settings: S
         "recall_of_test_item": recall,
         "caps": {"ann": settings.candidates_ann, "content": settings.candidates_content,
                  "popular": settings.candidates_popular}}, indent=2) + "\n")
-    return metrics_document(dataset_name, len(split.evaluable("test")), results,
-                            recall.get("union", 0.0), candidates_per_request(settings))
+    doc = metrics_document(dataset_name, len(split.evaluable("test")), results,
+                           recall.get("union", 0.0), candidates_per_request(settings))
+    clusters = TagClusters.load(bundle.path)
+    if clusters.enabled:  # tag clusters against exact tags (offline/tag_eval.py, docs/tags.md)
+        doc["tag_clusters"] = metrics_line(bundle.items, bundle.users(), clusters,
+                                           settings.candidates_tags)
+    return doc
 
 
 def evaluate_bundle(settings: Settings, bundle_arg: str) -> dict:

@@ -53,6 +53,13 @@ class ItemMeta(BaseModel):
     title: str
     tags: list[str] = Field(default_factory=list)
     available: bool = True
+    clusters: list[str] = Field(default_factory=list, description=(
+        "Tag clusters of `tags` (shared/tags.py); empty when the bundle has none."))
+
+    @property
+    def tag_keys(self) -> list[str]:
+        """What the tag profile, diversity and explanations count: clusters, else tags."""
+        return self.clusters or self.tags
 
 
 class ItemMetaRequest(BaseModel):
@@ -119,6 +126,8 @@ class RetrieveRequest(BaseModel):
 class RetrievalResult(BaseModel):
     candidates: list[Candidate]
     per_source: dict[str, int] = Field(default_factory=dict)
+    resolved_tags: dict[str, list[str]] = Field(default_factory=dict, description=(
+        "Query tags that are not a tag cluster themselves -> the clusters they matched."))
 
 
 class RetrieveResponse(BaseModel):

@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     redis_password: str | None = None
     redis_tls: bool = False
     redis_cluster: bool = False
-    key_prefix: str = Field("vidrec:v1", description="Versioned prefix of every Redis key.")
+    key_prefix: str = Field("vidrec:v2", description="Versioned prefix of every Redis key.")
     history_cap: int = 200
     tag_half_life_days: float = 14.0
     event_dedupe_ttl_s: int = 7 * 24 * 3600

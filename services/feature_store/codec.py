@@ -27,14 +27,18 @@ def unpack_history(entry: str) -> HistoryEntry:
 
 # ---- item meta: one JSON object per item, so a batch is one MGET ---------------------------
 def pack_item(meta: ItemMeta) -> bytes:
-    return orjson.dumps({"title": meta.title, "tags": meta.tags, "available": meta.available})
+    d = {"title": meta.title, "tags": meta.tags, "available": meta.available}
+    if meta.clusters:  # absent for a bundle without tag clusters
+        d["clusters"] = meta.clusters
+    return orjson.dumps(d)
 
 
 def unpack_item(item_id: str, packed: str | bytes) -> ItemMeta:
     d = orjson.loads(packed)
     # (plain construction: for a model this small pydantic validates faster than
     # model_construct copies)
-    return ItemMeta(item_id=item_id, title=d["title"], tags=d["tags"], available=d["available"])
+    return ItemMeta(item_id=item_id, title=d["title"], tags=d["tags"], available=d["available"],
+                    clusters=d.get("clusters") or [])
 
 
 # ---- overlay: items put or deleted while serving -------------------------------------------

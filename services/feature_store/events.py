@@ -75,7 +75,7 @@ class EventRecorder:
         t = min(e.timestamp, now) if math.isfinite(e.timestamp) else now
         args = [self.settings.event_dedupe_ttl_s, entry, self.settings.history_cap, e.item_id,
                 repr(event_weight(e.type, e.watch_fraction)), repr(t), repr(self.half_life_s),
-                *dict.fromkeys(meta.tags)]
+                *dict.fromkeys(meta.tag_keys)]  # the profile counts clusters (docs/tags.md)
         return keys, args
 
     async def _run_scripts(self, calls: list[tuple[list[str], list]]) -> list[str | None]:

@@ -24,6 +24,7 @@ from shared.bundle import Bundle
 from shared.contracts import ItemMeta
 from shared.redis_conn import make_redis_sync
 from shared.settings import Settings
+from shared.tags import TagClusters
 
 ITEMS_PER_PIPELINE = 5000
 USERS_PER_PIPELINE = 1000
@@ -53,10 +54,12 @@ def load_bundle(settings: Settings, version: str, *, progress: bool = True) -> L
     keys = Keys(settings.key_prefix, settings.events_stream)
     r = make_redis_sync(settings)
     try:
-        items = bundle.items
+        clusters = TagClusters.load(bundle.path)  # identity without tags.json
+        items = with_clusters(bundle.items, clusters)
         n_overlay = write_items(r, keys, items, progress)
         users = bundle.users()
-        tags_of = {it["item_id"]: it.get("tags") or [] for it in items}
+        # the tag profile counts clusters: `king glory` and `kingglory` add to one weight
+        tags_of = {it["item_id"]: it.get("clusters") or it.get("tags") or [] for it in items}
         interactions = write_users(r, keys, users, tags_of, settings.history_cap, progress)
         stats = LoadStats(bundle.version, len(items), len(users), interactions, n_overlay,
                           time.perf_counter() - start)
@@ -70,9 +73,17 @@ def load_bundle(settings: Settings, version: str, *, progress: bool = True) -> L
     return stats
 
 
+def with_clusters(items: list[dict], clusters: TagClusters) -> list[dict]:
+    """The bundle's items with their tag clusters (unchanged when the bundle has none)."""
+    if not clusters.enabled:
+        return items
+    return [{**it, "clusters": clusters.clusters(it.get("tags") or [])} for it in items]
+
+
 def _bundle_meta(it: dict) -> ItemMeta:
     return ItemMeta(item_id=it["item_id"], title=it.get("title") or "",
-                    tags=it.get("tags") or [], available=it.get("available", True))
+                    tags=it.get("tags") or [], available=it.get("available", True),
+                    clusters=it.get("clusters") or [])
 
 
 def _overlay_meta(o: OverlayItem, by_id: dict[str, dict]) -> ItemMeta | None:

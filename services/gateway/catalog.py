@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from shared.bundle import Bundle
 from shared.contracts import Candidate, ItemMeta
+from shared.tags import TagClusters
 
 
 @dataclass
@@ -22,18 +23,27 @@ class Catalog:
     changed: set[str] = field(default_factory=set)  # ids upserted/deleted through the gateway
     revision: int = 0  # bumped by every change through the gateway
     _tag_counts: tuple[int, list[tuple[str, int]]] | None = field(default=None, repr=False)
+    tag_clusters: TagClusters = field(default_factory=TagClusters.identity)
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> Catalog:
         meta: dict[str, ItemMeta] = {}
         popularity: dict[str, float] = {}
+        clusters = TagClusters.load(bundle.path)
         for it in bundle.items:
             item_id = str(it["item_id"])
-            meta[item_id] = ItemMeta(item_id=item_id, title=it.get("title", ""),
-                                     tags=list(it.get("tags", [])))
+            tags = list(it.get("tags", []))
+            meta[item_id] = ItemMeta(item_id=item_id, title=it.get("title", ""), tags=tags,
+                                     clusters=clusters.clusters(tags) if clusters.enabled else [])
             popularity[item_id] = float(it.get("popularity", 0.0))
         popular = sorted(popularity, key=popularity.__getitem__, reverse=True)
-        return cls(version=bundle.version, meta=meta, popular=popular, popularity=popularity)
+        return cls(version=bundle.version, meta=meta, popular=popular, popularity=popularity,
+                   tag_clusters=clusters)
+
+    def interest_clusters(self, interests: Iterable[str]) -> frozenset[str]:
+        """The clusters of stated interests the bundle knows (no text encoder here: the
+        retrieval service resolves free text, this is the fallback when it cannot)."""
+        return frozenset(c for i in interests if (c := self.tag_clusters.of(i)) is not None)
 
     @classmethod
     def empty(cls) -> Catalog:
@@ -73,8 +83,9 @@ class Catalog:
 
     def popular_candidates(self, n: int, exclude: set[str] | frozenset[str],
                            tags: Iterable[str] = ()) -> list[Candidate]:
-        """Up to n available popular items not in `exclude`; items carrying one of `tags` first."""
-        wanted = set(tags)
+        """Up to n available popular items not in `exclude`; items in one of the clusters of
+        `tags` first."""
+        wanted = set(self.interest_clusters(tags))
         matching: list[Candidate] = []
         rest: list[Candidate] = []
         for item_id in self.popular:
@@ -83,7 +94,7 @@ class Catalog:
             meta = self.meta[item_id]
             if not meta.available:
                 continue
-            matched = [t for t in meta.tags if t in wanted] if wanted else []
+            matched = [t for t in meta.tag_keys if t in wanted] if wanted else []
             if matched:
                 matching.append(Candidate(item_id=item_id, source="tags", matched_tags=matched,
                                           score=self.popularity[item_id]))

@@ -4,7 +4,9 @@
              (one ONNX run and one FAISS search for the whole batch)
     content  recency-weighted mean of the recent history's content embeddings, searched in
              index_content (one FAISS search for the batch)
-    tags     items carrying the query's weighted tags (inverted index, most popular first)
+    tags     items in the clusters of the query's weighted tags (inverted index, most popular
+             first); a query tag the bundle does not know is embedded and matched to the
+             nearest clusters (shared/tags.py), so an interest "football" finds `soccer`
     popular  the bundle's popularity order (what a new user gets)
 
 Each source proposes up to its cap of items that are not excluded, not in the history and not
@@ -41,7 +43,8 @@ class Prepared:
     blocked: np.ndarray    # bool [rows]: excluded, in the history, or dead
     n_blocked: int         # upper bound of blocked rows a search can meet
     caps: dict[str, int]
-    tags: dict[str, float]
+    tags: dict[str, float]          # cluster -> weight
+    resolved: dict[str, list[str]]  # query tags that are not themselves a cluster -> clusters
 
 
 def resolve_caps(query: RetrievalQuery, defaults: dict[str, int], position: int) -> dict[str, int]:
@@ -61,10 +64,32 @@ def prepare(state: RetrievalState, query: RetrievalQuery, caps: dict[str, int]) 
     blocked = state.dead.view.copy()
     blocked[hist] = True
     blocked[excluded] = True
+    tags, resolved = resolve_tags(state, query.tags) if query.tags else ({}, {})
     return Prepared(hist_rows=np.array(hist[-state.max_history:], dtype=np.int64),
                     blocked=blocked,
                     n_blocked=len(hist) + len(excluded) + state.dead_in_index,
-                    caps=caps, tags=query.tags)
+                    caps=caps, tags=tags, resolved=resolved)
+
+
+def resolve_tags(state: RetrievalState, tags: dict[str, float],
+                 ) -> tuple[dict[str, float], dict[str, list[str]]]:
+    """Query tags -> cluster weights, and how each query tag that is not itself a cluster name
+    was resolved. Tags of one cluster add up (`king glory` and `kingglory` stated together
+    weigh twice, as they would in a tag profile); a tag reaching a cluster by embedding counts
+    with its similarity."""
+    clusters = state.tag_clusters
+    out: dict[str, float] = {}
+    resolved: dict[str, list[str]] = {}
+    strongest = sorted(tags.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_QUERY_TAGS]
+    for tag, weight in strongest:
+        if weight <= 0:
+            continue
+        found = clusters.resolve(tag, state.text_encoder)
+        if [c for c, _ in found] != [tag]:
+            resolved[tag] = [c for c, _ in found]
+        for cluster, sim in found:
+            out[cluster] = out.get(cluster, 0.0) + weight * sim
+    return out, resolved
 
 
 # ---- sources ------------------------------------------------------------------------------
@@ -117,7 +142,8 @@ def search_source(state: RetrievalState, prepared: list[Prepared], source: str) 
 
 
 def tag_source(state: RetrievalState, p: Prepared) -> Found:
-    """Items scored by the summed weight of the query tags they carry, popularity breaks ties."""
+    """Items scored by the summed weight of the query's clusters they carry, popularity breaks
+    ties."""
     cap = p.caps["tags"]
     top = sorted(((w, t) for t, w in p.tags.items() if w > 0 and t in state.tag_rows),
                  reverse=True)[:MAX_QUERY_TAGS]
@@ -148,7 +174,7 @@ def assemble(state: RetrievalState, p: Prepared, found: list[Found]) -> Retrieva
     per_source = {source: len(rows) for source, (rows, _) in zip(SOURCES, found, strict=True)}
     rows = np.concatenate([f[0] for f in found])
     if not len(rows):
-        return RetrievalResult(candidates=[], per_source=per_source)
+        return RetrievalResult(candidates=[], per_source=per_source, resolved_tags=p.resolved)
     scores = np.concatenate([f[1].astype(np.float32, copy=False) for f in found])
     source = np.repeat(np.arange(len(SOURCES)), [len(f[0]) for f in found])
     _, first = np.unique(rows, return_index=True)  # first proposal of each row wins
@@ -165,12 +191,13 @@ def assemble(state: RetrievalState, p: Prepared, found: list[Found]) -> Retrieva
     else:
         nearest = [None] * len(row_list)
     if p.tags:
-        wanted, item_tags = p.tags, state.tags
-        matched = [[t for t in item_tags[r] if t in wanted] for r in row_list]
+        wanted, item_clusters = p.tags, state.clusters
+        matched = [[t for t in item_clusters[r] if t in wanted] for r in row_list]
     else:
         matched = [[] for _ in row_list]
     # One validation of plain dicts in pydantic-core: faster than a constructor per candidate.
-    return RetrievalResult.model_validate({"per_source": per_source, "candidates": [
+    return RetrievalResult.model_validate({
+        "per_source": per_source, "resolved_tags": p.resolved, "candidates": [
         {"item_id": ids[r], "source": SOURCES[s], "score": sc, "nearest_history": nh,
          "matched_tags": mt}
         for r, s, sc, nh, mt in zip(row_list, source.tolist(), scores.tolist(), nearest, matched,

@@ -232,8 +232,12 @@ class RetrievalService:
     async def upsert_item(self, item_id: str, item: ItemUpsert) -> ItemMeta:
         _check_item_id(item_id)
         tags = list(dict.fromkeys(t for t in map(normalise_tag, item.tags) if t))
-        meta = ItemMeta(item_id=item_id, title=item.title, tags=tags, available=True)
         state = self.state
+        with timed(SERVICE, "tag_clusters"):  # new tags are embedded: off the event loop
+            clusters = await asyncio.to_thread(state.tag_clusters.assign, tags,
+                                               state.text_encoder)
+        meta = ItemMeta(item_id=item_id, title=item.title, tags=tags, available=True,
+                        clusters=clusters if state.tag_clusters.enabled else [])
         if item.embedding is not None:
             embedding = validated_embedding(item.embedding, state.content_dim)
         elif state.text_encoder is None:
@@ -260,7 +264,8 @@ class RetrievalService:
         if row is None:
             raise ItemNotFound(item_id)
         meta = ItemMeta(item_id=item_id, title=state.titles[row], tags=list(state.tags[row]),
-                        available=False)
+                        available=False, clusters=list(state.clusters[row])
+                        if state.tag_clusters.enabled else [])
         async with self._changes:
             await asyncio.to_thread(self.overlay.append,
                                     OverlayItem(meta=meta, updated_at=self.clock()))

@@ -1,5 +1,5 @@
 """Everything retrieval holds for one bundle: per-row arrays, FAISS indexes, ONNX sessions, the
-tag inverted index and the popularity order.
+tag clusters with their inverted index (cluster -> rows) and the popularity order.
 
 Row r of the arrays is FAISS id r in both indexes. Bundle rows come first; an item upserted
 while serving gets a new row at the end (the row it replaces is marked dead and, where the index
@@ -24,6 +24,7 @@ import onnxruntime as ort
 from shared import ann
 from shared.bundle import FIRST_ITEM_INDEX, UNKNOWN_INDEX, Bundle, BundleError
 from shared.settings import Settings
+from shared.tags import TagClusters
 from shared.text_encoder import OnnxTextEncoder
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class RetrievalState:
     item_ids: list[str]
     titles: list[str]
     tags: list[tuple[str, ...]]
+    clusters: list[tuple[str, ...]]     # per row: the clusters of its tags (shared/tags.py)
     row_of: dict[str, int]              # item id -> its current row (dead rows stay mapped)
     bundle_row_of: dict[str, int]       # item id -> its row in the bundle (fixed)
     model_index: GrowableRows           # int64: row + 2 for bundle items, 1 for new ones
@@ -82,7 +84,7 @@ class RetrievalState:
     unit: GrowableRows                  # unit-length taste part of vectors (nearest watched item)
     popularity: GrowableRows            # float32
     dead: GrowableRows                  # bool: deleted or replaced by a newer row
-    tag_rows: dict[str, np.ndarray]     # tag -> live rows carrying it, most popular first
+    tag_rows: dict[str, np.ndarray]     # cluster -> live rows carrying it, most popular first
     popular_rows: np.ndarray            # every live row, most popular first
     index_ann: faiss.Index
     index_content: faiss.Index
@@ -92,6 +94,7 @@ class RetrievalState:
     query_encoder: ort.InferenceSession
     item_encoder: ort.InferenceSession
     text_encoder: OnnxTextEncoder | None
+    tag_clusters: TagClusters
     max_history: int
     dead_in_index: int = 0              # dead rows FAISS could not remove: search deeper by this
     overlay_applied: int = 0
@@ -130,7 +133,10 @@ class RetrievalState:
 
     def add_item(self, item_id: str, title: str, tags: list[str], content: np.ndarray,
                  vector: np.ndarray, model_index: int) -> int:
-        """Append a row for a new version of `item_id`; the previous row (if any) dies."""
+        """Append a row for a new version of `item_id`; the previous row (if any) dies. Tags
+        the bundle does not know join their nearest cluster (the text encoder embeds them;
+        upsert_item does that in a worker thread first, so here they are usually known)."""
+        clusters = self.tag_clusters.assign(tags, self.text_encoder)
         old = self.row_of.get(item_id)
         popularity = float(self.popularity.view[old]) if old is not None else 0.0
         row = self.dead.append(False)
@@ -142,14 +148,15 @@ class RetrievalState:
         self.item_ids.append(item_id)
         self.titles.append(title)
         self.tags.append(tuple(tags))
+        self.clusters.append(tuple(clusters))
         ids = np.array([row], dtype=np.int64)
         self.index_ann.add_with_ids(vector[None].astype(np.float32), ids)
         self.index_content.add_with_ids(content[None].astype(np.float32), ids)
         pop = self.popularity.view
         self.popular_rows = _insert_by_popularity(self.popular_rows, row, pop)
-        for tag in set(tags):
-            self.tag_rows[tag] = _insert_by_popularity(
-                self.tag_rows.get(tag, np.empty(0, np.int64)), row, pop)
+        for cluster in clusters:
+            self.tag_rows[cluster] = _insert_by_popularity(
+                self.tag_rows.get(cluster, np.empty(0, np.int64)), row, pop)
         if old is not None:
             self.kill(old)
         self.row_of[item_id] = row
@@ -162,9 +169,9 @@ class RetrievalState:
         self.dead.view[row] = True
         # The popularity and tag lists hold live rows only, so a prefix of them stays enough.
         self.popular_rows = self.popular_rows[self.popular_rows != row]
-        for tag in set(self.tags[row]):
-            rows = self.tag_rows[tag]
-            self.tag_rows[tag] = rows[rows != row]
+        for cluster in self.clusters[row]:
+            rows = self.tag_rows[cluster]
+            self.tag_rows[cluster] = rows[rows != row]
         ids = np.array([row], dtype=np.int64)
         try:
             removed = self.index_ann.remove_ids(ids) + self.index_content.remove_ids(ids)
@@ -209,6 +216,8 @@ def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
     popularity = np.array([float(it.get("popularity", 0.0)) for it in items], np.float32)
     popular_rows = np.argsort(-popularity, kind="stable").astype(np.int64)
     tags = [tuple(it.get("tags", [])) for it in items]
+    tag_clusters = TagClusters.load(bundle.path)  # identity when the bundle has no tags.json
+    clusters = [tuple(tag_clusters.clusters(t)) for t in tags]
     # Similarity between items ignores the per-item bias dimension (model.json: vector_dim =
     # dim + 1), which says how popular an item is, not what it is like.
     taste = vectors[:, :min(int(bundle.model_info.get("dim", vectors.shape[1])), vectors.shape[1])]
@@ -217,24 +226,25 @@ def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
         bundle=bundle, n_bundle=n,
         item_ids=[str(it["item_id"]) for it in items],
         titles=[str(it.get("title", "")) for it in items],
-        tags=tags,
+        tags=tags, clusters=clusters,
         row_of=dict(bundle_rows), bundle_row_of=bundle_rows,
         model_index=GrowableRows(np.arange(n, dtype=np.int64) + FIRST_ITEM_INDEX),
         content=GrowableRows(content), vectors=GrowableRows(vectors),
         unit=GrowableRows(taste / norms), popularity=GrowableRows(popularity),
         dead=GrowableRows(np.zeros(n, dtype=bool)),
-        tag_rows=_tag_index(tags, popular_rows),
+        tag_rows=_tag_index(clusters, popular_rows),
         popular_rows=popular_rows,
         index_ann=index_ann, index_content=index_content, index_kind=kind,
         faiss_device=faiss_device, onnx_device=onnx_device,
         query_encoder=query_encoder, item_encoder=item_encoder, text_encoder=text_encoder,
-        max_history=bundle.max_history,
+        tag_clusters=tag_clusters, max_history=bundle.max_history,
     )
 
 
-def _tag_index(tags: list[tuple[str, ...]], popular_rows: np.ndarray) -> dict[str, np.ndarray]:
+def _tag_index(clusters: list[tuple[str, ...]], popular_rows: np.ndarray,
+               ) -> dict[str, np.ndarray]:
     buckets: dict[str, list[int]] = {}
     for row in popular_rows.tolist():  # visiting rows most popular first keeps buckets sorted
-        for tag in tags[row]:
-            buckets.setdefault(tag, []).append(row)
+        for cluster in clusters[row]:
+            buckets.setdefault(cluster, []).append(row)
     return {tag: np.array(rows, dtype=np.int64) for tag, rows in buckets.items()}

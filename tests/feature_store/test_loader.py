@@ -20,6 +20,7 @@ from services.feature_store.store import FeatureStore
 from shared.contracts import Event, ItemMeta
 from shared.redis_conn import make_redis
 from shared.settings import Settings
+from shared.tags import TagClusters
 
 REPO = Path(__file__).resolve().parents[2]
 CAP = 50
@@ -46,7 +47,10 @@ def test_load_writes_every_item_and_user(load_settings: Settings, small_bundle: 
     assert f"{len(items)} items, {len(users)} users" in printed and " s" in printed
 
     keys = Keys(load_settings.key_prefix)
-    tags_of = {it["item_id"]: it["tags"] for it in items}
+    clusters = TagClusters.load(small_bundle)
+    assert clusters.enabled  # the build writes tags.json
+    # the profile counts tag clusters, each once per interaction
+    tags_of = {it["item_id"]: clusters.clusters(it["tags"]) for it in items}
     r = redis.Redis.from_url(load_settings.redis_url, decode_responses=True)
     try:
         assert any(len(seq) > CAP for seq in users.values())  # the cap is exercised
@@ -57,8 +61,10 @@ def test_load_writes_every_item_and_user(load_settings: Settings, small_bundle: 
             assert profile == import_profile(tags_of[i] for i in seq)
         packed = r.mget([keys.item(it["item_id"]) for it in items])
         for it, raw in zip(items, packed, strict=True):
-            assert json.loads(raw) == {"title": it["title"], "tags": it["tags"],
-                                       "available": True}
+            expect = {"title": it["title"], "tags": it["tags"], "available": True}
+            if it["tags"]:
+                expect["clusters"] = clusters.clusters(it["tags"])
+            assert json.loads(raw) == expect
         loaded = r.hgetall(keys.loaded)
         assert loaded["bundle"] == small_bundle.name and int(loaded["users"]) == len(users)
     finally:
@@ -110,5 +116,29 @@ def test_vidrec_load_command(load_settings: Settings, small_bundle: Path) -> Non
         users = json.loads((small_bundle / "users.json").read_text())
         keys = Keys(load_settings.key_prefix)
         assert all(r.exists(keys.hist(u)) for u in list(users)[:20])
+    finally:
+        r.close()
+
+
+def test_a_bundle_without_tag_clusters_loads_as_before(load_settings: Settings,
+                                                       small_bundle: Path,
+                                                       tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for f in small_bundle.iterdir():
+        if f.name not in ("tags.json", "tag_leaders.npy", "tags.md"):
+            (plain / f.name).symlink_to(f.resolve())
+    load_bundle(load_settings, str(plain), progress=False)
+    items = json.loads((small_bundle / "items.json").read_text())
+    users = json.loads((small_bundle / "users.json").read_text())
+    tags_of = {it["item_id"]: it["tags"] for it in items}
+    keys = Keys(load_settings.key_prefix)
+    r = redis.Redis.from_url(load_settings.redis_url, decode_responses=True)
+    try:
+        for user_id, seq in list(users.items())[:20]:
+            assert user_state(r, keys, user_id)[2] == import_profile(tags_of[i] for i in seq)
+        it = next(i for i in items if i["tags"])
+        assert json.loads(r.get(keys.item(it["item_id"]))) == {
+            "title": it["title"], "tags": it["tags"], "available": True}  # no clusters
     finally:
         r.close()

@@ -146,3 +146,18 @@ async def test_a_rebase_keeps_negative_weights_and_prunes_by_size(store: Feature
 async def test_a_non_finite_time_decays_as_now(store: FeatureStore) -> None:
     await store.record_events([ev("inf", "a", float("inf"))])
     assert await profile_at(store, T0) == pytest.approx({"x": 2.0, "y": 2.0})
+
+
+async def test_the_profile_counts_tag_clusters_once_per_event(store: FeatureStore) -> None:
+    # `king glory` and `kingglory` are one cluster: one like adds LIKE_WEIGHT once
+    await store.put_item(ItemMeta(item_id="k", title="K", tags=["king glory", "kingglory",
+                                                                "funny"],
+                                  clusters=["king glory", "funny"]))
+    await store.put_item(ItemMeta(item_id="k2", title="K2", tags=["kinghonor"],
+                                  clusters=["king glory"]))
+    await store.record_events([ev("1", "k", T0), ev("2", "k2", T0)])
+    profile = (await store.hydrate("u", 10)).tag_profile
+    assert profile == pytest.approx({"king glory": 2 * LIKE_WEIGHT, "funny": LIKE_WEIGHT})
+    meta = await store.item_meta(["k", "a"])
+    assert meta["k"].clusters == ["king glory", "funny"]
+    assert meta["a"].clusters == []  # stored without clusters: the profile counts its tags

@@ -15,6 +15,7 @@ import pytest
 from services.feature_store.store import FeatureStore
 from shared.bundle import Bundle
 from shared.settings import Settings
+from shared.tags import TagClusters
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +114,17 @@ def test_interests_steer_a_new_users_list(live: str, bundle: Bundle) -> None:
     for it in body["items"]:
         assert tag in it["tags"]
         assert f"matches #{tag}" in it["reasons"]
+
+
+def test_a_free_text_interest_finds_the_nearest_tag_cluster(live: str, bundle: Bundle) -> None:
+    # not a tag of the bundle: retrieval embeds it with the bundle's ONNX text encoder
+    clusters = TagClusters.load(bundle.path)
+    assert clusters.of("scary horror films") is None
+    body = recs(live, f"new-{uuid.uuid4().hex}", k=5, interests="scary horror films")
+    assert body["degraded"] == [] and len(body["items"]) == 5
+    for it in body["items"]:
+        assert "horror" in clusters.clusters(it["tags"])
+        assert "matches #horror" in it["reasons"]
 
 
 def test_interests_get_places_in_a_known_users_list(live: str, bundle: Bundle,
@@ -238,8 +250,9 @@ def test_item_and_popular(live: str, bundle: Bundle) -> None:
     it = bundle.items[5]
     r = httpx.get(f"{live}/v1/items/{it['item_id']}")
     assert r.status_code == 200
+    clusters = TagClusters.load(bundle.path).clusters(it["tags"])  # the bundle's tags.json
     assert r.json() == {"item_id": it["item_id"], "title": it["title"], "tags": it["tags"],
-                        "available": True}
+                        "available": True, "clusters": clusters}
     assert httpx.get(f"{live}/v1/items/no-such-item").status_code == 404
     popular = httpx.get(f"{live}/v1/popular", params={"k": 5}).json()["items"]
     most = max(bundle.items, key=lambda i: i["popularity"])

@@ -19,7 +19,8 @@ def test_bundle_layout_and_manifest(small_bundle: Path) -> None:
     for name in ["items.json", "users.json", "content_embeddings.npy", "item_vectors.npy",
                  "index_ann.faiss", "index_content.faiss", "query_encoder.onnx",
                  "item_encoder.onnx", "ranker.onnx", "model.json", "metrics.json",
-                 "metrics.md", "metrics.png", "ranker.pt"]:
+                 "metrics.md", "metrics.png", "ranker.pt", "tags.json", "tag_leaders.npy",
+                 "tags.md"]:
         assert name in manifest["files"], name
         digest = hashlib.sha256((small_bundle / name).read_bytes()).hexdigest()
         assert manifest["files"][name] == digest, name
@@ -30,6 +31,8 @@ def test_bundle_layout_and_manifest(small_bundle: Path) -> None:
     assert max(manifest["onnx_parity_max_abs_diff"].values()) <= 1e-4
     assert manifest["index"]["ann"]["recall@100_vs_exact"] == 1.0  # exact index when small
     assert (small_bundle.parent / "latest").resolve() == small_bundle.resolve()
+    clusters = manifest["tag_clusters"]  # docs/tags.md
+    assert clusters["threshold"] == 0.75 and 0 < clusters["clusters"] <= clusters["tags"]
 
 
 def test_metrics_json_has_the_agreed_form(small_bundle: Path) -> None:
@@ -46,6 +49,9 @@ def test_metrics_json_has_the_agreed_form(small_bundle: Path) -> None:
     # two-stage can only lose items the retrieval missed: HR@50 within the candidate recall
     assert doc["models"]["two_stage"]["HR@50"] <= doc[recall[0]] + 1e-9
     assert "| two_stage |" in (small_bundle / "metrics.md").read_text()
+    tags = doc["tag_clusters"]  # tag clusters against exact tags (offline/tag_eval.py)
+    assert set(tags["cold_start_NDCG@10"]) == {"popular", "exact_tags", "clusters"}
+    assert set(tags["tag_source_recall@50"]) == {"exact_tags", "clusters"}
     assert (small_bundle / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

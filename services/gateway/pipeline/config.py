@@ -50,6 +50,6 @@ def recommendation_pipeline(settings: Settings, feature_store: FeatureStoreAPI,
         Step(FilterStage("filter", [UnavailableFilter(), IncludeTagsFilter(),
                                     ExcludeTagsFilter()]), fail_open=False),
         # Pure computation: a failure here is a bug and fails the request.
-        Step(Select(settings.max_per_tag), fail_open=False),
+        Step(Select(settings.max_per_tag, catalog.tag_clusters), fail_open=False),
         Step(Explain(), fail_open=False),
     ])

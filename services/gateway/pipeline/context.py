@@ -40,7 +40,17 @@ class RecContext:
     model_version: str = ""
     picks: list[Pick] = field(default_factory=list)
     removed: dict[str, int] = field(default_factory=dict)  # filter name -> candidates removed
+    # the tag clusters the request's `interests` resolved to (retrieval embeds free text);
+    # None until the retrieve stage has resolved them
+    interest_clusters: frozenset[str] | None = None
     degraded: list[str] = field(default_factory=list)
+
+    @property
+    def interests(self) -> frozenset[str]:
+        """The request's interests as tag clusters (as stated until they are resolved)."""
+        if self.interest_clusters is None:
+            return frozenset(self.request.interests)
+        return self.interest_clusters
 
     @property
     def user(self) -> UserState:

@@ -1,4 +1,5 @@
-"""explain: why each item is in the list, in words a viewer can read."""
+"""explain: why each item is in the list, in words a viewer can read. Tag reasons name the
+tag cluster (`matches #king glory` for an item tagged `kingglory`)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ def reasons_for(pick: Pick, ctx: RecContext, profile_tags: set[str]) -> list[str
         if watched is not None and watched.title:
             reasons.append(f"because you watched {watched.title}")
     tags = list(c.matched_tags)
-    if not tags:  # retrieval did not say; use the item's tags the user or request cares about
-        tags = [t for t in pick.meta.tags if t in profile_tags]
-    interests = ctx.request.interests
+    if not tags:  # retrieval did not say; the item's clusters the user or request cares about
+        tags = [t for t in pick.meta.tag_keys if t in profile_tags]
+    interests = ctx.interests
     if interests:  # what the request asked for comes first
         tags.sort(key=lambda t: t not in interests)
     reasons.extend(f"matches #{t}" for t in tags[:MAX_TAG_REASONS])
@@ -33,9 +34,9 @@ class Explain:
     name = "explain"
 
     async def run(self, ctx: RecContext) -> None:
-        # tags the user likes: a dislike pushes a tag's weight below zero (feature store)
+        # tag clusters the user likes: a dislike pushes a weight below zero (feature store)
         liked = {t for t, w in ctx.user.tag_profile.items() if w > 0}
-        profile = liked.union(ctx.request.interests)
+        profile = liked.union(ctx.interests)
         for pick in ctx.picks:
             pick.reasons = reasons_for(pick, ctx, profile)
 

@@ -30,7 +30,8 @@ def interest_quota(request: RecRequest) -> int:
     return max(1, request.k // 4) if request.interests else 0
 
 
-def matches_interests(candidate: Candidate, interests: tuple[str, ...]) -> bool:
+def matches_interests(candidate: Candidate, interests: frozenset[str]) -> bool:
+    """`interests`: the clusters the request's interests resolved to."""
     return bool(interests) and any(t in interests for t in candidate.matched_tags)
 
 
@@ -43,7 +44,7 @@ def keep_head(ctx: RecContext) -> None:
     head, rest = cands[:limit], cands[limit:]
     quota = interest_quota(ctx.request)
     if quota:
-        interests = ctx.request.interests
+        interests = ctx.interests
         head += [c for c in rest if matches_interests(c, interests)][:2 * quota]
     ctx.candidates = head
 

@@ -13,7 +13,8 @@ PROFILE_TAGS = 10  # strongest tag-profile tags sent to the tag source
 
 def query_tags(tag_profile: dict[str, float], interests: tuple[str, ...]) -> dict[str, float]:
     """The user's strongest tags scaled to at most 1, plus the request's interests at weight 1."""
-    top = sorted(tag_profile.items(), key=lambda kv: kv[1], reverse=True)[:PROFILE_TAGS]
+    # ties by name: the same profile always sends the same tags (dict order follows hashing)
+    top = sorted(tag_profile.items(), key=lambda kv: (-kv[1], kv[0]))[:PROFILE_TAGS]
     peak = top[0][1] if top and top[0][1] > 0 else 1.0
     tags = {tag: weight / peak for tag, weight in top if weight > 0}
     for tag in interests:
@@ -66,6 +67,9 @@ class Retrieve:
             # Too few (none of the history is in the catalogue, say): every source, once more.
             (result,) = await self.retrieval.retrieve([query.model_copy(update={
                 "caps": self.caps})])
+        resolved = result.resolved_tags  # absent: the interest is a cluster name itself
+        ctx.interest_clusters = frozenset(
+            c for i in ctx.request.interests for c in resolved.get(i, [i]))
         self._keep(ctx, result.candidates)
         ctx.per_source = dict(result.per_source)
         if self.count_candidates:
@@ -76,6 +80,7 @@ class Retrieve:
         # Retrieval is down: the bundle's popular list (interest matches first) still answers.
         n = sum(self.caps.values()) or 100
         cands = self.catalog.popular_candidates(n, self._excluded(ctx), ctx.request.interests)
+        ctx.interest_clusters = self.catalog.interest_clusters(ctx.request.interests)
         self._keep(ctx, cands)
         ctx.per_source = {"fallback": len(cands)}
         CANDIDATES.labels("fallback").inc(len(cands))

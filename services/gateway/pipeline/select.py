@@ -1,6 +1,7 @@
-"""select: keep any one tag from dominating the list, keep places for the request's
-`interests`, take the top k (candidates arrive best first: ranked by score, or in retrieval
-order when the ranker could not answer)."""
+"""select: keep any one tag cluster from dominating the list (`king glory` and `kingglory`
+count as one), keep places for the request's `interests`, take the top k (candidates arrive
+best first: ranked by score, or in retrieval order when the ranker could not answer). Without
+tag clusters in the bundle every tag is its own cluster."""
 
 from __future__ import annotations
 
@@ -9,15 +10,16 @@ from collections import Counter
 from services.gateway.pipeline.context import Pick, RecContext
 from services.gateway.pipeline.items import interest_quota
 from shared.contracts import Candidate, ItemMeta
+from shared.tags import TagClusters
 
 Pair = tuple[Candidate, ItemMeta]
 
 
 def diversify(ranked: list[Pair], k: int, max_per_tag: int,
               exempt: frozenset[str] = frozenset()) -> list[Pair]:
-    """Best-first, at most `max_per_tag` items per tag among the first k; items held back by a
-    full tag fill the remaining places (best first) only when nothing else is left. Tags the
-    request asked for (`exempt`) are not capped: the viewer wants many of those."""
+    """Best-first, at most `max_per_tag` items per tag cluster among the first k; items held
+    back by a full cluster fill the remaining places (best first) only when nothing else is
+    left. Clusters the request asked for (`exempt`) are not capped: the viewer wants many."""
     if max_per_tag <= 0:
         return ranked[:k]
     per_tag: Counter[str] = Counter()
@@ -26,7 +28,8 @@ def diversify(ranked: list[Pair], k: int, max_per_tag: int,
     for pair in ranked:
         if len(chosen) == k:
             break
-        tags = [t for t in pair[1].tags if t not in exempt] if exempt else pair[1].tags
+        keys = pair[1].tag_keys
+        tags = [t for t in keys if t not in exempt] if exempt else keys
         if any(per_tag[t] >= max_per_tag for t in tags):
             held_back.append(pair)
             continue
@@ -39,10 +42,11 @@ def diversify(ranked: list[Pair], k: int, max_per_tag: int,
 
 def reserve(chosen: list[Pair], ranked: list[Pair], k: int, quota: int,
             interests: frozenset[str]) -> list[Pair]:
-    """At least `quota` of the k items carry one of `interests`, when there are that many: the
-    best such items replace the lowest-ranked others. The list stays in rank order."""
+    """At least `quota` of the k items are in one of the `interests` clusters, when there are
+    that many: the best such items replace the lowest-ranked others. The list stays in rank
+    order."""
     def wanted(pair: Pair) -> bool:
-        return not interests.isdisjoint(pair[1].tags)
+        return not interests.isdisjoint(pair[1].tag_keys)
 
     missing = quota - sum(map(wanted, chosen))
     if missing <= 0:
@@ -64,16 +68,17 @@ def reserve(chosen: list[Pair], ranked: list[Pair], k: int, quota: int,
 class Select:
     name = "select"
 
-    def __init__(self, max_per_tag: int) -> None:
+    def __init__(self, max_per_tag: int, tag_clusters: TagClusters | None = None) -> None:
         self.max_per_tag = max_per_tag
+        self.tag_clusters = tag_clusters or TagClusters.identity()
 
     async def run(self, ctx: RecContext) -> None:
         meta, scores = ctx.meta, ctx.scores
         pairs = [(c, meta[c.item_id]) for c in ctx.candidates if c.item_id in meta]
         request = ctx.request
-        interests = frozenset(request.interests)
-        chosen = diversify(pairs, request.k, self.max_per_tag,
-                           request.include_tags.union(interests))
+        interests = ctx.interests
+        asked = frozenset(self.tag_clusters.name(t) for t in request.include_tags)
+        chosen = diversify(pairs, request.k, self.max_per_tag, asked.union(interests))
         chosen = reserve(chosen, pairs, request.k, interest_quota(request), interests)
         ctx.picks = [Pick(c, m, float(scores.get(c.item_id, c.score))) for c, m in chosen]
 
