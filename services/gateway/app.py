@@ -15,7 +15,14 @@ from fastapi.openapi.utils import get_openapi
 
 from services.gateway.errors import add_error_handlers
 from services.gateway.gateway import Gateway, load_catalog
-from services.gateway.routes import admin, events, items, recommendations, users
+from services.gateway.routes import (
+    admin,
+    events,
+    experiments,
+    items,
+    recommendations,
+    users,
+)
 from services.gateway.schemas import EventBatchIn, EventIn
 from shared.contracts import FeatureStoreAPI, RankingAPI, RetrievalAPI
 from shared.observability import add_ops_routes
@@ -41,6 +48,7 @@ def create_app(settings: Settings, feature_store: FeatureStoreAPI | None = None,
                         "exposing the admin routes", DEFAULT_ADMIN_TOKEN)
         parts, closers = await connect(settings, feature_store, retrieval, ranking)
         gateway = Gateway(settings, *parts, catalog=load_catalog(settings), closers=closers)
+        await gateway.start()  # impressions ledger, experiments file
         app.state.gateway = gateway
         # Everything loaded so far (bundle arrays, catalog, models) lives as long as the
         # process: keep it out of the collector's full passes, which otherwise walk it all and
@@ -57,7 +65,7 @@ def create_app(settings: Settings, feature_store: FeatureStoreAPI | None = None,
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST", "PUT", "DELETE"],
                            allow_headers=["Authorization", "Content-Type"])
-    for module in (recommendations, events, items, users, admin):
+    for module in (recommendations, events, items, users, experiments, admin):
         app.include_router(module.router)
     add_error_handlers(app)
 

@@ -1,0 +1,244 @@
+"""Impressions, attribution and per-arm counters, all in Redis so that every gateway replica
+writes to, and reports from, the same numbers.
+
+Per answer (`record_answer`, off the request path):
+  XADD  <prefix>:impressions      request id, user, experiment, arm, model version, item ids
+                                  (position = index in the list), time: the durable log
+  HSET  <prefix>:imp:<request id> the same, for attribution; expires after impression_ttl_s
+  HINCRBY/PFADD per-arm counters  <prefix>:exp:<experiment>:<arm>:{c,lat,items}
+
+Per event carrying a request_id (`attribute`, after the feature store accepted the batch):
+  - once per (user, event id): a marker SET NX makes retried and duplicated events count once,
+    whatever the feature store said about them;
+  - the impression must exist (not expired) and belong to the same user;
+  - the event counts for the impression's arm (plays, completions, likes, skips, dislikes,
+    watch fraction); a play (view or complete) of an item shown at a position < ctr_k within
+    attribution_window_s of the impression marks the impression as clicked, once (HSETNX), for
+    CTR@k. A play after the window is counted as `late` and not in CTR.
+Events without a request_id still update the user (feature store) but are not attributed.
+Impressions forced by the QA header are logged but kept out of every counter.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from prometheus_client import Counter, Histogram
+
+from services.gateway.experiments.assignment import Assignment
+from shared.contracts import Event
+
+log = logging.getLogger("vidrec.gateway")
+
+# Per-arm latency histogram in Redis: bucket i holds latencies in (L0 * G**(i-1), L0 * G**i],
+# so a quantile read back is within 10% (G) of the true one.
+LAT_L0_S = 1e-4
+LAT_GROWTH = 1.1
+LAT_BUCKETS = 150  # up to ~0.1 ms * 1.1**150 = 160 s
+CLOCK_SKEW_S = 300.0  # a play stamped up to this long before its impression still counts
+PLAY_TYPES = frozenset({"view", "complete"})
+COUNTER_OF = {"view": "plays", "complete": "completions", "like": "likes", "skip": "skips",
+              "dislike": "dislikes"}
+COUNTERS = ("impressions", "clicked", "plays", "completions", "likes", "skips", "dislikes",
+            "late", "errors", "degraded", "wf_n", "wf_sum", "wf_sumsq")
+
+ARM_REQUESTS = Counter("vidrec_experiment_requests_total",
+                       "Recommendation answers per experiment arm, by outcome.",
+                       ["experiment", "arm", "outcome"])
+ARM_EVENTS = Counter("vidrec_experiment_events_total",
+                     "Events attributed to an experiment arm, by type.",
+                     ["experiment", "arm", "type"])
+ARM_CLICKED = Counter("vidrec_experiment_clicked_impressions_total",
+                      "Impressions with a play at a position < ctr_k within the window "
+                      "(CTR@k = this / impressions).", ["experiment", "arm"])
+ARM_SECONDS = Histogram("vidrec_experiment_request_seconds",
+                        "Recommendation latency per experiment arm.", ["experiment", "arm"],
+                        buckets=(0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.08, 0.12, 0.2,
+                                 0.5, 1.0, 2.0))
+ATTRIBUTION = Counter("vidrec_attribution_total",
+                      "Events with a request_id, by attribution outcome.", ["outcome"])
+IMPRESSIONS_LOST = Counter("vidrec_impressions_lost_total",
+                           "Answers whose impression could not be written to Redis.")
+
+
+def latency_bucket(seconds: float) -> int:
+    if seconds <= LAT_L0_S:
+        return 0
+    return min(LAT_BUCKETS, math.ceil(math.log(seconds / LAT_L0_S, LAT_GROWTH) - 1e-9))
+
+
+def bucket_upper_s(i: int) -> float:
+    return LAT_L0_S * LAT_GROWTH ** i
+
+
+@dataclass(frozen=True)
+class ArmCounts:
+    counts: dict[str, float]
+    latency_buckets: dict[int, int]
+    distinct_items: int
+
+    def get(self, name: str) -> float:
+        return self.counts.get(name, 0.0)
+
+
+class Ledger:
+    def __init__(self, redis, prefix: str, *, stream: str = "impressions",
+                 stream_maxlen: int = 10_000_000, impression_ttl_s: int = 86_400,
+                 window_s: float = 1800.0, dedupe_ttl_s: int = 7 * 86_400) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.stream = f"{prefix}:{stream}"
+        self.stream_maxlen = stream_maxlen
+        self.impression_ttl_s = impression_ttl_s
+        self.window_s = window_s
+        self.dedupe_ttl_s = dedupe_ttl_s
+
+    # ---- keys ----------------------------------------------------------------------------
+    def impression_key(self, request_id: str) -> str:
+        return f"{self.prefix}:imp:{request_id}"
+
+    def arm_key(self, experiment: str, arm: str, kind: str) -> str:
+        return f"{self.prefix}:exp:{experiment}:{arm}:{kind}"
+
+    def marker_key(self, user_id: str, event_id: str) -> str:
+        return f"{self.prefix}:attr:{user_id}:{event_id}"
+
+    # ---- answers -------------------------------------------------------------------------
+    async def record_answer(self, *, request_id: str, user_id: str, assignment: Assignment | None,
+                            ctr_k: int, items: Sequence[str], model_version: str,
+                            latency_s: float, degraded: bool, now: float) -> None:
+        exp, arm = (assignment.experiment, assignment.arm) if assignment else ("", "")
+        forced = bool(assignment and assignment.forced)
+        record = {"request_id": request_id, "user_id": user_id, "experiment": exp, "arm": arm,
+                  "model_version": model_version, "items": orjson.dumps(list(items)).decode(),
+                  "timestamp": repr(now), "ctr_k": str(ctr_k), "forced": "1" if forced else "0"}
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xadd(self.stream, record, maxlen=self.stream_maxlen, approximate=True)
+        key = self.impression_key(request_id)
+        pipe.hset(key, mapping=record)
+        pipe.expire(key, self.impression_ttl_s)
+        if assignment and not forced:
+            counts = self.arm_key(exp, arm, "c")
+            pipe.hincrby(counts, "impressions", 1)
+            if degraded:
+                pipe.hincrby(counts, "degraded", 1)
+            pipe.hincrby(self.arm_key(exp, arm, "lat"), str(latency_bucket(latency_s)), 1)
+            if items:
+                pipe.pfadd(self.arm_key(exp, arm, "items"), *items)
+        await pipe.execute()
+
+    async def record_error(self, assignment: Assignment, latency_s: float) -> None:
+        if assignment.forced:
+            return
+        exp, arm = assignment.experiment, assignment.arm
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hincrby(self.arm_key(exp, arm, "c"), "errors", 1)
+        pipe.hincrby(self.arm_key(exp, arm, "lat"), str(latency_bucket(latency_s)), 1)
+        await pipe.execute()
+
+    # ---- events --------------------------------------------------------------------------
+    async def attribute(self, events: Sequence[Event]) -> dict[str, int]:
+        """Count events with a request_id for their impression's arm; returns outcome counts."""
+        tracked = [e for e in events if e.request_id]
+        outcome = {"attributed": 0, "duplicate": 0, "no_impression": 0, "late": 0}
+        if not tracked:
+            return outcome
+        pipe = self.redis.pipeline(transaction=False)
+        for e in tracked:
+            pipe.set(self.marker_key(e.user_id, e.event_id), "1", nx=True, ex=self.dedupe_ttl_s)
+            pipe.hmget(self.impression_key(e.request_id), "user_id", "experiment", "arm",
+                       "items", "timestamp", "ctr_k", "forced")
+        replies = await pipe.execute()
+        clicks: list[tuple[Event, dict[str, Any]]] = []
+        incr = self.redis.pipeline(transaction=False)
+        for i, e in enumerate(tracked):
+            fresh, fields = replies[2 * i], replies[2 * i + 1]
+            if not fresh:
+                outcome["duplicate"] += 1
+                continue
+            imp = _impression(fields)
+            if imp is None or imp["user_id"] != e.user_id:
+                outcome["no_impression"] += 1
+                continue
+            if imp["forced"] or not imp["experiment"]:
+                continue  # QA traffic, or an answer outside any experiment: logged only
+            outcome["attributed"] += 1
+            exp, arm = imp["experiment"], imp["arm"]
+            counts = self.arm_key(exp, arm, "c")
+            counter = COUNTER_OF.get(e.type)
+            if counter:
+                incr.hincrby(counts, counter, 1)
+                ARM_EVENTS.labels(exp, arm, e.type).inc()
+            if e.type not in PLAY_TYPES:
+                continue
+            if e.watch_fraction > 0:
+                incr.hincrby(counts, "wf_n", 1)
+                incr.hincrbyfloat(counts, "wf_sum", e.watch_fraction)
+                incr.hincrbyfloat(counts, "wf_sumsq", e.watch_fraction ** 2)
+            delta = e.timestamp - imp["timestamp"]
+            if delta > self.window_s:
+                outcome["late"] += 1
+                incr.hincrby(counts, "late", 1)
+                continue
+            position = _position(e, imp["items"])
+            if delta >= -CLOCK_SKEW_S and position is not None and position < imp["ctr_k"]:
+                clicks.append((e, imp))
+        if clicks:  # the first qualifying play of an impression makes it "clicked"
+            first = self.redis.pipeline(transaction=False)
+            for e, _ in clicks:
+                first.hsetnx(self.impression_key(e.request_id), "played", e.event_id)
+            for (_, imp), new in zip(clicks, await first.execute(), strict=True):
+                if new:
+                    incr.hincrby(self.arm_key(imp["experiment"], imp["arm"], "c"), "clicked", 1)
+                    ARM_CLICKED.labels(imp["experiment"], imp["arm"]).inc()
+        await incr.execute()
+        for name, n in outcome.items():
+            if n:
+                ATTRIBUTION.labels(name).inc(n)
+        return outcome
+
+    # ---- reading back --------------------------------------------------------------------
+    async def arm_counts(self, experiment: str, arms: Sequence[str]) -> dict[str, ArmCounts]:
+        pipe = self.redis.pipeline(transaction=False)
+        for arm in arms:
+            pipe.hgetall(self.arm_key(experiment, arm, "c"))
+            pipe.hgetall(self.arm_key(experiment, arm, "lat"))
+            pipe.pfcount(self.arm_key(experiment, arm, "items"))
+        replies = await pipe.execute()
+        out = {}
+        for i, arm in enumerate(arms):
+            counts, lat, distinct = replies[3 * i: 3 * i + 3]
+            out[arm] = ArmCounts(
+                counts={_s(k): float(v) for k, v in counts.items()},
+                latency_buckets={int(_s(k)): int(v) for k, v in lat.items()},
+                distinct_items=int(distinct))
+        return out
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _impression(fields: list) -> dict[str, Any] | None:
+    if fields[0] is None:
+        return None  # expired or never written
+    user, exp, arm, items, ts, ctr_k, forced = (_s(f) if f is not None else "" for f in fields)
+    return {"user_id": user, "experiment": exp, "arm": arm, "items": orjson.loads(items or "[]"),
+            "timestamp": float(ts or 0.0), "ctr_k": int(ctr_k or 0), "forced": forced == "1"}
+
+
+def _position(event: Event, items: list[str]) -> int | None:
+    """Where the event's item was shown: the event's own position when it agrees with the
+    impression, else the item's place in it; None when it was not shown."""
+    p = event.position
+    if p is not None and 0 <= p < len(items) and items[p] == event.item_id:
+        return p
+    try:
+        return items.index(event.item_id)
+    except ValueError:
+        return None
