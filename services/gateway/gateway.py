@@ -19,12 +19,6 @@ import httpx
 
 from services.gateway.catalog import Catalog
 from services.gateway.experiments.assignment import Assignment, assign, forced
-from services.gateway.experiments.config import (
-    DEFAULT_CTR_K,
-    ArmConfig,
-    Experiment,
-    ExperimentsConfig,
-)
 from services.gateway.experiments.ledger import (
     ARM_REQUESTS,
     ARM_SECONDS,
@@ -36,6 +30,12 @@ from services.gateway.pipeline import RecContext, RecRequest, recommendation_pip
 from services.gateway.pipeline.stage import Pipeline
 from shared.bundle import Bundle, BundleError, resolve_bundle
 from shared.contracts import FeatureStoreAPI, RankingAPI, RetrievalAPI, ServiceUnavailable
+from shared.experiments import (
+    DEFAULT_CTR_K,
+    ArmConfig,
+    Experiment,
+    ExperimentsConfig,
+)
 from shared.settings import Settings
 
 log = logging.getLogger("vidrec.gateway")

@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import chisquare
 
 from services.gateway.experiments.assignment import UnknownArm, assign, forced, place
-from services.gateway.experiments.config import parse
+from shared.experiments import parse
 
 TEXT = """\
 [experiments.homepage.arms.control]

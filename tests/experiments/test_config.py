@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from services.gateway.experiments.config import ConfigError, parse
 from services.gateway.experiments.registry import ExperimentsRegistry
+from shared.experiments import ConfigError, parse
 
 GOOD = """\
 [experiments.ranker]

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from services.gateway.experiments.config import parse
 from services.gateway.experiments.ledger import ArmCounts, bucket_upper_s, latency_bucket
 from services.gateway.experiments.report import build_report, quantile_s
 from services.gateway.experiments.stats import Mean, Rate, compare_means, compare_rates
+from shared.experiments import parse
 
 
 def test_wilson_interval_by_hand() -> None:

@@ -14,7 +14,7 @@ import hashlib
 from dataclasses import dataclass
 from itertools import accumulate
 
-from services.gateway.experiments.config import Experiment
+from shared.experiments import Experiment
 
 HEADER = "X-Vidrec-Arm"  # QA override: "arm" or "experiment:arm"
 

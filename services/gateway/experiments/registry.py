@@ -20,8 +20,8 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from services.gateway.experiments import config as cfg
-from services.gateway.experiments.config import ConfigError, ExperimentsConfig
+from shared import experiments as cfg
+from shared.experiments import ConfigError, ExperimentsConfig
 
 log = logging.getLogger("vidrec.gateway")
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from services.gateway.experiments.config import Experiment
 from services.gateway.experiments.ledger import ArmCounts, bucket_upper_s
 from services.gateway.experiments.stats import Mean, Rate, compare_means, compare_rates
+from shared.experiments import Experiment
 
 ALPHA = 0.05
 EVENT_COUNTERS = ("plays", "completions", "likes", "skips", "dislikes", "late")

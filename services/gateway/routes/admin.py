@@ -6,9 +6,9 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 
 from services.gateway.deps import Admin, GatewayDep
-from services.gateway.experiments.config import ConfigError
 from services.gateway.responses import JSON
 from shared.admin import ReloadRequest
+from shared.experiments import ConfigError
 
 router = APIRouter(tags=["admin"])
 

@@ -1,4 +1,5 @@
-"""The experiments file: TOML (stdlib tomllib), parsed and checked into frozen objects.
+"""The experiments file (settings.experiments_file): TOML read with the stdlib tomllib, checked
+into frozen objects.
 
     [experiments.ranker-v2]
     active = true            # at most one experiment is active at a time
@@ -280,3 +281,15 @@ class _Checker:
             sources=sources,
             ranker=self.typed(table, body, "ranker", (bool,), "true or false")
             if "ranker" in body else True)
+
+
+def bundles_to_serve(path: Path | None) -> list[str]:
+    """Bundles the active experiment's arms name, for retrieval and ranking to load at start
+    (the gateway also pushes them on every change). A bad or missing file: none (the gateway
+    reports the error)."""
+    if path is None:
+        return []
+    try:
+        return sorted(load(path).bundles())
+    except ConfigError:
+        return []
