@@ -4,8 +4,6 @@ duplicate ones included), the report, /metrics and reloading the file."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +16,7 @@ from services.feature_store.loader import load_bundle
 from shared.bundle import Bundle
 from shared.settings import Settings
 from tests.gateway.conftest import delete_prefix, gateway_settings, serving
+from tests.retrieval.conftest import link_bundle
 
 EXPERIMENTS = """\
 [experiments.home]
@@ -41,19 +40,6 @@ bundle = "{other}"
 OTHER = "small-next"
 
 
-def _link_tree(src: Path, dst: Path) -> None:
-    """A second bundle version with the same files (hard links where the file system allows)."""
-    def link(s: str, d: str) -> None:
-        try:
-            os.link(s, d)
-        except OSError:
-            shutil.copy2(s, d)
-
-    # (the text encoder is only needed for item upserts, which this test does not make)
-    shutil.copytree(src, dst, copy_function=link,
-                    ignore=shutil.ignore_patterns("text_encoder.onnx", "ranker.pt"))
-
-
 @pytest.fixture(scope="module")
 def exp_env(small_bundle: Path, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[tuple[Settings, Path]]:
@@ -61,7 +47,7 @@ def exp_env(small_bundle: Path, tmp_path_factory: pytest.TempPathFactory
     artifacts = root / "artifacts"
     artifacts.mkdir()
     (artifacts / small_bundle.name).symlink_to(small_bundle)
-    _link_tree(small_bundle, artifacts / OTHER)
+    link_bundle(small_bundle, artifacts, OTHER)
     exp_file = root / "experiments.toml"
     exp_file.write_text(EXPERIMENTS.format(other=OTHER))
     settings = gateway_settings(artifacts / small_bundle.name, root / "state",
