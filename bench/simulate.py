@@ -38,7 +38,6 @@ import json
 import os
 import platform
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -211,43 +210,10 @@ def offline_hr(bundle_path: Path, k: int) -> dict:
     return {arm: models.get(name, {}).get(f"HR@{k}") for arm, name in OFFLINE_MODEL.items()}
 
 
-class Server:
-    """`vidrec serve all` in a subprocess, stopped by its pid."""
-
-    def __init__(self, env: dict[str, str], port: int, log: Path) -> None:
-        self.port, self.log = port, log
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vidrec_cli", "serve", "all", "--port", str(port)],
-            cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout_s: float = 300.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: "
-                                   f"{self.log.read_text()[-3000:]}")
-            try:
-                r = httpx.get(f"{self.url}/readyz", timeout=2)
-                if r.status_code == 200 and r.json()["experiments"]["active"] == EXPERIMENT:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        raise RuntimeError(f"server not ready after {timeout_s} s: {self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        from tests.support import stop_process
-
-        stop_process(self.proc)
-
-
 def run(bundle_path: Path, data_dir: Path, *, users: int, k: int, weights: tuple[float, float],
         noise: Noise, seed: int, concurrency: int, redis_url: str | None,
         key_prefix: str, workdir: Path) -> dict:
+    from bench.serving import Servers
     from scripts.run_local import LocalRedis
     from services.feature_store.loader import load_bundle
     from shared.settings import Settings
@@ -257,11 +223,11 @@ def run(bundle_path: Path, data_dir: Path, *, users: int, k: int, weights: tuple
     rng = random.Random(seed)
     chosen = everyone if users <= 0 or users >= len(everyone) else rng.sample(everyone, users)
     own_redis = None if redis_url else LocalRedis(free_port(), workdir / "redis").start()
-    url = redis_url or own_redis.url
-    server = None
+    redis = redis_url or own_redis.url
+    servers = None
     try:
         settings = Settings(artifacts_dir=bundle_path.parent, bundle=bundle_path.name,
-                            redis_url=url, key_prefix=key_prefix, data_dir=data_dir)
+                            redis_url=redis, key_prefix=key_prefix, data_dir=data_dir)
         t0 = time.perf_counter()
         load_bundle(settings, bundle_path.name, progress=False)
         load_s = time.perf_counter() - t0
@@ -269,7 +235,7 @@ def run(bundle_path: Path, data_dir: Path, *, users: int, k: int, weights: tuple
         exp_file.write_text(experiments_toml(k, weights))
         env = {key: v for key, v in os.environ.items() if not key.startswith("VIDREC_")}
         env.update({"VIDREC_ARTIFACTS_DIR": str(bundle_path.parent),
-                    "VIDREC_BUNDLE": bundle_path.name, "VIDREC_REDIS_URL": url,
+                    "VIDREC_BUNDLE": bundle_path.name, "VIDREC_REDIS_URL": redis,
                     "VIDREC_KEY_PREFIX": key_prefix, "VIDREC_EXPERIMENTS_FILE": str(exp_file),
                     "VIDREC_STATE_DIR": str(workdir / "state"), "VIDREC_USE_GPU": "false",
                     "PYTHONUNBUFFERED": "1",
@@ -277,13 +243,14 @@ def run(bundle_path: Path, data_dir: Path, *, users: int, k: int, weights: tuple
                     # this measures the models, not the time limits.
                     "VIDREC_TIMEOUT_HYDRATE_S": "2", "VIDREC_TIMEOUT_RETRIEVE_S": "2",
                     "VIDREC_TIMEOUT_SCORE_S": "2", "VIDREC_TIMEOUT_ITEMS_S": "2"})
-        server = Server(env, free_port(), workdir / "server.log")
-        server.wait_ready()
-        tally, seconds = asyncio.run(simulate(server.url, chosen, k, noise, seed, concurrency))
-        report = wait_for_counts(server.url, sum(tally.users.values()))
+        servers = Servers(workdir)
+        url = servers.start("all", free_port(), env)
+        servers.wait_ready(url)
+        tally, seconds = asyncio.run(simulate(url, chosen, k, noise, seed, concurrency))
+        report = wait_for_counts(url, sum(tally.users.values()))
     finally:
-        if server is not None:
-            server.stop()
+        if servers is not None:
+            servers.stop()
         if own_redis is not None:
             own_redis.stop()
     hr = offline_hr(bundle_path, k)

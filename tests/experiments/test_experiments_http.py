@@ -5,23 +5,20 @@ both side by side, and a request names the bundle it wants. Real processes, HTTP
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from bench.serving import Servers
 from services.feature_store.loader import load_bundle
 from shared.bundle import Bundle
 from shared.settings import Settings
 from tests.gateway.conftest import delete_prefix, gateway_settings, serving
 from tests.retrieval.conftest import link_bundle
-from tests.support import free_port, stop_process
+from tests.support import free_port
 
-REPO = Path(__file__).resolve().parents[2]
 ADMIN = {"Authorization": "Bearer test-admin-token"}
 OTHER = "small-b"
 INACTIVE = """\
@@ -33,28 +30,6 @@ weight = 1
 weight = 1
 bundle = "small-b"
 """
-
-
-def _serve(service: str, env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "vidrec_cli", "serve", service, "--port",
-                             str(port)], cwd=REPO, env=env, stdout=log.open("wb"),
-                            stderr=subprocess.STDOUT)
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def _wait(proc: subprocess.Popen, url: str, log: Path) -> None:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"exited {proc.returncode}: {log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(url)
 
 
 @pytest.fixture(scope="module")
@@ -75,14 +50,11 @@ def setup(small_bundle: Path, tmp_path_factory: pytest.TempPathFactory
                 "VIDREC_REDIS_URL": settings.redis_url, "VIDREC_KEY_PREFIX": settings.key_prefix,
                 "VIDREC_STATE_DIR": str(root / "state"), "VIDREC_ADMIN_TOKEN": "test-admin-token",
                 "VIDREC_USE_GPU": "false", "PYTHONUNBUFFERED": "1"})
-    procs = []
+    servers = Servers(root)
     try:
-        urls = {}
-        for service in ("retrieval", "ranking"):
-            proc, urls[service] = _serve(service, env, root / f"{service}.log")
-            procs.append(proc)
-        for proc, service in zip(procs, ("retrieval", "ranking"), strict=True):
-            _wait(proc, urls[service], root / f"{service}.log")
+        urls = {s: servers.start(s, free_port(), env) for s in ("retrieval", "ranking")}
+        for url in urls.values():
+            servers.wait_ready(url)
         from services.gateway.app import create_app
 
         gw = settings.model_copy(update={"retrieval_url": urls["retrieval"],
@@ -90,8 +62,7 @@ def setup(small_bundle: Path, tmp_path_factory: pytest.TempPathFactory
         with serving(create_app(gw)) as base:
             yield base, exp_file, urls, Bundle(small_bundle)
     finally:
-        for proc in procs:
-            stop_process(proc)
+        servers.stop()
         delete_prefix(settings)
 
 
