@@ -16,6 +16,9 @@ into frozen objects.
     [experiments.ranker-v2.arms.candidate]
     weight = 50
     bundle = "20261203T0400"              # served side by side with the default bundle
+    # or, instead of `bundle`, the arm's own deployment:
+    # retrieval_url = "http://retrieval-v2:8001"
+    # ranking_url = "http://ranking-v2:8002"
     candidates = { ann = 200, popular = 20 }
     max_per_tag = 2
     sources = ["ann", "tags", "popular"]
@@ -57,6 +60,10 @@ class ArmConfig:
     max_per_tag: int | None = None
     sources: tuple[str, ...] | None = None   # None: every source
     ranker: bool = True
+    # The arm's own deployment (a retrieval + ranking pair serving its bundle); None: the
+    # gateway's own retrieval and ranking
+    retrieval_url: str | None = None
+    ranking_url: str | None = None
 
     def settings_overrides(self) -> dict[str, Any]:
         """Settings fields this arm changes (pipeline/config.py reads them)."""
@@ -244,7 +251,7 @@ class _Checker:
         if not isinstance(body, dict):
             self.fail(table[:3], name, f"arm {name!r} must be a table")
         self.keys(table, body, {"weight", "bundle", "candidates", "max_per_tag", "sources",
-                                "ranker"})
+                                "ranker", "retrieval_url", "ranking_url"})
         if "weight" not in body:
             self.fail(table, None, f"arm {name!r} needs a weight (a number > 0)")
         weight = float(self.typed(table, body, "weight", (int, float), "a number > 0",
@@ -274,8 +281,16 @@ class _Checker:
                 self.fail(table, "sources", f"sources must be a non-empty list of {SOURCES}, "
                           f"got {listed!r}")
             sources = tuple(dict.fromkeys(listed))
+        urls = {}
+        for key in ("retrieval_url", "ranking_url"):
+            if key in body:
+                urls[key] = self.typed(table, body, key, (str,), "an http:// or https:// URL",
+                                       lambda v: re.match(r"^https?://[^\s/]+", v) is not None)
+                if bundle is not None:
+                    self.fail(table, key, f"arm {name!r} names both a bundle and its own "
+                              f"deployment ({key}); the deployment serves its own bundle")
         return ArmConfig(
-            name=name, weight=weight, bundle=bundle, candidates=candidates,
+            name=name, weight=weight, bundle=bundle, candidates=candidates, **urls,
             max_per_tag=self.typed(table, body, "max_per_tag", (int,), "an integer >= 0",
                                    lambda v: v >= 0) if "max_per_tag" in body else None,
             sources=sources,

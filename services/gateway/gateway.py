@@ -76,6 +76,8 @@ class Gateway:
     experiments: ExperimentsRegistry = field(init=False)
     arms: Arms = field(default_factory=Arms)
     ledger: Ledger | None = None  # set by start(): impressions and per-arm counters in Redis
+    # HTTP clients of arms' own deployments (experiments), by URL
+    _arm_clients: dict[str, Any] = field(default_factory=dict)
     _pending: set[asyncio.Task] = field(default_factory=set)  # ledger writes in flight
 
     def __post_init__(self) -> None:
@@ -90,9 +92,35 @@ class Gateway:
             return recommendation_pipeline(self.settings, self.feature_store, self.retrieval,
                                            self.ranking, catalog)
         settings = self.settings.model_copy(update=arm.settings_overrides())
-        return recommendation_pipeline(settings, self.feature_store, self.retrieval,
-                                       self.ranking, catalog, bundle=arm.bundle,
-                                       ranker=arm.ranker)
+        retrieval = self._arm_client("retrieval", arm.retrieval_url) or self.retrieval
+        ranking = self._arm_client("ranking", arm.ranking_url) or self.ranking
+        return recommendation_pipeline(settings, self.feature_store, retrieval, ranking,
+                                       catalog, bundle=arm.bundle, ranker=arm.ranker)
+
+    def _arm_client(self, kind: str, url: str | None) -> Any:
+        """The client of an arm's own retrieval or ranking deployment (one per URL)."""
+        if url is None:
+            return None
+        if url not in self._arm_clients:
+            from services.gateway.transport import transport_for
+            from services.gateway.wiring import CLIENT_TIMEOUT_S
+
+            if kind == "retrieval":
+                from services.retrieval.client import RetrievalClient
+
+                client: Any = RetrievalClient(url, CLIENT_TIMEOUT_S,
+                                              admin_token=self.settings.admin_token,
+                                              transport=transport_for(url))
+            else:
+                from services.ranking.client import RankingClient
+
+                client = RankingClient(url, CLIENT_TIMEOUT_S, transport=transport_for(url))
+            self._arm_clients[url] = client
+        return self._arm_clients[url]
+
+    async def _close_arm_clients(self, keep: set[str]) -> None:
+        for url in [u for u in self._arm_clients if u not in keep]:
+            await self._arm_clients.pop(url).aclose()
 
     # ---- experiments -----------------------------------------------------------------------
     async def start(self, redis: Any | None = None) -> None:
@@ -142,6 +170,9 @@ class Gateway:
         self.arms = await asyncio.to_thread(self._build_arms, new.active, self.catalog)
         if keep - wanted:
             await self._serve_bundles(wanted)
+        exp = new.active
+        await self._close_arm_clients({u for a in (exp.arms if exp else ())
+                                       for u in (a.retrieval_url, a.ranking_url) if u})
 
     def _build_arms(self, exp: Experiment | None, catalog: Catalog) -> Arms:
         if exp is None:
@@ -259,6 +290,7 @@ class Gateway:
     async def close(self) -> None:
         if self._pending:  # let the last impressions reach Redis
             await asyncio.wait(set(self._pending), timeout=LEDGER_TIMEOUT_S)
+        await self._close_arm_clients(set())
         for close in self.closers:
             try:
                 result = close()

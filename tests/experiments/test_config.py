@@ -69,6 +69,9 @@ def test_parses_arms_weights_and_pipeline_settings() -> None:
     ("[experiments.x]\ndescription = \"no arms\"\n", 1, "needs arms"),
     ("[experiment.x.arms.a]\nweight = 1\n", 1, "unknown top-level key 'experiment'"),
     ("[experiments.x.arms.a]\nweight = 1\nbundle = \"../etc\"\n", 3, "bundle must be"),
+    ("[experiments.x.arms.a]\nweight = 1\nbundle = \"v2\"\nranking_url = \"http://r:1\"\n", 4,
+     "names both a bundle and its own deployment"),
+    ("[experiments.x.arms.a]\nweight = 1\nretrieval_url = \"ftp://r\"\n", 3, "http:// or"),
 ])
 def test_bad_file_is_refused_naming_the_line(text: str, line: int, words: str) -> None:
     with pytest.raises(ConfigError) as exc:

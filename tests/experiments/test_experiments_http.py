@@ -60,14 +60,14 @@ def setup(small_bundle: Path, tmp_path_factory: pytest.TempPathFactory
         gw = settings.model_copy(update={"retrieval_url": urls["retrieval"],
                                          "ranking_url": urls["ranking"]})
         with serving(create_app(gw)) as base:
-            yield base, exp_file, urls, Bundle(small_bundle)
+            yield base, exp_file, urls, Bundle(small_bundle), settings
     finally:
         servers.stop()
         delete_prefix(settings)
 
 
 def test_reload_loads_the_arm_bundle_in_remote_services(setup) -> None:
-    base, exp_file, urls, bundle = setup
+    base, exp_file, urls, bundle, _ = setup
     user = sorted(bundle.users())[0]
     # no arm bundle yet: asking retrieval for it directly is refused with a 409 that says so
     r = httpx.post(f"{urls['retrieval']}/v1/retrieve", timeout=30, json={
@@ -96,3 +96,38 @@ def test_reload_loads_the_arm_bundle_in_remote_services(setup) -> None:
                       timeout=120).status_code == 200
     metrics = httpx.get(f"{urls['ranking']}/metrics", timeout=30).text
     assert f'bundle="{OTHER}"' not in metrics
+
+
+def _score_calls(url: str) -> float:
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        if line.startswith('vidrec_stage_seconds_count{service="ranking",stage="score"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_an_arm_on_its_own_deployment(setup, tmp_path: Path) -> None:
+    """The other way to run an arm: its own retrieval + ranking processes, named in the file.
+    Here the gateway serves everything in-process, except that arm."""
+    _, _, urls, bundle, settings = setup
+    exp_file = tmp_path / "experiments.toml"
+    exp_file.write_text(f"""
+[experiments.d.arms.here]
+weight = 1
+[experiments.d.arms.there]
+weight = 1
+retrieval_url = "{urls['retrieval']}"
+ranking_url = "{urls['ranking']}"
+""")
+    from services.gateway.app import create_app
+
+    user = sorted(bundle.users())[0]
+    with serving(create_app(settings.model_copy(update={"experiments_file": exp_file}))) as base:
+        before = _score_calls(urls["ranking"])
+        here = httpx.get(f"{base}/v1/users/{user}/recommendations", timeout=30,
+                         headers={"X-Vidrec-Arm": "here"}).json()
+        assert _score_calls(urls["ranking"]) == before  # answered in-process
+        there = httpx.get(f"{base}/v1/users/{user}/recommendations", timeout=30,
+                          headers={"X-Vidrec-Arm": "there"}).json()
+        assert _score_calls(urls["ranking"]) == before + 1  # scored by the arm's deployment
+    assert here["degraded"] == [] and there["degraded"] == []
+    assert [i["item_id"] for i in here["items"]] == [i["item_id"] for i in there["items"]]
