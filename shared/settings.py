@@ -63,7 +63,8 @@ class Settings(BaseSettings):
         None, description="TOML file declaring A/B experiments; re-read when it changes.")
     experiments_check_s: float = Field(2.0, description="How often the file's mtime is checked.")
     impressions_stream: str = "impressions"
-    impression_ttl_s: int = Field(86_400, description="How long an answer stays attributable.")
+    impressions_stream_maxlen: int = 1_000_000
+    impression_ttl_s: int = Field(10_800, description="How long an answer stays attributable.")
     attribution_window_s: float = Field(
         1800.0, description="A play within this long of its impression counts for CTR@k.")
 

@@ -135,7 +135,7 @@ class Gateway:
             self.closers.append(redis.aclose)
         s = self.settings
         self.ledger = Ledger(redis, s.key_prefix, stream=s.impressions_stream,
-                             stream_maxlen=s.events_stream_maxlen,
+                             stream_maxlen=s.impressions_stream_maxlen,
                              impression_ttl_s=s.impression_ttl_s,
                              window_s=s.attribution_window_s,
                              dedupe_ttl_s=s.event_dedupe_ttl_s)

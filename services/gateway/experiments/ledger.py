@@ -4,7 +4,9 @@ writes to, and reports from, the same numbers.
 Per answer (`record_answer`, off the request path):
   XADD  <prefix>:impressions      request id, user, experiment, arm, model version, item ids
                                   (position = index in the list), time: the durable log
-  HSET  <prefix>:imp:<request id> the same, for attribution; expires after impression_ttl_s
+  SET   <prefix>:imp:<request id> what attribution needs (user, arm, time, the first ctr_k
+                                  item ids) as one JSON list, for counted answers only;
+                                  expires after impression_ttl_s
   HINCRBY/PFADD per-arm counters  <prefix>:exp:<experiment>:<arm>:{c,lat,items}
 
 Per event carrying a request_id (`attribute`, after the feature store accepted the batch):
@@ -13,8 +15,8 @@ Per event carrying a request_id (`attribute`, after the feature store accepted t
   - the impression must exist (not expired) and belong to the same user;
   - the event counts for the impression's arm (plays, completions, likes, skips, dislikes,
     watch fraction); a play (view or complete) of an item shown at a position < ctr_k within
-    attribution_window_s of the impression marks the impression as clicked, once (HSETNX), for
-    CTR@k. A play after the window is counted as `late` and not in CTR.
+    attribution_window_s of the impression marks the impression as clicked, once (a SET NX
+    marker), for CTR@k. A play after the window is counted as `late` and not in CTR.
 Events without a request_id still update the user (feature store) but are not attributed.
 Impressions forced by the QA header are logged but kept out of every counter.
 """
@@ -88,7 +90,7 @@ class ArmCounts:
 
 class Ledger:
     def __init__(self, redis, prefix: str, *, stream: str = "impressions",
-                 stream_maxlen: int = 10_000_000, impression_ttl_s: int = 86_400,
+                 stream_maxlen: int = 1_000_000, impression_ttl_s: int = 10_800,
                  window_s: float = 1800.0, dedupe_ttl_s: int = 7 * 86_400) -> None:
         self.redis = redis
         self.prefix = prefix
@@ -102,6 +104,9 @@ class Ledger:
     def impression_key(self, request_id: str) -> str:
         return f"{self.prefix}:imp:{request_id}"
 
+    def played_key(self, request_id: str) -> str:
+        return f"{self.prefix}:imp:{request_id}:played"
+
     def arm_key(self, experiment: str, arm: str, kind: str) -> str:
         return f"{self.prefix}:exp:{experiment}:{arm}:{kind}"
 
@@ -114,15 +119,18 @@ class Ledger:
                             latency_s: float, degraded: bool, now: float) -> None:
         exp, arm = (assignment.experiment, assignment.arm) if assignment else ("", "")
         forced = bool(assignment and assignment.forced)
+        shown = orjson.dumps(list(items)).decode()
         record = {"request_id": request_id, "user_id": user_id, "experiment": exp, "arm": arm,
-                  "model_version": model_version, "items": orjson.dumps(list(items)).decode(),
-                  "timestamp": repr(now), "ctr_k": str(ctr_k), "forced": "1" if forced else "0"}
+                  "model_version": model_version, "items": shown, "timestamp": repr(now),
+                  "ctr_k": str(ctr_k), "forced": "1" if forced else "0"}
         pipe = self.redis.pipeline(transaction=False)
         pipe.xadd(self.stream, record, maxlen=self.stream_maxlen, approximate=True)
-        key = self.impression_key(request_id)
-        pipe.hset(key, mapping=record)
-        pipe.expire(key, self.impression_ttl_s)
         if assignment and not forced:
+            # Only what attribution reads, and only for answers it counts (the stream has the
+            # rest): this key per answer is most of the ledger's memory (docs/experiments.md).
+            pipe.set(self.impression_key(request_id),
+                     orjson.dumps([user_id, exp, arm, now, ctr_k, list(items[:ctr_k])]),
+                     ex=self.impression_ttl_s)
             counts = self.arm_key(exp, arm, "c")
             pipe.hincrby(counts, "impressions", 1)
             if degraded:
@@ -151,22 +159,19 @@ class Ledger:
         pipe = self.redis.pipeline(transaction=False)
         for e in tracked:
             pipe.set(self.marker_key(e.user_id, e.event_id), "1", nx=True, ex=self.dedupe_ttl_s)
-            pipe.hmget(self.impression_key(e.request_id), "user_id", "experiment", "arm",
-                       "items", "timestamp", "ctr_k", "forced")
+            pipe.get(self.impression_key(e.request_id))
         replies = await pipe.execute()
         clicks: list[tuple[Event, dict[str, Any]]] = []
         incr = self.redis.pipeline(transaction=False)
         for i, e in enumerate(tracked):
-            fresh, fields = replies[2 * i], replies[2 * i + 1]
+            fresh, packed = replies[2 * i], replies[2 * i + 1]
             if not fresh:
                 outcome["duplicate"] += 1
                 continue
-            imp = _impression(fields)
+            imp = _impression(packed)
             if imp is None or imp["user_id"] != e.user_id:
                 outcome["no_impression"] += 1
                 continue
-            if imp["forced"] or not imp["experiment"]:
-                continue  # QA traffic, or an answer outside any experiment: logged only
             outcome["attributed"] += 1
             exp, arm = imp["experiment"], imp["arm"]
             counts = self.arm_key(exp, arm, "c")
@@ -191,7 +196,8 @@ class Ledger:
         if clicks:  # the first qualifying play of an impression makes it "clicked"
             first = self.redis.pipeline(transaction=False)
             for e, _ in clicks:
-                first.hsetnx(self.impression_key(e.request_id), "played", e.event_id)
+                first.set(self.played_key(e.request_id), e.event_id, nx=True,
+                          ex=self.impression_ttl_s)
             for (_, imp), new in zip(clicks, await first.execute(), strict=True):
                 if new:
                     incr.hincrby(self.arm_key(imp["experiment"], imp["arm"], "c"), "clicked", 1)
@@ -224,17 +230,17 @@ def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _impression(fields: list) -> dict[str, Any] | None:
-    if fields[0] is None:
-        return None  # expired or never written
-    user, exp, arm, items, ts, ctr_k, forced = (_s(f) if f is not None else "" for f in fields)
-    return {"user_id": user, "experiment": exp, "arm": arm, "items": orjson.loads(items or "[]"),
-            "timestamp": float(ts or 0.0), "ctr_k": int(ctr_k or 0), "forced": forced == "1"}
+def _impression(packed: bytes | str | None) -> dict[str, Any] | None:
+    if packed is None:
+        return None  # expired, never written, or not counted (forced, outside experiments)
+    user, exp, arm, ts, ctr_k, items = orjson.loads(packed)
+    return {"user_id": user, "experiment": exp, "arm": arm, "items": items,
+            "timestamp": float(ts), "ctr_k": int(ctr_k)}
 
 
 def _position(event: Event, items: list[str]) -> int | None:
-    """Where the event's item was shown: the event's own position when it agrees with the
-    impression, else the item's place in it; None when it was not shown."""
+    """Where the event's item was shown among the first ctr_k: the event's own position when
+    it agrees with the impression, else the item's place in it; None when not there."""
     p = event.position
     if p is not None and 0 <= p < len(items) and items[p] == event.item_id:
         return p
