@@ -19,12 +19,7 @@ import httpx
 
 from services.gateway.catalog import Catalog
 from services.gateway.experiments.assignment import Assignment, assign, forced
-from services.gateway.experiments.ledger import (
-    ARM_REQUESTS,
-    ARM_SECONDS,
-    IMPRESSIONS_LOST,
-    Ledger,
-)
+from services.gateway.experiments.ledger import ARM_REQUESTS, ARM_SECONDS, Answer, Ledger
 from services.gateway.experiments.registry import ExperimentsRegistry
 from services.gateway.pipeline import RecContext, RecRequest, recommendation_pipeline
 from services.gateway.pipeline.stage import Pipeline
@@ -42,7 +37,6 @@ log = logging.getLogger("vidrec.gateway")
 
 READY_TIMEOUT_S = 1.0
 RELOAD_TIMEOUT_S = 300.0
-LEDGER_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -78,7 +72,6 @@ class Gateway:
     ledger: Ledger | None = None  # set by start(): impressions and per-arm counters in Redis
     # HTTP clients of arms' own deployments (experiments), by URL
     _arm_clients: dict[str, Any] = field(default_factory=dict)
-    _pending: set[asyncio.Task] = field(default_factory=set)  # ledger writes in flight
 
     def __post_init__(self) -> None:
         self.pipeline = self._build_pipeline(self.catalog)
@@ -139,6 +132,7 @@ class Gateway:
                              impression_ttl_s=s.impression_ttl_s,
                              window_s=s.attribution_window_s,
                              dedupe_ttl_s=s.event_dedupe_ttl_s)
+        self.ledger.start()
         await self.experiments.start()
         self.closers.insert(0, self.experiments.close)
 
@@ -203,38 +197,23 @@ class Gateway:
                    latency_s: float) -> None:
         """Impression and per-arm counters, written off the request path (a slow or absent
         Redis costs the answer nothing; a lost impression is counted and logged)."""
-        exp = self.arms.experiment
         if assignment is not None:
             ARM_REQUESTS.labels(assignment.experiment, assignment.arm,
                                 "degraded" if ctx.degraded else "ok").inc()
             ARM_SECONDS.labels(assignment.experiment, assignment.arm).observe(latency_s)
-        if self.ledger is None:
-            return
-        write = self.ledger.record_answer(
-            request_id=request_id, user_id=ctx.request.user_id, assignment=assignment,
-            ctr_k=exp.ctr_k if exp else DEFAULT_CTR_K,
-            items=[p.meta.item_id for p in ctx.picks], model_version=ctx.model_version,
-            latency_s=latency_s, degraded=bool(ctx.degraded), now=time.time())
-        self._background(write, "impression")
+        if self.ledger is not None:
+            exp = self.arms.experiment
+            self.ledger.add_answer(Answer(
+                request_id=request_id, user_id=ctx.request.user_id, assignment=assignment,
+                ctr_k=exp.ctr_k if exp else DEFAULT_CTR_K,
+                items=tuple(p.meta.item_id for p in ctx.picks), model_version=ctx.model_version,
+                latency_s=latency_s, degraded=bool(ctx.degraded), now=time.time()))
 
     def log_error(self, assignment: Assignment, latency_s: float) -> None:
         ARM_REQUESTS.labels(assignment.experiment, assignment.arm, "error").inc()
         ARM_SECONDS.labels(assignment.experiment, assignment.arm).observe(latency_s)
         if self.ledger is not None:
-            self._background(self.ledger.record_error(assignment, latency_s), "error count")
-
-    def _background(self, write: Awaitable[None], what: str) -> None:
-        async def run() -> None:
-            try:
-                async with asyncio.timeout(LEDGER_TIMEOUT_S):
-                    await write
-            except Exception as exc:  # Redis down or slow: the answer was already sent
-                IMPRESSIONS_LOST.inc()
-                log.warning("gateway: %s not recorded: %s: %s", what, type(exc).__name__, exc)
-
-        task = asyncio.create_task(run())
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+            self.ledger.add_error(assignment, latency_s)
 
     async def recommend(self, request: RecRequest,
                         assignment: Assignment | None = None) -> RecContext:
@@ -288,8 +267,8 @@ class Gateway:
                 "experiments": self.experiments.status()}
 
     async def close(self) -> None:
-        if self._pending:  # let the last impressions reach Redis
-            await asyncio.wait(set(self._pending), timeout=LEDGER_TIMEOUT_S)
+        if self.ledger is not None:
+            await self.ledger.aclose()  # the last impressions reach Redis
         await self._close_arm_clients(set())
         for close in self.closers:
             try:
