@@ -160,7 +160,8 @@ class Gateway:
         requests may still be using), build the arms' pipelines, swap, then drop the bundles
         no arm names any more."""
         keep, wanted = old.bundles(), new.bundles()
-        await self._serve_bundles(keep | wanted)
+        if keep | wanted:
+            await self._serve_bundles(keep | wanted)
         self.arms = await asyncio.to_thread(self._build_arms, new.active, self.catalog)
         if keep - wanted:
             await self._serve_bundles(wanted)

@@ -68,12 +68,13 @@ class ExperimentsRegistry:
                 RELOADS.labels("refused").inc()
                 log.error("experiments: file refused, previous configuration kept: %s", exc)
                 raise
-            except Exception as exc:  # e.g. an arm's bundle failed to load in retrieval
-                self._mtime = mtime
+            except Exception as exc:  # e.g. retrieval not up yet, or an arm's bundle failed
+                # to load there: mtime not recorded, so the watcher tries again
                 self.last_error = f"{self.path}: {exc}"
                 RELOADS.labels("refused").inc()
-                log.exception("experiments: could not apply %s; previous configuration kept",
-                              self.path)
+                log.error("experiments: could not apply %s (%s: %s); previous configuration "
+                          "kept, retrying in %s s", self.path, type(exc).__name__, exc,
+                          self.check_s)
                 raise ConfigError(self.last_error) from exc
             self.config, self._mtime = new, mtime
             self.last_error, self.loaded_at = None, time.time()
