@@ -131,3 +131,33 @@ def test_registry_reloads_on_change_and_keeps_serving_after_a_bad_file(tmp_path:
 
     asyncio.run(scenario())
     assert applied == ["ranker", None]
+
+
+def test_registry_retries_a_file_it_could_not_apply(tmp_path: Path) -> None:
+    """A good file whose arms cannot be served yet (retrieval still starting) is retried by
+    the watcher without the file changing."""
+    path = tmp_path / "experiments.toml"
+    _write(path, GOOD, 0)
+    attempts: list[int] = []
+
+    async def scenario() -> ExperimentsRegistry:
+        registry = ExperimentsRegistry(path, check_s=0.02)
+
+        async def on_change(old, new) -> None:
+            attempts.append(1)
+            if len(attempts) < 3:
+                raise ConnectionError("retrieval at http://retrieval:8001: refused")
+
+        registry.on_change = on_change
+        await registry.start()
+        assert registry.config.active is None and "refused" in registry.last_error
+        for _ in range(200):
+            if registry.config.active is not None:
+                break
+            await asyncio.sleep(0.02)
+        await registry.close()
+        return registry
+
+    registry = asyncio.run(scenario())
+    assert registry.config.active.name == "ranker" and registry.last_error is None
+    assert len(attempts) == 3
