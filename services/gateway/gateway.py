@@ -198,7 +198,7 @@ class Gateway:
                    latency_s: float) -> None:
         """Impression and per-arm counters, written off the request path (a slow or absent
         Redis costs the answer nothing; a lost impression is counted and logged)."""
-        if assignment is not None:
+        if assignment is not None and not assignment.forced:  # QA answers count nowhere
             ARM_REQUESTS.labels(assignment.experiment, assignment.arm,
                                 "degraded" if ctx.degraded else "ok").inc()
             ARM_SECONDS.labels(assignment.experiment, assignment.arm).observe(latency_s)
@@ -211,6 +211,8 @@ class Gateway:
                 latency_s=latency_s, degraded=bool(ctx.degraded), now=time.time()))
 
     def log_error(self, assignment: Assignment, latency_s: float) -> None:
+        if assignment.forced:
+            return
         ARM_REQUESTS.labels(assignment.experiment, assignment.arm, "error").inc()
         ARM_SECONDS.labels(assignment.experiment, assignment.arm).observe(latency_s)
         if self.ledger is not None:
