@@ -71,7 +71,14 @@ class Tally:
     target_shown: dict[str, int] = field(default_factory=dict)
     events: dict[str, int] = field(default_factory=dict)
     failures: int = 0
+    retries: int = 0
+    problems: list[str] = field(default_factory=list)
     degraded: int = 0
+
+    def fail(self, problem: str) -> None:
+        self.failures += 1
+        if len(self.problems) < 10:
+            self.problems.append(problem)
 
     def add(self, counter: dict[str, int], arm: str, n: int = 1) -> None:
         counter[arm] = counter.get(arm, 0) + n
@@ -96,9 +103,18 @@ weight = {weights[1]}
 """
 
 
-def held_out_users(bundle_path: Path, data_dir: Path) -> list[tuple[str, str]]:
-    """(user id, held-out test item id) of every user the bundle's split can evaluate."""
+@dataclass(frozen=True)
+class SimUser:
+    user_id: str
+    target: str               # the held-out test item
+    history: list[str]        # everything before it (what the feature store is given)
+
+
+def held_out_users(bundle_path: Path, data_dir: Path) -> list[SimUser]:
+    """Every user the bundle's split can evaluate, with the held-out item and what precedes
+    it (the bundle's users.json holds whole sequences: the served store knows everything)."""
     from offline.split import leave_one_out
+    from shared.bundle import FIRST_ITEM_INDEX
     from shared.data import load_dataset
 
     manifest = json.loads((bundle_path / "manifest.json").read_text())
@@ -106,15 +122,37 @@ def held_out_users(bundle_path: Path, data_dir: Path) -> list[tuple[str, str]]:
     if manifest.get("sample_users"):
         ds = ds.sample_users(manifest["sample_users"], manifest.get("seed", 42))
     split = leave_one_out(ds)
-    return [(split.users[u], split.item_ids[split.test[u] - 2])
+    ids = split.item_ids
+    return [SimUser(split.users[u], ids[split.test[u] - FIRST_ITEM_INDEX],
+                    [ids[i - FIRST_ITEM_INDEX] for i in split.history(u, "test").tolist()])
             for u in split.evaluable("test").tolist()]
 
 
-async def one_user(http: httpx.AsyncClient, user: str, target: str, k: int, noise: Noise,
+def hold_out(settings, users: list[SimUser]) -> None:
+    """Give the feature store each simulated user's history up to the held-out item only (so
+    the item is neither filtered as seen nor known to the models' input)."""
+    from services.feature_store.keys import Keys
+    from services.feature_store.loader import write_users
+    from shared.bundle import Bundle
+    from shared.redis_conn import make_redis_sync
+
+    bundle = Bundle.open(settings.artifacts_dir, settings.bundle)
+    tags_of = {it["item_id"]: it.get("tags") or [] for it in bundle.items}
+    r = make_redis_sync(settings)
+    try:
+        write_users(r, Keys(settings.key_prefix, settings.events_stream),
+                    {u.user_id: u.history for u in users}, tags_of, settings.history_cap,
+                    False)
+    finally:
+        r.close()
+
+
+async def one_user(http: httpx.AsyncClient, sim: SimUser, k: int, noise: Noise,
                    rng: random.Random, tally: Tally) -> None:
+    user, target = sim.user_id, sim.target
     r = await http.get(f"/v1/users/{user}/recommendations", params={"k": k})
     if r.status_code != 200:
-        tally.failures += 1
+        tally.fail(f"GET {r.status_code} {r.text[:200]}")
         return
     body = r.json()
     arm, request_id = body["arm"], body["request_id"]
@@ -148,12 +186,25 @@ async def one_user(http: httpx.AsyncClient, user: str, target: str, k: int, nois
         return
     tally.add(tally.events, arm, len(events))
     for _ in range(2 if rng.random() < noise.p_retry else 1):
-        e = await http.post("/v1/events", json={"events": events})
-        if e.status_code != 200:
-            tally.failures += 1
+        await send_events(http, events, tally)
 
 
-async def simulate(base: str, users: list[tuple[str, str]], k: int, noise: Noise, seed: int,
+async def send_events(http: httpx.AsyncClient, events: list[dict], tally: Tally) -> None:
+    """As a front-end should: retry a 503 (events are idempotent on event_id)."""
+    for attempt in range(5):
+        try:
+            e = await http.post("/v1/events", json={"events": events})
+            if e.status_code == 200:
+                return
+            problem = f"POST /v1/events {e.status_code} {e.text[:200]}"
+        except httpx.HTTPError as exc:
+            problem = f"POST /v1/events {exc!r}"
+        tally.retries += 1
+        await asyncio.sleep(0.2 * 2 ** attempt)
+    tally.fail(problem)
+
+
+async def simulate(base: str, users: list[SimUser], k: int, noise: Noise, seed: int,
                    concurrency: int) -> tuple[Tally, float]:
     tally = Tally()
     rng = random.Random(seed)
@@ -163,8 +214,7 @@ async def simulate(base: str, users: list[tuple[str, str]], k: int, noise: Noise
         async def worker(wid: int) -> None:
             local = random.Random(rng.random())
             while queue:
-                user, target = queue.pop()
-                await one_user(http, user, target, k, noise, local, tally)
+                await one_user(http, queue.pop(), k, noise, local, tally)
 
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
     return tally, time.perf_counter() - start
@@ -222,7 +272,10 @@ def run(bundle_path: Path, data_dir: Path, *, users: int, k: int, weights: tuple
     everyone = held_out_users(bundle_path, data_dir)
     rng = random.Random(seed)
     chosen = everyone if users <= 0 or users >= len(everyone) else rng.sample(everyone, users)
-    own_redis = None if redis_url else LocalRedis(free_port(), workdir / "redis").start()
+    own_redis = None
+    if not redis_url:
+        (workdir / "redis").mkdir(exist_ok=True)
+        own_redis = LocalRedis(free_port(), workdir / "redis").start()
     redis = redis_url or own_redis.url
     servers = None
     try:
@@ -230,6 +283,7 @@ def run(bundle_path: Path, data_dir: Path, *, users: int, k: int, weights: tuple
                             redis_url=redis, key_prefix=key_prefix, data_dir=data_dir)
         t0 = time.perf_counter()
         load_bundle(settings, bundle_path.name, progress=False)
+        hold_out(settings, chosen)
         load_s = time.perf_counter() - t0
         exp_file = workdir / "experiments.toml"
         exp_file.write_text(experiments_toml(k, weights))
@@ -270,7 +324,8 @@ def run(bundle_path: Path, data_dir: Path, *, users: int, k: int, weights: tuple
                                "offline_model": OFFLINE_MODEL[a]} for a in (CONTROL, MODEL)},
         "simulator": {"users": tally.users, "clicked": tally.clicked,
                       "target_shown": tally.target_shown, "events": tally.events,
-                      "failures": tally.failures, "degraded_answers": tally.degraded,
+                      "failures": tally.failures, "problems": tally.problems,
+                      "event_retries": tally.retries, "degraded_answers": tally.degraded,
                       "seconds": round(seconds, 1),
                       "requests_per_s": round(len(chosen) / seconds, 1),
                       "redis_load_s": round(load_s, 1)},
