@@ -220,13 +220,15 @@ async def simulate(base: str, users: list[SimUser], k: int, noise: Noise, seed: 
     return tally, time.perf_counter() - start
 
 
-def wait_for_counts(base: str, expected_impressions: int, timeout_s: float = 30.0) -> dict:
-    """The report once every impression has reached Redis (they are written off the request
-    path, so the last few may land a moment after their answers)."""
+def wait_for_counts(base: str, tally: Tally, timeout_s: float = 30.0) -> dict:
+    """The report once every impression and attributed play has reached Redis (both are
+    written off the request path, so the last few land a moment after their answers)."""
     deadline = time.monotonic() + timeout_s
     while True:
         report = httpx.get(f"{base}/v1/experiments/{EXPERIMENT}", timeout=30).json()
-        if report["impressions"] >= expected_impressions or time.monotonic() > deadline:
+        got = {a["arm"]: (a["impressions"], a["clicked_impressions"]) for a in report["arms"]}
+        want = {a: (tally.users.get(a, 0), tally.clicked.get(a, 0)) for a in got}
+        if got == want or time.monotonic() > deadline:
             return report
         time.sleep(0.2)
 
@@ -301,7 +303,7 @@ def run(bundle_path: Path, data_dir: Path, *, users: int, k: int, weights: tuple
         url = servers.start("all", free_port(), env)
         servers.wait_ready(url)
         tally, seconds = asyncio.run(simulate(url, chosen, k, noise, seed, concurrency))
-        report = wait_for_counts(url, sum(tally.users.values()))
+        report = wait_for_counts(url, tally)
     finally:
         if servers is not None:
             servers.stop()

@@ -11,9 +11,10 @@ request path, which costs a quarter of the CPU of a pipeline per answer):
   HINCRBY/PFADD per-arm counters  <prefix>:exp:<experiment>:<arm>:{c,lat,items}
 
 Per event carrying a request_id (`attribute`, after the feature store accepted the batch):
+  - the impression must exist (not expired; this process's buffer is flushed first, and a
+    missing one is looked up once more RECHECK_S later) and belong to the same user;
   - once per (user, event id): a marker SET NX makes retried and duplicated events count once,
     whatever the feature store said about them;
-  - the impression must exist (not expired) and belong to the same user;
   - the event counts for the impression's arm (plays, completions, likes, skips, dislikes,
     watch fraction); a play (view or complete) of an item shown at a position < ctr_k within
     attribution_window_s of the impression marks the impression as clicked, once (a SET NX
@@ -46,6 +47,8 @@ LAT_L0_S = 1e-4
 LAT_GROWTH = 1.1
 LAT_BUCKETS = 150  # up to ~0.1 ms * 1.1**150 = 160 s
 FLUSH_TIMEOUT_S = 2.0
+ATTRIBUTE_TIMEOUT_S = 5.0
+RECHECK_S = 0.05  # an event's impression not in Redis yet: look once more after this long
 CLOCK_SKEW_S = 300.0  # a play stamped up to this long before its impression still counts
 PLAY_TYPES = frozenset({"view", "complete"})
 COUNTER_OF = {"view": "plays", "complete": "completions", "like": "likes", "skip": "skips",
@@ -122,6 +125,7 @@ class Ledger:
         self._buffer: list[Answer | tuple[Assignment, float]] = []
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()  # attributions in flight
 
     # ---- keys ----------------------------------------------------------------------------
     def impression_key(self, request_id: str) -> str:
@@ -181,6 +185,8 @@ class Ledger:
                         type(exc).__name__, exc)
 
     async def aclose(self) -> None:
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=ATTRIBUTE_TIMEOUT_S)
         if self._flusher is not None:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -215,27 +221,51 @@ class Ledger:
         pipe.hincrby(self.arm_key(exp, arm, "lat"), str(latency_bucket(latency_s)), 1)
 
     # ---- events --------------------------------------------------------------------------
+    def attribute_soon(self, events: Sequence[Event]) -> None:
+        """Attribute in the background: the events are already recorded, and the answer to
+        POST /v1/events must not wait for (or fail on) the experiment's bookkeeping."""
+        tracked = [e for e in events if e.request_id]
+        if tracked:
+            task = asyncio.create_task(self._attribute_logged(tracked))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _attribute_logged(self, events: list[Event]) -> None:
+        try:
+            async with asyncio.timeout(ATTRIBUTE_TIMEOUT_S):
+                await self.attribute(events)
+        except Exception as exc:  # Redis down or slow: counted and logged, never raised
+            ATTRIBUTION.labels("error").inc(len(events))
+            log.warning("ledger: %d event(s) not attributed: %s: %s", len(events),
+                        type(exc).__name__, exc)
+
     async def attribute(self, events: Sequence[Event]) -> dict[str, int]:
         """Count events with a request_id for their impression's arm; returns outcome counts."""
         tracked = [e for e in events if e.request_id]
         outcome = {"attributed": 0, "duplicate": 0, "no_impression": 0, "late": 0}
         if not tracked:
             return outcome
+        if self._buffer:  # an impression this process has not written yet
+            await self.flush()
+        impressions = await self._impressions(tracked)
+        missing = [i for i, imp in enumerate(impressions) if imp is None]
+        if missing:  # perhaps buffered by another replica, a few ms from Redis: look again
+            await asyncio.sleep(RECHECK_S)
+            for i, imp in zip(missing, await self._impressions([tracked[i] for i in missing]),
+                              strict=True):
+                impressions[i] = imp
+        known = [(e, imp) for e, imp in zip(tracked, impressions, strict=True)
+                 if imp is not None and imp["user_id"] == e.user_id]
+        outcome["no_impression"] = len(tracked) - len(known)
         pipe = self.redis.pipeline(transaction=False)
-        for e in tracked:
+        for e, _ in known:
             pipe.set(self.marker_key(e.user_id, e.event_id), "1", nx=True, ex=self.dedupe_ttl_s)
-            pipe.get(self.impression_key(e.request_id))
-        replies = await pipe.execute()
+        fresh = await pipe.execute() if known else []
         clicks: list[tuple[Event, dict[str, Any]]] = []
         incr = self.redis.pipeline(transaction=False)
-        for i, e in enumerate(tracked):
-            fresh, packed = replies[2 * i], replies[2 * i + 1]
-            if not fresh:
+        for (e, imp), new in zip(known, fresh, strict=True):
+            if not new:
                 outcome["duplicate"] += 1
-                continue
-            imp = _impression(packed)
-            if imp is None or imp["user_id"] != e.user_id:
-                outcome["no_impression"] += 1
                 continue
             outcome["attributed"] += 1
             exp, arm = imp["experiment"], imp["arm"]
@@ -272,6 +302,12 @@ class Ledger:
             if n:
                 ATTRIBUTION.labels(name).inc(n)
         return outcome
+
+    async def _impressions(self, events: Sequence[Event]) -> list[dict[str, Any] | None]:
+        pipe = self.redis.pipeline(transaction=False)
+        for e in events:
+            pipe.get(self.impression_key(e.request_id))
+        return [_impression(packed) for packed in await pipe.execute()]
 
     # ---- reading back --------------------------------------------------------------------
     async def arm_counts(self, experiment: str, arms: Sequence[str]) -> dict[str, ArmCounts]:

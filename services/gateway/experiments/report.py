@@ -31,6 +31,11 @@ def _r(x: float | None, digits: int = 6) -> float | None:
     return None if x is None else round(x, digits)
 
 
+def _p(p: float | None) -> float | None:
+    """p-values keep 4 significant digits (rounding to decimals would turn 1e-12 into 0)."""
+    return None if p is None else float(f"{p:.4g}")
+
+
 def _ci(ci: tuple[float, float] | None) -> list[float] | None:
     return None if ci is None else [round(ci[0], 6), round(ci[1], 6)]
 
@@ -84,13 +89,13 @@ def build_report(exp: Experiment, counts: dict[str, ArmCounts], catalog_size: in
                         if ctr.value is not None and ctr0.value is not None else None,
                         "relative_lift": _r(ctr.value / ctr0.value - 1)
                         if ctr.value is not None and ctr0.value else None,
-                        "p_value": _r(p_ctr, 8),
+                        "p_value": _p(p_ctr),
                         "significant": p_ctr is not None and p_ctr < ALPHA},
                 "watch_fraction": {"difference": _r(wf.value - wf0.value)
                                    if wf.value is not None and wf0.value is not None else None,
-                                   "p_value": _r(p_wf, 8),
+                                   "p_value": _p(p_wf),
                                    "significant": p_wf is not None and p_wf < ALPHA},
-                "error_rate": {"p_value": _r(compare_rates(err, err0), 8)},
+                "error_rate": {"p_value": _p(compare_rates(err, err0))},
             }
             reasons = []
             if p99 is not None and p99_0 is not None and p99 > p99_0 * (1 + g.p99_latency_margin):

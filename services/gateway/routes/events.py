@@ -7,7 +7,6 @@ The body is parsed here rather than by FastAPI so that a 422 points at the exact
 from __future__ import annotations
 
 import asyncio
-import logging
 
 import orjson
 from fastapi import APIRouter, Request
@@ -17,13 +16,9 @@ from pydantic import ValidationError
 from services.feature_store.errors import UnknownItems
 from services.gateway.deps import GatewayDep
 from services.gateway.errors import field_error
-from services.gateway.experiments.ledger import ATTRIBUTION
-from services.gateway.gateway import Gateway
 from services.gateway.responses import JSON
 from services.gateway.schemas import EventBatchIn, EventIn, EventsAccepted
-from shared.contracts import Event
 
-log = logging.getLogger("vidrec.gateway")
 router = APIRouter(tags=["events"])
 
 # Writes are not on the latency-critical path: give Redis a moment rather than answer 503.
@@ -61,20 +56,6 @@ def unknown_items(exc: UnknownItems, where: tuple[str, ...]) -> RequestValidatio
                                    for i, item_id in exc.bad])
 
 
-async def attribute(gateway: Gateway, events: list[Event]) -> None:
-    """Count events that name a request_id for that answer's experiment arm. The events are
-    already recorded: a failure here is logged and counted, never turned into an error (the
-    client would retry, and the feature store would call the retry a duplicate)."""
-    if gateway.ledger is None or not any(e.request_id for e in events):
-        return
-    try:
-        async with asyncio.timeout(EVENTS_TIMEOUT_S):
-            await gateway.ledger.attribute(events)
-    except Exception as exc:
-        ATTRIBUTION.labels("error").inc(sum(1 for e in events if e.request_id))
-        log.warning("gateway: events not attributed: %s: %s", type(exc).__name__, exc)
-
-
 @router.post("/v1/events", response_model=EventsAccepted,
              summary="Record views, likes, skips and completes (retry on 503)",
              openapi_extra={"requestBody": {"required": True, "content": {
@@ -87,7 +68,8 @@ async def post_events(gateway: GatewayDep, request: Request) -> JSON:
             outcomes = await gateway.feature_store.record_events(events)
     except UnknownItems as exc:
         raise unknown_items(exc, where) from None
-    await attribute(gateway, events)
+    if gateway.ledger is not None:  # experiments: counted for the answer's arm, off the path
+        gateway.ledger.attribute_soon(events)
     # Any other failure is a dependency error -> 503 (errors.py): the client retries, and
     # retries are safe because events are idempotent on event_id.
     return JSON({"results": [{"event_id": o.event_id, "status": o.status} for o in outcomes]})
