@@ -12,7 +12,7 @@ export VIDREC_DATA_DIR VIDREC_ENCODER
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: run test lint build load serve bench clean venv
+.PHONY: run test lint build load serve bench simulate clean venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ lint: venv
 
 bench: venv
 	$(BIN)/python -m bench.serving
+
+# A/B simulation on the served bundle: popularity vs the full model (docs/experiments.md).
+simulate: venv
+	$(BIN)/python -m bench.simulate
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -71,3 +71,9 @@ class Bundle:
     @property
     def max_history(self) -> int:
         return int(self.model_info["max_history"])
+
+
+def files_bytes(bundle: Bundle, names: list[str]) -> int:
+    """Total size of those of `names` the bundle has (for the per-bundle memory gauge: FAISS
+    indexes and ONNX graphs take about their file size in memory)."""
+    return sum((bundle.path / n).stat().st_size for n in names if (bundle.path / n).is_file())

@@ -13,8 +13,10 @@ alone). The pydantic models below are also the JSON bodies of the internal HTTP 
                    PUT  /v1/items/{id}     ItemUpsert (admin)  -> ItemMeta
                    DELETE /v1/items/{id}   (admin)             -> 204
                    POST /admin/reload      (admin)             -> {"bundle": version}
+                   PUT  /admin/bundles     BundlesRequest (admin) -> BundlesResponse
     ranking        POST /v1/score          ScoreRequest        -> ScoreResponse
                    POST /admin/reload      (admin)             -> {"bundle": version}
+                   PUT  /admin/bundles     BundlesRequest (admin) -> BundlesResponse
 
 Errors: a client raises `ServiceUnavailable` when the service cannot be reached, times out or
 answers 5xx; the gateway's stage policy turns that into a degraded answer.
@@ -77,6 +79,10 @@ class Event(BaseModel):
     type: EventType
     timestamp: float = Field(description="Unix seconds (the API also accepts ISO 8601).")
     watch_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    # Attribution (optional): the recommendation answer the item was picked from, and its
+    # position there. Events without them still count for the user, not for an experiment.
+    request_id: str | None = Field(None, min_length=1, max_length=64)
+    position: int | None = Field(None, ge=0, le=999)
 
 
 class EventBatch(BaseModel):
@@ -121,6 +127,8 @@ class Candidate(BaseModel):
 
 class RetrieveRequest(BaseModel):
     queries: list[RetrievalQuery] = Field(min_length=1, max_length=256)
+    bundle: str | None = Field(None, description="Bundle version to answer from (one served "
+                               "side by side for an experiment arm); default: the main one.")
 
 
 class RetrievalResult(BaseModel):
@@ -165,11 +173,28 @@ class ScoreItem(BaseModel):
 
 class ScoreRequest(BaseModel):
     requests: list[ScoreItem] = Field(min_length=1, max_length=256)
+    bundle: str | None = Field(None, description="Bundle version whose ranker scores (one "
+                               "served side by side for an experiment arm); default: the main one.")
 
 
 class ScoreResponse(BaseModel):
     scores: list[list[float]]
     model_version: str
+
+
+# ---- bundles served side by side (experiments) ------------------------------------------------
+class BundleNotServed(ServiceUnavailable):
+    """A request named a bundle version the service does not hold (HTTP 409 on the wire)."""
+
+
+class BundlesRequest(BaseModel):
+    bundles: list[str] = Field(max_length=16, description="Versions to hold besides the main "
+                               "one; any other extra version is dropped.")
+
+
+class BundlesResponse(BaseModel):
+    main: str
+    extra: list[str]
 
 
 # ---- protocols ----------------------------------------------------------------------------
@@ -182,7 +207,9 @@ class FeatureStoreAPI(Protocol):
 
 
 class RetrievalAPI(Protocol):
-    async def retrieve(self, queries: list[RetrievalQuery]) -> list[RetrievalResult]: ...
+    # bundle: a version served side by side (experiments); None = the main bundle
+    async def retrieve(self, queries: list[RetrievalQuery],
+                       bundle: str | None = None) -> list[RetrievalResult]: ...
     async def similar(self, item_id: str, k: int) -> list[Neighbour]: ...
     async def upsert_item(self, item_id: str, item: ItemUpsert) -> ItemMeta: ...
     async def delete_item(self, item_id: str) -> None: ...
@@ -190,5 +217,6 @@ class RetrievalAPI(Protocol):
 
 
 class RankingAPI(Protocol):
-    async def score(self, requests: list[ScoreItem]) -> tuple[list[list[float]], str]: ...
+    async def score(self, requests: list[ScoreItem],
+                    bundle: str | None = None) -> tuple[list[list[float]], str]: ...
     async def ready(self) -> bool: ...

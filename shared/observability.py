@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
 from fastapi import FastAPI, Response
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 _BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05, 0.08,
             0.12, 0.2, 0.5, 1.0, 2.0)
@@ -23,6 +23,10 @@ FILTERED = Counter("vidrec_filtered_total", "Candidates removed per filter.", ["
 DEGRADED = Counter("vidrec_degraded_total", "Requests answered with a degraded stage.",
                    ["service", "stage"])
 EVENTS = Counter("vidrec_events_total", "Events by outcome.", ["type", "status"])
+BUNDLE_BYTES = Gauge("vidrec_bundle_bytes",
+                     "Memory held per loaded bundle (its arrays plus the index and model files "
+                     "loaded from it); role: main, or extra (served for an experiment arm).",
+                     ["service", "bundle", "role"])
 
 
 @contextmanager

@@ -58,6 +58,16 @@ class Settings(BaseSettings):
     timeout_score_s: float = 0.08
     timeout_items_s: float = 0.05
 
+    # --- experiments (docs/experiments.md) -----------------------------------------------
+    experiments_file: Path | None = Field(
+        None, description="TOML file declaring A/B experiments; re-read when it changes.")
+    experiments_check_s: float = Field(2.0, description="How often the file's mtime is checked.")
+    impressions_stream: str = "impressions"
+    impressions_stream_maxlen: int = 1_000_000
+    impression_ttl_s: int = Field(10_800, description="How long an answer stays attributable.")
+    attribution_window_s: float = Field(
+        1800.0, description="A play within this long of its impression counts for CTR@k.")
+
     # --- onnxruntime / faiss ------------------------------------------------------------
     ort_intra_threads: int = 2
     ort_inter_threads: int = 1

@@ -60,6 +60,11 @@ def unpack_overlay(packed: str | bytes) -> OverlayItem:
 
 # ---- events stream entry -------------------------------------------------------------------
 def stream_fields(event: Event) -> dict[str, str]:
-    return {"event_id": event.event_id, "user_id": event.user_id, "item_id": event.item_id,
-            "type": event.type, "timestamp": repr(float(event.timestamp)),
-            "watch_fraction": repr(float(event.watch_fraction))}
+    fields = {"event_id": event.event_id, "user_id": event.user_id, "item_id": event.item_id,
+              "type": event.type, "timestamp": repr(float(event.timestamp)),
+              "watch_fraction": repr(float(event.watch_fraction))}
+    if event.request_id is not None:  # attribution fields only when the client sent them
+        fields["request_id"] = event.request_id
+    if event.position is not None:
+        fields["position"] = str(event.position)
+    return fields

@@ -17,7 +17,16 @@ from services.gateway.console_stats import StatsWindow, sampling
 from services.gateway.errors import add_error_handlers
 from services.gateway.gateway import Gateway, load_catalog
 from services.gateway.request_metrics import RequestMetrics
-from services.gateway.routes import admin, browse, console, events, items, recommendations, users
+from services.gateway.routes import (
+    admin,
+    browse,
+    console,
+    events,
+    experiments,
+    items,
+    recommendations,
+    users,
+)
 from services.gateway.routes.pages import add_pages
 from services.gateway.schemas import EventBatchIn, EventIn
 from shared.contracts import FeatureStoreAPI, RankingAPI, RetrievalAPI
@@ -45,6 +54,7 @@ def create_app(settings: Settings, feature_store: FeatureStoreAPI | None = None,
                         "exposing the admin routes", DEFAULT_ADMIN_TOKEN)
         parts, closers = await connect(settings, feature_store, retrieval, ranking)
         gateway = Gateway(settings, *parts, catalog=load_catalog(settings), closers=closers)
+        await gateway.start()  # impressions ledger, experiments file
         app.state.gateway = gateway
         # Everything loaded so far (bundle arrays, catalog, models) lives as long as the
         # process: keep it out of the collector's full passes, which otherwise walk it all and
@@ -63,7 +73,8 @@ def create_app(settings: Settings, feature_store: FeatureStoreAPI | None = None,
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST", "PUT", "DELETE"],
                            allow_headers=["Authorization", "Content-Type"])
-    for module in (recommendations, events, items, users, admin, browse, console):
+    for module in (recommendations, events, items, users, experiments, admin, browse,
+                   console):
         app.include_router(module.router)
     add_pages(app)  # / and /console: the pages for people (routes/pages.py)
     app.add_middleware(RequestMetrics)

@@ -23,6 +23,10 @@ class Recommendations(BaseModel):
     user_id: str
     items: list[RecommendedItem]
     model_version: str = Field(description="Ranker that scored the list (bundle version).")
+    request_id: str = Field(description="Send it back with events about these items "
+                            "(with `position`) so they are attributed to this answer.")
+    experiment: str | None = Field(None, description="Active experiment, if any.")
+    arm: str | None = Field(None, description="The user's arm in that experiment.")
     degraded: list[str] = Field(
         description="Stages that could not answer and fell back (hydrate, retrieve, items, "
                     "score); empty when the answer is complete.")
@@ -39,6 +43,10 @@ class EventIn(BaseModel):
         examples=[1700000000, "2024-05-01T12:00:00Z"],
         description="Unix seconds or ISO 8601 (without a zone it is read as UTC).")
     watch_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    request_id: str | None = Field(None, min_length=1, max_length=64,
+                                   description="`request_id` of the answer that showed the item.")
+    position: int | None = Field(None, ge=0, le=999,
+                                 description="0-based position of the item in that answer.")
 
     @field_validator("timestamp")
     @classmethod
@@ -54,7 +62,8 @@ class EventIn(BaseModel):
                 ts = ts.replace(tzinfo=UTC)
             ts = ts.timestamp()
         return Event(event_id=self.event_id, user_id=self.user_id, item_id=self.item_id,
-                     type=self.type, timestamp=float(ts), watch_fraction=self.watch_fraction)
+                     type=self.type, timestamp=float(ts), watch_fraction=self.watch_fraction,
+                     request_id=self.request_id, position=self.position)
 
 
 class EventBatchIn(BaseModel):

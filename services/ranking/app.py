@@ -1,4 +1,5 @@
-"""The ranking service over HTTP: POST /v1/score, POST /admin/reload, /healthz /readyz /metrics.
+"""The ranking service over HTTP: POST /v1/score, POST /admin/reload, PUT /admin/bundles
+(experiment arms' bundles served side by side), /healthz /readyz /metrics.
 
 The model is loaded in the lifespan, never at import time; a bundle whose ranker does not match
 what the scorer feeds stops start-up with `ModelSchemaMismatch` naming the difference. Items
@@ -18,7 +19,16 @@ from services.ranking.errors import RankerLoadError
 from services.ranking.new_items import RedisOverlayContent
 from services.ranking.service import RankingService
 from shared.admin import ReloadRequest, ReloadResponse, require_admin
-from shared.contracts import ScoreRequest, ScoreResponse, ServiceUnavailable
+from shared.bundle import BundleError
+from shared.contracts import (
+    BundleNotServed,
+    BundlesRequest,
+    BundlesResponse,
+    ScoreRequest,
+    ScoreResponse,
+    ServiceUnavailable,
+)
+from shared.experiments import bundles_to_serve
 from shared.observability import add_ops_routes
 from shared.settings import Settings
 
@@ -42,6 +52,7 @@ def create_app(settings: Settings, service: RankingService | None = None) -> Fas
         try:
             if not await svc.ready():
                 await svc.reload()
+                await svc.serve_bundles(bundles_to_serve(settings.experiments_file))
             app.state.ranking = svc
             yield
         finally:
@@ -56,7 +67,9 @@ def create_app(settings: Settings, service: RankingService | None = None) -> Fas
     @app.post("/v1/score", tags=["ranking"])
     async def score(body: ScoreRequest, svc: Service) -> ScoreResponse:
         try:
-            scores, version = await svc.score(body.requests)
+            scores, version = await svc.score(body.requests, body.bundle)
+        except BundleNotServed as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
         except ServiceUnavailable as exc:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
         return ScoreResponse(scores=scores, model_version=version)
@@ -70,6 +83,14 @@ def create_app(settings: Settings, service: RankingService | None = None) -> Fas
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                                 f"{exc} (still serving {current})") from exc
         return ReloadResponse(bundle=version)
+
+    @app.put("/admin/bundles", tags=["admin"], dependencies=[admin])
+    async def bundles(body: BundlesRequest, svc: Service) -> BundlesResponse:
+        """Serve exactly these bundles besides the main one (experiment arms)."""
+        try:
+            return BundlesResponse(**await svc.serve_bundles(body.bundles))
+        except (RankerLoadError, BundleError) as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
 
     async def readiness() -> dict:
         svc: RankingService | None = getattr(app.state, "ranking", None)

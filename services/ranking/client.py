@@ -28,8 +28,9 @@ class RankingClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def score(self, requests: list[ScoreItem]) -> tuple[list[list[float]], str]:
-        body = ScoreRequest(requests=requests).model_dump_json()
+    async def score(self, requests: list[ScoreItem],
+                    bundle: str | None = None) -> tuple[list[list[float]], str]:
+        body = ScoreRequest(requests=requests, bundle=bundle).model_dump_json()
         response = await self._send("POST", "/v1/score", content=body,
                                     headers={"content-type": "application/json"})
         try:

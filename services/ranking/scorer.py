@@ -18,7 +18,14 @@ import onnxruntime as ort
 
 from services.ranking.batch import ItemTable, ModelInputs, pack, plan_batches
 from services.ranking.errors import ModelSchemaMismatch, RankerLoadError, ScoreCountMismatch
-from shared.bundle import FIRST_ITEM_INDEX, PAD_INDEX, UNKNOWN_INDEX, Bundle, BundleError
+from shared.bundle import (
+    FIRST_ITEM_INDEX,
+    PAD_INDEX,
+    UNKNOWN_INDEX,
+    Bundle,
+    BundleError,
+    files_bytes,
+)
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -155,6 +162,7 @@ class OnnxRanker:
 
     def __init__(self, bundle: Bundle, settings: Settings) -> None:
         self.version = bundle.version
+        self.bundle = bundle
         try:
             content = np.asarray(bundle.content_embeddings(), dtype=np.float32)
             item_dim = int(np.load(bundle.file("item_vectors.npy"), mmap_mode="r").shape[1])
@@ -193,6 +201,10 @@ class OnnxRanker:
         except BundleError as exc:
             raise RankerLoadError(str(exc)) from exc
         return cls(bundle, settings)
+
+    def memory_bytes(self) -> int:
+        """Roughly what this model costs in memory: the content table and the ONNX graph."""
+        return int(self.table.content.nbytes + files_bytes(self.bundle, [RANKER_FILE]))
 
     def _smoke_test(self, item_ids: list[str]) -> None:
         """Run once on real items: catches shape errors the declared I/O hides, warms up."""

@@ -11,6 +11,7 @@ and runs do not compete for the cores their intra-op threads already use.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -20,8 +21,9 @@ import numpy as np
 
 from services.ranking.errors import ScoreCountMismatch
 from services.ranking.scorer import OnnxRanker, RankerInfo
-from shared.contracts import ScoreItem, ServiceUnavailable
-from shared.observability import DEGRADED, timed
+from shared.bundle import resolve_bundle
+from shared.contracts import BundleNotServed, ScoreItem, ServiceUnavailable
+from shared.observability import BUNDLE_BYTES, DEGRADED, timed
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,9 @@ class RankingService:
         self.settings = settings
         self._new_item_content = new_item_content
         self._ranker = ranker
+        # Rankers served side by side for experiment arms: version -> ranker, or None for a
+        # version that is the main bundle under another name (e.g. "latest").
+        self._extra: dict[str, OnnxRanker | None] = {}
         self._reload_lock = asyncio.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ranker")
 
@@ -49,9 +54,54 @@ class RankingService:
         """
         async with self._reload_lock:
             ranker = await asyncio.to_thread(OnnxRanker.open, self.settings, version)
-            self._ranker = ranker  # the swap: one reference assignment
+            old, self._ranker = self._ranker, ranker  # the swap: one reference assignment
+            if old is not None and old.version != ranker.version:
+                with contextlib.suppress(KeyError):
+                    BUNDLE_BYTES.remove("ranking", old.version, "main")
+            BUNDLE_BYTES.labels("ranking", ranker.version, "main").set(ranker.memory_bytes())
         log.info("ranking: serving %s on %s", ranker.version, ranker.info.provider)
         return ranker.version
+
+    async def serve_bundles(self, versions: list[str]) -> dict:
+        """Hold exactly these bundle versions besides the main one (experiment arms). A failed
+        load changes nothing and raises."""
+        async with self._reload_lock:
+            main = self._ranker
+            if main is None:
+                raise ServiceUnavailable("ranking: no model loaded")
+            extra: dict[str, OnnxRanker | None] = {}
+            for version in dict.fromkeys(versions):
+                if self._extra.get(version) is not None:
+                    extra[version] = self._extra[version]
+                    continue
+                path = await asyncio.to_thread(resolve_bundle, self.settings.artifacts_dir,
+                                               version)
+                if path.name == main.version:
+                    extra[version] = None
+                    continue
+                extra[version] = await asyncio.to_thread(OnnxRanker.open, self.settings, version)
+            for version, ranker in self._extra.items():
+                if ranker is not None and extra.get(version) is None:
+                    with contextlib.suppress(KeyError):
+                        BUNDLE_BYTES.remove("ranking", ranker.version, "extra")
+            self._extra = extra
+            for ranker in extra.values():
+                if ranker is not None:
+                    BUNDLE_BYTES.labels("ranking", ranker.version, "extra").set(
+                        ranker.memory_bytes())
+        log.info("ranking: main bundle %s, extra %s", main.version, sorted(extra) or "none")
+        return {"main": main.version, "extra": sorted(extra)}
+
+    def _ranker_for(self, bundle: str | None) -> OnnxRanker:
+        ranker = self._ranker
+        if ranker is None:
+            raise ServiceUnavailable("ranking: no model loaded")
+        if bundle is None or bundle == ranker.version:
+            return ranker
+        if bundle not in self._extra:
+            raise BundleNotServed(f"ranking: bundle {bundle!r} is not served here (main "
+                                  f"{ranker.version}, extra {sorted(self._extra) or 'none'})")
+        return self._extra[bundle] or ranker
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -65,10 +115,9 @@ class RankingService:
     async def ready(self) -> bool:
         return self._ranker is not None
 
-    async def score(self, requests: list[ScoreItem]) -> tuple[list[list[float]], str]:
-        ranker = self._ranker
-        if ranker is None:
-            raise ServiceUnavailable("ranking: no model loaded")
+    async def score(self, requests: list[ScoreItem],
+                    bundle: str | None = None) -> tuple[list[list[float]], str]:
+        ranker = self._ranker_for(bundle)
         histories = [r.history for r in requests]
         candidates = [r.candidates for r in requests]
         with timed("ranking", "score"):

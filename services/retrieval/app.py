@@ -4,6 +4,7 @@
     PUT    /v1/items/{id}      ItemUpsert -> ItemMeta                  (admin)
     DELETE /v1/items/{id}      -> 204, 404 for an id never in the catalogue   (admin)
     POST   /admin/reload       {"bundle": version?} -> {"bundle": version}    (admin)
+    PUT    /admin/bundles      {"bundles": [...]} -> {"main", "extra"}      (admin: experiments)
     GET    /healthz /readyz /metrics   (/readyz: bundle, index kind, device cpu|gpu, items)
 
 Admin routes want `Authorization: Bearer <settings.admin_token>`: 401 without it, 403 when wrong.
@@ -26,6 +27,9 @@ from services.retrieval.similar import MAX_SIMILAR
 from shared.admin import ReloadRequest, ReloadResponse, require_admin
 from shared.bundle import BundleError
 from shared.contracts import (
+    BundleNotServed,
+    BundlesRequest,
+    BundlesResponse,
     ItemMeta,
     ItemUpsert,
     RetrieveRequest,
@@ -33,6 +37,7 @@ from shared.contracts import (
     ServiceUnavailable,
     SimilarResponse,
 )
+from shared.experiments import bundles_to_serve
 from shared.observability import add_ops_routes
 from shared.settings import Settings
 
@@ -67,6 +72,7 @@ def create_app(settings: Settings, service: RetrievalService | None = None) -> F
         try:
             if not await svc.ready():
                 await svc.reload()
+                await svc.serve_bundles(bundles_to_serve(settings.experiments_file))
             app.state.retrieval = svc
             yield
         finally:
@@ -83,6 +89,10 @@ def create_app(settings: Settings, service: RetrievalService | None = None) -> F
             "detail": [{"loc": _loc(exc.field, where), "msg": exc.problem,
                         "type": "value_error"}]})
 
+    @app.exception_handler(BundleNotServed)
+    async def not_served(request: Request, exc: BundleNotServed) -> JSONResponse:
+        return JSONResponse(status_code=status.HTTP_409_CONFLICT, content={"detail": str(exc)})
+
     @app.exception_handler(ServiceUnavailable)
     async def unavailable(request: Request, exc: ServiceUnavailable) -> JSONResponse:
         # "applied": the change is in retrieval and its overlay; only the metadata write failed.
@@ -92,7 +102,7 @@ def create_app(settings: Settings, service: RetrievalService | None = None) -> F
 
     @app.post("/v1/retrieve", tags=["retrieval"], response_model=RetrieveResponse)
     async def retrieve(body: RetrieveRequest, svc: Service) -> Response:
-        results, version = svc.retrieve_now(body.queries)
+        results, version = svc.retrieve_now(body.queries, body.bundle)
         # Serialised by pydantic-core directly: no second validation of 100s of candidates.
         return Response(RetrieveResponse(results=results, bundle=version).model_dump_json(),
                         media_type="application/json")
@@ -130,6 +140,14 @@ def create_app(settings: Settings, service: RetrievalService | None = None) -> F
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                                 f"{exc} (still serving {current})") from exc
         return ReloadResponse(bundle=version)
+
+    @app.put("/admin/bundles", tags=["admin"], dependencies=[admin])
+    async def bundles(body: BundlesRequest, svc: Service) -> BundlesResponse:
+        """Serve exactly these bundles besides the main one (experiment arms)."""
+        try:
+            return BundlesResponse(**await svc.serve_bundles(body.bundles))
+        except BundleError as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
 
     async def readiness() -> dict:
         svc: RetrievalService | None = getattr(app.state, "retrieval", None)

@@ -51,8 +51,9 @@ class RetrievalClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def retrieve(self, queries: list[RetrievalQuery]) -> list[RetrievalResult]:
-        body = RetrieveRequest(queries=queries).model_dump_json()
+    async def retrieve(self, queries: list[RetrievalQuery],
+                       bundle: str | None = None) -> list[RetrievalResult]:
+        body = RetrieveRequest(queries=queries, bundle=bundle).model_dump_json()
         response = await self._send("POST", "/v1/retrieve", content=body, headers=JSON)
         answer = self._parse(RetrieveResponse, response)
         if len(answer.results) != len(queries):

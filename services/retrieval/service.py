@@ -14,6 +14,7 @@ second copy of the overlay). Start-up and reload replay the newest change per it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -41,8 +42,9 @@ from services.retrieval.retrieve import (
 )
 from services.retrieval.similar import MAX_SIMILAR, similar_items
 from services.retrieval.state import RetrievalState, load_state
-from shared.bundle import Bundle
+from shared.bundle import Bundle, resolve_bundle
 from shared.contracts import (
+    BundleNotServed,
     Candidate,
     ItemMeta,
     ItemUpsert,
@@ -52,7 +54,7 @@ from shared.contracts import (
     ServiceUnavailable,
 )
 from shared.data.types import normalise_tag
-from shared.observability import CANDIDATES, DEGRADED, timed
+from shared.observability import BUNDLE_BYTES, CANDIDATES, DEGRADED, timed
 from shared.settings import Settings
 from shared.text import item_text
 
@@ -85,6 +87,9 @@ class RetrievalService:
                              "tags": settings.candidates_tags,
                              "popular": settings.candidates_popular}
         self._state: RetrievalState | None = None
+        # Bundles served side by side for experiment arms: version -> state, or None for a
+        # version that is the main bundle under another name (e.g. "latest").
+        self._extra: dict[str, RetrievalState | None] = {}
         self._changes = asyncio.Lock()  # one upsert/delete/reload at a time
         # One request's matrix products are tiny; a multi-threaded BLAS only waits on its own
         # threads, which on a busy 2-core machine turned a 20 us product into 15 ms.
@@ -105,7 +110,12 @@ class RetrievalService:
             remote = await self._remote_overlay()
             state, local = await asyncio.to_thread(self._build, version or self.settings.bundle,
                                                    remote or [])
+            old = self._state
             self._state = state  # the swap: requests that hold the old state finish on it
+            if old is not None and old.version != state.version:
+                with contextlib.suppress(KeyError):
+                    BUNDLE_BYTES.remove(SERVICE, old.version, "main")
+            BUNDLE_BYTES.labels(SERVICE, state.version, "main").set(state.memory_bytes())
             if remote is not None:
                 await self._heal_store(local, remote)
         log.info("retrieval: serving %s (%d items, %s index on %s)", state.version,
@@ -146,6 +156,49 @@ class RetrievalService:
             log.warning("retrieval: could not restore %d item(s) in the feature store: %s",
                         len(lost), exc)
 
+    async def serve_bundles(self, versions: list[str]) -> dict:
+        """Hold exactly these bundle versions besides the main one (experiment arms): load the
+        missing ones (overlay changes replayed), drop the others. A failed load changes nothing
+        and raises."""
+        async with self._changes:
+            main = self.state
+            extra: dict[str, RetrievalState | None] = {}
+            remote: list[OverlayItem] | None = None
+            for version in dict.fromkeys(versions):
+                if version in self._extra and self._extra[version] is not None:
+                    extra[version] = self._extra[version]
+                    continue
+                path = await asyncio.to_thread(resolve_bundle, self.settings.artifacts_dir,
+                                               version)
+                if path == main.bundle.path:
+                    extra[version] = None
+                    continue
+                if remote is None:
+                    remote = await self._remote_overlay() or []
+                extra[version], _ = await asyncio.to_thread(self._build, version, remote)
+            for version, state in self._extra.items():
+                if state is not None and extra.get(version) is None:
+                    with contextlib.suppress(KeyError):
+                        BUNDLE_BYTES.remove(SERVICE, state.version, "extra")
+            self._extra = extra
+            for state in extra.values():
+                if state is not None:
+                    BUNDLE_BYTES.labels(SERVICE, state.version, "extra").set(state.memory_bytes())
+        log.info("retrieval: main bundle %s, extra %s", main.version, sorted(extra) or "none")
+        return {"main": main.version, "extra": sorted(extra)}
+
+    def state_for(self, bundle: str | None) -> RetrievalState:
+        state = self.state
+        if bundle is None or bundle == state.version:
+            return state
+        if bundle not in self._extra:
+            raise BundleNotServed(f"retrieval: bundle {bundle!r} is not served here (main "
+                                  f"{state.version}, extra {sorted(self._extra) or 'none'})")
+        return self._extra[bundle] or state
+
+    def _extra_states(self) -> list[RetrievalState]:
+        return [s for s in self._extra.values() if s is not None]
+
     @property
     def state(self) -> RetrievalState:
         if self._state is None:
@@ -159,18 +212,21 @@ class RetrievalService:
         s = self._state
         if s is None:
             return {"ready": False, "service": SERVICE, "bundle": None}
-        return {"ready": True, "service": SERVICE, "bundle": s.version, "index": s.index_kind,
+        return {"ready": True, "service": SERVICE, "bundle": s.version,
+                "extra_bundles": sorted(self._extra), "index": s.index_kind,
                 "device": s.faiss_device, "onnx_device": s.onnx_device, "items": s.live_items,
                 "rows": s.n_rows, "overlay_changes": s.overlay_applied,
                 "text_encoder": s.text_encoder is not None, "notes": s.notes}
 
     # ---- reads --------------------------------------------------------------------------
-    async def retrieve(self, queries: list[RetrievalQuery]) -> list[RetrievalResult]:
-        return self.retrieve_now(queries)[0]
+    async def retrieve(self, queries: list[RetrievalQuery],
+                       bundle: str | None = None) -> list[RetrievalResult]:
+        return self.retrieve_now(queries, bundle)[0]
 
-    def retrieve_now(self, queries: list[RetrievalQuery]) -> tuple[list[RetrievalResult], str]:
+    def retrieve_now(self, queries: list[RetrievalQuery],
+                     bundle: str | None = None) -> tuple[list[RetrievalResult], str]:
         """Synchronous: the results and the bundle version that produced them."""
-        state = self.state  # one reference for the whole batch
+        state = self.state_for(bundle)  # one reference for the whole batch
         with timed(SERVICE, "retrieve"):
             caps = [resolve_caps(q, self.default_caps, i) for i, q in enumerate(queries)]
             with timed(SERVICE, "prepare"):
@@ -255,6 +311,9 @@ class RetrievalService:
                                          "during the upsert; repeat it")
             await asyncio.to_thread(self.overlay.append, entry)  # durable before visible
             apply_put(state, entry, embedding)
+            for extra in self._extra_states():  # arms' bundles see the same catalogue
+                if extra.content_dim == len(embedding):
+                    apply_put(extra, entry, embedding)
         await self._tell_store(self._store_put(meta, entry.embedding), item_id)
         return meta
 
@@ -269,10 +328,10 @@ class RetrievalService:
         async with self._changes:
             await asyncio.to_thread(self.overlay.append,
                                     OverlayItem(meta=meta, updated_at=self.clock()))
-            state = self.state
-            row = state.row_of.get(item_id)
-            if row is not None:
-                state.kill(row)
+            for state in (self.state, *self._extra_states()):
+                row = state.row_of.get(item_id)
+                if row is not None:
+                    state.kill(row)
         await self._tell_store(self._store_delete(item_id), item_id)
 
     async def _store_put(self, meta: ItemMeta, embedding: list[float] | None) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from shared import ann
-from shared.bundle import FIRST_ITEM_INDEX, UNKNOWN_INDEX, Bundle, BundleError
+from shared.bundle import FIRST_ITEM_INDEX, UNKNOWN_INDEX, Bundle, BundleError, files_bytes
 from shared.settings import Settings
 from shared.tags import TagClusters
 from shared.text_encoder import OnnxTextEncoder
@@ -115,6 +115,15 @@ class RetrievalState:
     @property
     def live_items(self) -> int:
         return int(self.n_rows - self.dead.view.sum())
+
+    def memory_bytes(self) -> int:
+        """Roughly what this bundle costs in memory: the arrays, plus index and model files."""
+        arrays = sum(a._buf.nbytes for a in (self.model_index, self.content, self.vectors,
+                                             self.unit, self.popularity, self.dead))
+        files = files_bytes(self.bundle, ["index_ann.faiss", "index_content.faiss",
+                                          "query_encoder.onnx", "item_encoder.onnx",
+                                          "text_encoder.onnx"])
+        return int(arrays + files)
 
     def max_k(self) -> int:
         k = int(self.index_ann.ntotal)

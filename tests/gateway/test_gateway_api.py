@@ -320,6 +320,9 @@ def test_reload_under_concurrent_requests_loses_none(admin: dict, live: str, bun
 # ---- ops ------------------------------------------------------------------------------------
 def test_ops_routes_and_docs(live: str, bundle: Bundle) -> None:
     ready = httpx.get(f"{live}/readyz").json()
+    experiments = ready.pop("experiments")  # no experiments file configured: none running
+    assert experiments["file"] is None and experiments["active"] is None
+    assert experiments["error"] is None
     assert ready == {"ready": True, "feature_store": True, "retrieval": True, "ranking": True,
                      "bundle": bundle.version}
     assert httpx.get(f"{live}/healthz").status_code == 200

@@ -36,15 +36,19 @@ def candidate_caps(settings: Settings) -> dict[Source, int]:
 
 def recommendation_pipeline(settings: Settings, feature_store: FeatureStoreAPI,
                             retrieval: RetrievalAPI, ranking: RankingAPI,
-                            catalog: Catalog) -> Pipeline:
+                            catalog: Catalog, bundle: str | None = None,
+                            ranker: bool = True) -> Pipeline:
+    """`bundle`: a version retrieval and ranking serve side by side (an experiment arm's; None
+    for the main one); `ranker` False keeps the retrieval order (an arm without the ranker)."""
     return Pipeline([
         # Redis down or slow -> answer as for a new user (cold start).
         Step(Hydrate(feature_store, settings.history_len), settings.timeout_hydrate_s),
         # Retrieval down -> the bundle's popular list held by the gateway.
-        Step(Retrieve(retrieval, candidate_caps(settings), catalog), settings.timeout_retrieve_s),
+        Step(Retrieve(retrieval, candidate_caps(settings), catalog, bundle),
+             settings.timeout_retrieve_s),
         Step(FilterStage("prefilter", [SeenFilter(), ExcludedIdsFilter()]), fail_open=False),
         # Ranker down or answering the wrong shape -> keep the retrieval order and scores.
-        Step(Score(ranking, catalog.version), settings.timeout_score_s),
+        Step(Score(ranking, catalog.version, bundle, enabled=ranker), settings.timeout_score_s),
         # Item meta down -> titles and tags from the bundle's items.json.
         Step(ItemMetaStage(feature_store, catalog), settings.timeout_items_s),
         Step(FilterStage("filter", [UnavailableFilter(), IncludeTagsFilter(),

@@ -26,8 +26,9 @@ class Retrieve:
     name = "retrieve"
 
     def __init__(self, retrieval: RetrievalAPI, caps: dict[Source, int],
-                 catalog: Catalog) -> None:
+                 catalog: Catalog, bundle: str | None = None) -> None:
         self.retrieval = retrieval
+        self.bundle = bundle  # a bundle served side by side (experiment arm); None: the main
         self.caps = caps
         self.catalog = catalog  # for the fallback only
         # vidrec_candidates_total has no service label: an in-process retrieval service already
@@ -50,7 +51,7 @@ class Retrieve:
         as configured (and so does a user whose history gave ANN nothing, see `run`).
         """
         head = head_limit(request)
-        if head is None or not has_history:
+        if head is None or not has_history or not self.caps.get("ann"):
             return self.caps
         caps = self.caps
         return {"ann": min(caps.get("ann", 0), head), "content": 0,
@@ -62,11 +63,10 @@ class Retrieve:
         query = RetrievalQuery(history=user.history,
                                tags=query_tags(user.tag_profile, ctx.request.interests),
                                exclude=list(self._excluded(ctx)), caps=caps)
-        (result,) = await self.retrieval.retrieve([query])
+        (result,) = await self._retrieve(query)
         if len(result.candidates) < ctx.request.k and caps != self.caps:
             # Too few (none of the history is in the catalogue, say): every source, once more.
-            (result,) = await self.retrieval.retrieve([query.model_copy(update={
-                "caps": self.caps})])
+            (result,) = await self._retrieve(query.model_copy(update={"caps": self.caps}))
         resolved = result.resolved_tags  # absent: the interest is a cluster name itself
         ctx.interest_clusters = frozenset(
             c for i in ctx.request.interests for c in resolved.get(i, [i]))
@@ -75,6 +75,11 @@ class Retrieve:
         if self.count_candidates:
             for source, n in ctx.per_source.items():
                 CANDIDATES.labels(source).inc(n)
+
+    async def _retrieve(self, query: RetrievalQuery) -> list:
+        if self.bundle is None:
+            return await self.retrieval.retrieve([query])
+        return await self.retrieval.retrieve([query], bundle=self.bundle)
 
     def fallback(self, ctx: RecContext) -> None:
         # Retrieval is down: the bundle's popular list (interest matches first) still answers.

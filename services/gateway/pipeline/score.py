@@ -13,18 +13,23 @@ from shared.contracts import RankingAPI, ScoreItem
 class Score:
     name = "score"
 
-    def __init__(self, ranking: RankingAPI, model_version: str = "") -> None:
+    def __init__(self, ranking: RankingAPI, model_version: str = "",
+                 bundle: str | None = None, enabled: bool = True) -> None:
         self.ranking = ranking
         self.model_version = model_version  # last version the ranker reported
+        self.bundle = bundle  # a bundle served side by side (experiment arm); None: the main
+        self.enabled = enabled  # False: an experiment arm without the ranker
 
     async def run(self, ctx: RecContext) -> None:
         history = ctx.user.history
         ids = [c.item_id for c in ctx.candidates]
-        if not history or not ids:
+        if not history or not ids or not self.enabled:
             # Nothing to personalise on (a new user): keep the retrieval order, not a failure.
             self._keep_retrieval_order(ctx)
             return
-        scores, version = await self.ranking.score([ScoreItem(history=history, candidates=ids)])
+        batch = [ScoreItem(history=history, candidates=ids)]
+        scores, version = await (self.ranking.score(batch) if self.bundle is None
+                                 else self.ranking.score(batch, bundle=self.bundle))
         if len(scores) != 1 or len(scores[0]) != len(ids):
             got = len(scores[0]) if len(scores) == 1 else f"{len(scores)} lists of"
             raise ScoreMismatch(f"ranker returned {got} scores for {len(ids)} candidates")

@@ -68,6 +68,8 @@ async def post_events(gateway: GatewayDep, request: Request) -> JSON:
             outcomes = await gateway.feature_store.record_events(events)
     except UnknownItems as exc:
         raise unknown_items(exc, where) from None
+    if gateway.ledger is not None:  # experiments: counted for the answer's arm, off the path
+        gateway.ledger.attribute_soon(events)
     # Any other failure is a dependency error -> 503 (errors.py): the client retries, and
     # retries are safe because events are idempotent on event_id.
     return JSON({"results": [{"event_id": o.event_id, "status": o.status} for o in outcomes]})

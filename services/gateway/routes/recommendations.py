@@ -1,12 +1,18 @@
-"""GET /v1/users/{user_id}/recommendations: the request path of pipeline/config.py."""
+"""GET /v1/users/{user_id}/recommendations: the request path of pipeline/config.py, in the
+user's experiment arm when an experiment is active (experiments/). Every answer carries a
+request_id and is logged as an impression."""
 
 from __future__ import annotations
 
+import time
+import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Header, Path, Query
 
 from services.gateway.deps import GatewayDep, parse_tags
+from services.gateway.errors import field_error
+from services.gateway.experiments.assignment import HEADER, Assignment, UnknownArm
 from services.gateway.pipeline import RecContext, RecRequest
 from services.gateway.responses import JSON
 from services.gateway.schemas import Recommendations
@@ -17,7 +23,7 @@ UserId = Annotated[str, Path(min_length=1, max_length=200)]
 Tags = Annotated[list[str] | None, Query()]
 
 
-def render(ctx: RecContext) -> dict:
+def render(ctx: RecContext, request_id: str, assignment: Assignment | None) -> dict:
     return {
         "user_id": ctx.request.user_id,
         "items": [{"item_id": p.meta.item_id, "title": p.meta.title, "tags": p.meta.tags,
@@ -25,6 +31,9 @@ def render(ctx: RecContext) -> dict:
                   for p in ctx.picks],
         "model_version": ctx.model_version,
         "degraded": ctx.degraded,
+        "request_id": request_id,
+        "experiment": assignment.experiment if assignment else None,
+        "arm": assignment.arm if assignment else None,
     }
 
 
@@ -41,9 +50,26 @@ async def recommendations(
                             Query(description="No item with any of these tags.")] = None,
     interests: Annotated[list[str] | None,
                          Query(description="Tags to favour (e.g. a new user's picks).")] = None,
+    arm: Annotated[str | None, Header(
+        alias=HEADER, max_length=200,
+        description="QA only: force an arm of the active experiment ('arm' or "
+                    "'experiment:arm'); such answers are logged but not counted.")] = None,
 ) -> JSON:
+    start = time.perf_counter()
+    try:
+        assignment = gateway.assign(user_id, arm)
+    except UnknownArm as exc:
+        raise field_error(("header", HEADER), str(exc), "unknown_arm", arm) from None
     request = RecRequest(user_id=user_id, k=k, exclude=frozenset(exclude or ()),
                          include_tags=frozenset(parse_tags(include_tags)),
                          exclude_tags=frozenset(parse_tags(exclude_tags)),
                          interests=tuple(parse_tags(interests)))
-    return JSON(render(await gateway.recommend(request)))
+    try:
+        ctx = await gateway.recommend(request, assignment)
+    except Exception:
+        if assignment is not None:
+            gateway.log_error(assignment, time.perf_counter() - start)
+        raise
+    request_id = uuid.uuid4().hex
+    gateway.log_answer(ctx, request_id, assignment, time.perf_counter() - start)
+    return JSON(render(ctx, request_id, assignment))
