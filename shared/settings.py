@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -57,6 +58,27 @@ class Settings(BaseSettings):
     timeout_retrieve_s: float = 0.08
     timeout_score_s: float = 0.08
     timeout_items_s: float = 0.05
+
+    # --- overload and hostile input (shared/admission.py, shared/server.py, docs/capacity.md)
+    max_in_flight: int = Field(
+        8, ge=1, description="Gateway: most requests served at once; more are refused with 503 "
+        "(or the popular list, see shed_recommendations). Health/ready/metrics never count.")
+    internal_max_in_flight: int = Field(
+        32, ge=1, description="Retrieval, ranking, feature store: the same bound. Higher than "
+        "the gateway's, whose own bound already limits what it sends them.")
+    admission_queue: int = Field(0, ge=0, description="Requests that may wait for a slot.")
+    admission_queue_wait_s: float = Field(0.005, ge=0, description="Longest such wait.")
+    shed_recommendations: Literal["503", "popular"] = Field(
+        "503", description="What a shed recommendation request gets: 503 + Retry-After, or "
+        "the bundle's popular list flagged degraded=['admission'].")
+    shed_retry_after_s: int = Field(1, ge=0, description="Retry-After of a shed request.")
+    max_body_bytes: int = Field(1 << 20, ge=1, description="Gateway request bodies; 413 above.")
+    internal_max_body_bytes: int = Field(64 << 20, ge=1,
+                                         description="Internal services' request bodies.")
+    header_timeout_s: float = Field(5.0, gt=0, description="Request line + headers must arrive "
+                                    "within this; slower clients are disconnected.")
+    body_timeout_s: float = Field(10.0, gt=0, description="A request body must arrive within "
+                                  "this; slower ones get 408.")
 
     # --- onnxruntime / faiss ------------------------------------------------------------
     ort_intra_threads: int = 2

@@ -17,6 +17,8 @@ from services.gateway.errors import add_error_handlers
 from services.gateway.gateway import Gateway, load_catalog
 from services.gateway.routes import admin, events, items, recommendations, users
 from services.gateway.schemas import EventBatchIn, EventIn
+from services.gateway.shed import popular_answer
+from shared.admission import add_admission
 from shared.contracts import FeatureStoreAPI, RankingAPI, RetrievalAPI
 from shared.observability import add_ops_routes
 from shared.settings import Settings
@@ -53,6 +55,7 @@ def create_app(settings: Settings, feature_store: FeatureStoreAPI | None = None,
             await gateway.close()
 
     app = FastAPI(title="vidrec", version="1", description=DESCRIPTION, lifespan=lifespan)
+    add_admission(app, settings, "gateway", degraded=popular_answer)  # before CORS: inside it
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST", "PUT", "DELETE"],

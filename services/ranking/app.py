@@ -18,6 +18,7 @@ from services.ranking.errors import RankerLoadError
 from services.ranking.new_items import RedisOverlayContent
 from services.ranking.service import RankingService
 from shared.admin import ReloadRequest, ReloadResponse, require_admin
+from shared.admission import add_admission
 from shared.contracts import ScoreRequest, ScoreResponse, ServiceUnavailable
 from shared.observability import add_ops_routes
 from shared.settings import Settings
@@ -51,6 +52,7 @@ def create_app(settings: Settings, service: RankingService | None = None) -> Fas
                 await new_items.aclose()
 
     app = FastAPI(title="vidrec ranking", lifespan=lifespan)
+    add_admission(app, settings, "ranking")
     admin = Depends(require_admin(settings))
 
     @app.post("/v1/score", tags=["ranking"])

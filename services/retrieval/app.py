@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from services.retrieval.errors import InvalidRequest, ItemNotFound, MetadataNotStored
 from services.retrieval.service import RetrievalService
 from shared.admin import ReloadRequest, ReloadResponse, require_admin
+from shared.admission import add_admission
 from shared.bundle import BundleError
 from shared.contracts import (
     ItemMeta,
@@ -72,6 +73,7 @@ def create_app(settings: Settings, service: RetrievalService | None = None) -> F
                 await store.aclose()
 
     app = FastAPI(title="vidrec retrieval", lifespan=lifespan)
+    add_admission(app, settings, "retrieval")
     admin = Depends(require_admin(settings))
 
     @app.exception_handler(InvalidRequest)
