@@ -41,6 +41,7 @@ lint: venv
 
 bench: venv
 	$(BIN)/python -m bench.serving
+	$(BIN)/python -m bench.overload
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
