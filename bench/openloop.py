@@ -41,6 +41,7 @@ class Outcome:
     error: str = ""  # exception kind when status == 0
     degraded: tuple[str, ...] = ()
     payload: dict | None = None  # the parsed answer, when keep_bodies
+    index: int = -1  # i of make(i)
 
 
 class Conn:
@@ -74,18 +75,20 @@ class Run:
     elapsed_s: float = 0.0
     late_starts: int = 0
     cpu_s: float = 0.0
+    start: float = 0.0  # perf_counter() at which request 0 was due
 
 
 async def open_loop(host: str, port: int, make: Callable[[int], Request], rate: float,
                     duration_s: float, timeout_s: float = 2.0, keep_bodies: bool = False,
-                    stop: asyncio.Event | None = None) -> Run:
-    """Send make(i) at start + i/rate for duration_s (or until `stop` is set)."""
+                    stop: asyncio.Event | None = None, run: Run | None = None) -> Run:
+    """Send make(i) at start + i/rate for duration_s (or until `stop` is set). Pass `run` to
+    watch it fill (its `start` is set before the first request)."""
     idle: list[Conn] = []
-    run = Run()
+    run = run if run is not None else Run()
     clock = time.perf_counter
     cpu0 = _cpu()
 
-    async def one(req: Request, due: float, start: float) -> None:
+    async def one(i: int, req: Request, due: float, start: float) -> None:
         if clock() - due > 0.001:
             run.late_starts += 1
         conn = None
@@ -102,7 +105,8 @@ async def open_loop(host: str, port: int, make: Callable[[int], Request], rate: 
         except Exception as exc:  # every failure is kept, by kind
             if conn is not None:
                 conn.writer.close()
-            run.outcomes.append(Outcome(due - start, clock() - due, 0, type(exc).__name__))
+            run.outcomes.append(Outcome(due - start, clock() - due, 0, type(exc).__name__,
+                                        index=i))
             return
         done = clock()
         conn.last_used = done
@@ -114,11 +118,11 @@ async def open_loop(host: str, port: int, make: Callable[[int], Request], rate: 
             payload = orjson.loads(body)
             degraded = tuple(payload.get("degraded", ()) if isinstance(payload, dict) else ())
         run.outcomes.append(Outcome(due - start, done - due, status, "", degraded,
-                                    payload if keep_bodies else None))
+                                    payload if keep_bodies else None, i))
 
     n = int(rate * duration_s)
     tasks = []
-    start = clock() + 0.05
+    start = run.start = clock() + 0.05
     for i in range(n):
         if stop is not None and stop.is_set():
             break
@@ -126,7 +130,7 @@ async def open_loop(host: str, port: int, make: Callable[[int], Request], rate: 
         delay = due - clock()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(one(make(i), due, start)))
+        tasks.append(asyncio.ensure_future(one(i, make(i), due, start)))
     await asyncio.gather(*tasks)
     run.elapsed_s = clock() - start
     run.cpu_s = _cpu() - cpu0

@@ -41,9 +41,14 @@ class HeadersTooLarge(Exception):
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    # None: VIDREC_HEADER_TIMEOUT_S. A class attribute, not an argument, because uvicorn builds
+    # the protocol itself (and, with --workers, in another process, from its import path).
+    header_timeout_s: float | None = None
+
     def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - uvicorn's signature
         super().__init__(*args, **kwargs)
-        self.header_timeout_s = get_settings().header_timeout_s
+        if self.header_timeout_s is None:
+            self.header_timeout_s = get_settings().header_timeout_s
         self._header_timer: asyncio.TimerHandle | None = None
         self._header_bytes = 0
         self._headers_too_large = False
