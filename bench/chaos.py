@@ -48,6 +48,7 @@ OUT = REPO / "bench" / "results" / "chaos.json"
 SERVICES = ("feature-store", "retrieval", "ranking", "gateway")
 RECOVERY_S = 5.0
 EVENT_EVERY = 4  # one request in 4 is an event
+CLIENT_TIMEOUT_S = 3.0
 
 
 @dataclass
@@ -230,7 +231,7 @@ class Traffic:
             self._stop = asyncio.Event()
             self._loop = asyncio.get_running_loop()
             run_task = asyncio.ensure_future(open_loop(
-                "127.0.0.1", self.port, self.request, self.rate, self.max_s, timeout_s=3.0,
+                "127.0.0.1", self.port, self.request, self.rate, self.max_s, CLIENT_TIMEOUT_S,
                 stop=self._stop, run=self.run))
             await asyncio.sleep(0.1)  # run.start is set by now
             self._started.set()
@@ -316,7 +317,8 @@ def check(run: Run, faults: list[Fault], traffic: Traffic, topo: Topology) -> di
         if 500 <= o.status < 600:
             problems.append(f"recommendation {o.index} at {o.due:.1f} s: HTTP {o.status}")
         elif o.status == 0:
-            in_gateway_gap = gateway_down.start <= o.due <= gateway_down.end
+            # due before the kill but still in flight when it came also fails
+            in_gateway_gap = gateway_down.start - CLIENT_TIMEOUT_S <= o.due <= gateway_down.end
             if o.error == "TimeoutError" or not in_gateway_gap:
                 problems.append(f"recommendation {o.index} at {o.due:.1f} s: {o.error}")
             if f is not None:
@@ -348,7 +350,8 @@ def check(run: Run, faults: list[Fault], traffic: Traffic, topo: Topology) -> di
                 per_fault[f.name]["events_2xx"] += 1
         elif o.status == 503 and f is not None:
             per_fault[f.name]["events_503"] += 1
-        elif o.status == 0 and gateway_down.start <= o.due <= gateway_down.end:
+        elif o.status == 0 and (gateway_down.start - CLIENT_TIMEOUT_S <= o.due
+                                <= gateway_down.end):
             pass  # the gateway was down: the client saw it fail and would retry
         else:
             problems.append(f"event {o.index} at {o.due:.1f} s: {o.status or o.error}")
