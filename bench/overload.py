@@ -108,14 +108,23 @@ def step_load(port: int, users_file: Path, first: float, step: float, step_s: fl
     steps = []
     rate = first
     capacity = None
+    def over(r: dict) -> bool:
+        return bool((r["all_p99_ms"] or 1e9) > P99_BUDGET_MS or r["client_timeouts"]
+                    or r["refused"] or r["other_errors"])
+
     while rate <= max_rate:
-        r = run_loadgen(port, users_file, rate, step_s, seed=int(rate))
-        steps.append(r)
-        print(f"[overload]   step {rate:6.0f} req/s: p99 {r['all_p99_ms']} ms, goodput "
-              f"{r['goodput_rps']}, timeouts {r['client_timeouts']}, load {r['load_avg_1m']}",
-              flush=True)
-        over = (r["all_p99_ms"] or 1e9) > P99_BUDGET_MS or r["client_timeouts"] or r["refused"]
-        if over:
+        # A step over budget is run once more before it counts: on a shared machine one stall
+        # elsewhere can push a 5 s step's p99 over 50 ms.
+        for attempt in range(2):
+            r = run_loadgen(port, users_file, rate, step_s, seed=int(rate) + attempt)
+            r["attempt"] = attempt + 1
+            steps.append(r)
+            print(f"[overload]   step {rate:6.0f} req/s: p99 {r['all_p99_ms']} ms, goodput "
+                  f"{r['goodput_rps']}, timeouts {r['client_timeouts']}, generator cpu "
+                  f"{r['generator_cpu']}, load {r['load_avg_1m']}", flush=True)
+            if not over(r):
+                break
+        if over(r):
             break
         capacity = r
         rate += step
@@ -312,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=0, help=argparse.SUPPRESS)
     p.add_argument("--duration", type=float, default=0, help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--first-rate", type=float, default=50.0)
+    p.add_argument("--first-rate", type=float, default=25.0)
     p.add_argument("--step-rate", type=float, default=25.0)
     p.add_argument("--max-rate", type=float, default=1000.0)
     p.add_argument("--step-s", type=float, default=5.0, help="Seconds per capacity step.")
