@@ -17,7 +17,8 @@ A pure ASGI middleware in front of the routes that, per request:
    503 (`shed_recommendations = "popular"`): see `degraded` below.
 
 /healthz, /readyz and /metrics are never limited: a load balancer must see an overloaded
-process as alive and ready (it is answering, only refusing extra work quickly).
+process as alive and ready (it is answering, only refusing extra work quickly). Nor is /admin/
+(bundle reloads): see UNLIMITED_PREFIX.
 
 Why a fixed limit and not an adaptive one (Envoy's gradient, Netflix's Vegas): measured in
 bench/overload.py, a single asyncio process saturates its core at a concurrency of a few
@@ -51,6 +52,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Degraded = Callable[[Scope], Awaitable[tuple[int, bytes] | None]]
 
 NEVER_SHED = frozenset({"/healthz", "/readyz", "/metrics"})
+# Operator actions (a bundle reload) are rare, authenticated and may take minutes: refusing them
+# under load would stop a fix from being rolled out, and holding a slot that long would shrink
+# capacity, so they bypass the bound.
+UNLIMITED_PREFIX = "/admin/"
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 IN_FLIGHT = Gauge("vidrec_admission_in_flight", "Requests being served now (limited ones).",
@@ -134,7 +139,8 @@ class AdmissionMiddleware:
         self.degraded = degraded
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in NEVER_SHED:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in NEVER_SHED or path.startswith(UNLIMITED_PREFIX):
             await self.app(scope, receive, send)
             return
         if scope["method"] in BODY_METHODS:

@@ -52,6 +52,10 @@ def make_app(gate: Gate, **overrides) -> FastAPI:
         await gate.wait()
         return {"size": len(body)}
 
+    @app.post("/admin/reload")
+    async def reload() -> dict:
+        return {"reloaded": True}
+
     async def ready() -> dict:
         return {"ready": True}
 
@@ -103,6 +107,8 @@ def test_past_the_limit_a_request_is_refused_at_once_with_retry_after(base: str,
             # never shed: a load balancer must see the process alive and ready
             assert (await client.get(f"{base}/healthz")).status_code == 200
             assert (await client.get(f"{base}/readyz")).status_code == 200
+            # nor an operator's reload (rare, may take minutes: it must not wait for capacity)
+            assert (await client.post(f"{base}/admin/reload")).status_code == 200
             text = (await client.get(f"{base}/metrics")).text
             assert metric(text, "vidrec_admission_limit", service="gateway") == LIMIT
             assert metric(text, "vidrec_admission_in_flight", service="gateway") == LIMIT
