@@ -54,6 +54,7 @@ K = 20
 NO_LIMIT = "100000"
 LEVELS = (1.0, 1.5, 3.0)
 STEP_ATTEMPTS = 3
+MIN_RATE = 5.0
 
 
 # ---- load generator process: `python -m bench.overload --loadgen ...` -----------------------
@@ -125,12 +126,15 @@ def step_load(port: int, users_file: Path, first: float, step: float, step_s: fl
                   f"{r['generator_cpu']}, load {r['load_avg_1m']}", flush=True)
             if not over(r):
                 break
+        if over(r) and capacity is None and rate / 2 >= MIN_RATE:
+            rate, step = rate / 2, step / 2  # over budget from the start: look lower, finer
+            continue
         if over(r):
             break
         capacity = r
         rate += step
     if capacity is None:
-        raise RuntimeError(f"p99 over {P99_BUDGET_MS} ms already at {first} req/s")
+        raise RuntimeError(f"p99 over {P99_BUDGET_MS} ms already at {rate} req/s")
     little = capacity["offered_rps"] * (capacity["mean_ms_all_200"] or 0) / 1000
     return {"capacity_rps": capacity["offered_rps"], "concurrency_at_capacity": round(little, 2),
             "steps": steps}
