@@ -21,6 +21,7 @@ import redis
 
 from bench.overload import flood
 from services.feature_store.keys import Keys
+from services.gateway.catalog import Catalog
 from shared.bundle import Bundle
 from shared.settings import Settings
 from tests.overload.proxy import FaultProxy
@@ -143,33 +144,43 @@ def own_redis(tmp_path: Path):
 def test_a_shed_event_batch_gets_503_and_nothing_of_it_is_applied(
         gw_settings: Settings, serve_app, bundle: Bundle, own_redis) -> None:
     """max_in_flight=1, Redis behind a slow proxy: one recommendation request holds the only
-    slot while its hydrate waits on Redis; an event batch sent meanwhile is shed."""
+    slot while its hydrate waits on Redis; an event batch sent meanwhile is shed (503, even
+    with shed_recommendations=popular), and a recommendation request gets the popular list
+    flagged degraded=["admission"]."""
     from services.feature_store.loader import load_bundle
     from services.gateway.app import create_app
 
     port, client = own_redis
     with FaultProxy(port) as proxy:
         settings = gw_settings.model_copy(update={
-            "redis_url": f"redis://127.0.0.1:{proxy.port}/0", "max_in_flight": 1})
+            "redis_url": f"redis://127.0.0.1:{proxy.port}/0", "max_in_flight": 1,
+            "shed_recommendations": "popular"})
         load_bundle(settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0"}),
                     settings.bundle, progress=False)
         with serve_app(create_app(settings)) as base:
             batch = {"events": [event(bundle, user_id="shed-user") for _ in range(3)]}
 
-            async def scenario() -> tuple[httpx.Response, httpx.Response]:
+            async def scenario() -> tuple[httpx.Response, ...]:
                 async with httpx.AsyncClient(timeout=30) as http:
                     proxy.slow(1.0, 1.0)
                     held = asyncio.create_task(
                         http.get(f"{base}/v1/users/someone/recommendations"))
                     await asyncio.sleep(0.3)  # the request is in its hydrate now
                     shed = await http.post(f"{base}/v1/events", json=batch)
+                    popular = await http.get(f"{base}/v1/users/u%2F1/recommendations",
+                                             params={"k": 7})
                     proxy.heal()
-                    return shed, await held
+                    return shed, popular, await held
 
-            shed, held = asyncio.run(scenario())
+            shed, popular, held = asyncio.run(scenario())
             assert held.status_code == 200
             assert shed.status_code == 503, shed.text
             assert shed.headers["retry-after"] == "1"
+            body = popular.json()
+            assert popular.status_code == 200 and body["degraded"] == ["admission"]
+            assert body["user_id"] == "u/1" and len(body["items"]) == 7
+            assert body["items"][0]["item_id"] == Catalog.from_bundle(bundle).popular[0]
+            assert body["model_version"] == bundle.version
             keys = Keys(settings.key_prefix, settings.events_stream)
             assert client.exists(*keys.user_keys("shed-user")) == 0
             # the retry, with capacity back, is applied in full
