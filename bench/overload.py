@@ -87,9 +87,7 @@ def run_loadgen(port: int, users_file: Path, rate: float, duration: float, seed:
 
 
 # ---- topologies -------------------------------------------------------------------------------
-def start(servers: Servers, topology: str, limit: str | None) -> str:
-    extra = {} if limit is None else {"VIDREC_MAX_IN_FLIGHT": limit,
-                                      "VIDREC_INTERNAL_MAX_IN_FLIGHT": limit}
+def start(servers: Servers, topology: str, extra: dict[str, str]) -> str:
     if topology == "one":
         base = servers.start("all", free_port(), bench_env(**extra))
     else:
@@ -170,7 +168,8 @@ def topology_run(name: str, topology: str, users: list[str], users_file: Path, w
     servers = Servers(work)
     try:
         print(f"[overload] {name}: step-load with admission control off ...", flush=True)
-        base = start(servers, topology, NO_LIMIT)
+        base = start(servers, topology, {"VIDREC_MAX_IN_FLIGHT": NO_LIMIT,
+                                         "VIDREC_INTERNAL_MAX_IN_FLIGHT": NO_LIMIT})
         warm_up(base, users)
         port = int(base.rsplit(":", 1)[1])
         result.update(step_load(port, users_file, args.first_rate, args.step_rate, args.step_s,
@@ -184,14 +183,36 @@ def topology_run(name: str, topology: str, users: list[str], users_file: Path, w
     servers = Servers(work)
     try:
         print(f"[overload] {name}: levels with admission control on ...", flush=True)
-        base = start(servers, topology, None)
+        base = start(servers, topology, {})
         warm_up(base, users)
         port = int(base.rsplit(":", 1)[1])
         result["levels"] = levels(port, users_file, capacity, args.level_s, args.repeats)
     finally:
         servers.stop()
+    if topology == "one" and args.sweep:
+        result["limit_sweep_3x"] = limit_sweep(users, users_file, work, capacity, args)
     result["meets_goals"] = meets_goals(result)
     return result
+
+
+def limit_sweep(users: list[str], users_file: Path, work: Path, capacity: float,
+                args: argparse.Namespace) -> dict:
+    """3x capacity under several fixed limits, one run each: the evidence for the default."""
+    out = {}
+    for limit in args.sweep:
+        servers = Servers(work)
+        try:
+            base = start(servers, "one", {"VIDREC_MAX_IN_FLIGHT": str(limit)})
+            warm_up(base, users)
+            r = run_loadgen(int(base.rsplit(":", 1)[1]), users_file, capacity * 3,
+                            args.level_s, seed=limit)
+        finally:
+            servers.stop()
+        print(f"[overload]   limit {limit:3d} at 3x: accepted p99 {r['accepted_p99_ms']} ms, "
+              f"goodput {r['goodput_rps']}, refused p99 {r['refused_p99_ms']} ms, degraded "
+              f"{r['degraded_share']}, load {r['load_avg_1m']}", flush=True)
+        out[str(limit)] = r
+    return out
 
 
 def meets_goals(r: dict) -> dict:
@@ -215,7 +236,7 @@ def memory_run(work: Path, users: list[str], n: int) -> dict:
 
     servers = Servers(work)
     try:
-        base = start(servers, "one", None)
+        base = start(servers, "one", {})
         warm_up(base, users)
         port = int(base.rsplit(":", 1)[1])
         proc = psutil.Process(servers.procs[-1][1].pid)
@@ -333,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--level-s", type=float, default=10.0, help="Seconds per level run.")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--memory-requests", type=int, default=100_000)
+    p.add_argument("--sweep", type=int, nargs="*", default=[2, 4, 8, 16],
+                   help="Limits tried at 3x capacity, one process (none: skip).")
     p.add_argument("--only", choices=["one", "four", "memory"], action="append")
     p.add_argument("--out", default=str(OUT))
     args = p.parse_args(argv)
