@@ -316,7 +316,8 @@ def check(run: Run, faults: list[Fault], traffic: Traffic, topo: Topology) -> di
     recs = [o for o in run.outcomes if not traffic.is_event(o)]
     events = [o for o in run.outcomes if traffic.is_event(o)]
     problems: list[str] = []
-    per_fault = {f.name: {"seconds": round(f.end - f.start, 2), "recommendations": 0,
+    per_fault = {f.name: {"start_s": round(f.start, 2), "end_s": round(f.end, 2),
+                          "seconds": round(f.end - f.start, 2), "recommendations": 0,
                           "degraded": 0, "degraded_stages": {}, "events_2xx": 0,
                           "events_503": 0, "last_degraded_after_end_s": None,
                           "connection_errors": 0} for f in faults}
