@@ -8,9 +8,9 @@ recommendations and events, and one fault after another:
 
 Checked for every fault: 0 gateway 5xx for recommendations (and no client timeouts; connection
 errors only while the gateway itself is down), answers flagged `degraded` only while a fault
-lasts (from the fault until the part is back, plus `recovery_s` = 5 s), the fault visible while
-it lasts (the check can fail), and 0 accepted events lost: every event answered 2xx has its
-dedupe marker "done" in Redis and its entry in the events stream.
+lasts (from requests in flight when it starts until the part is back plus `RECOVERY_S` = 5 s),
+the fault visible while it lasts (the check can fail), and 0 accepted events lost: every event
+answered 2xx has its dedupe marker "done" in Redis and its entry in the events stream.
 
     .venv/bin/python -m bench.chaos [--rate 40] [--hold 8] [--observe 8]
 
@@ -49,6 +49,9 @@ SERVICES = ("feature-store", "retrieval", "ranking", "gateway")
 RECOVERY_S = 5.0
 EVENT_EVERY = 4  # one request in 4 is an event
 CLIENT_TIMEOUT_S = 3.0
+# A request due this long before a fault may still be in flight when it starts (every stage
+# waiting out its timeout): it meets the fault, so its degraded answer belongs to it.
+IN_FLIGHT_S = 2.0
 
 
 @dataclass
@@ -308,7 +311,7 @@ def warm_up(base: str, users: list[str], n: int = 100) -> None:
 def check(run: Run, faults: list[Fault], traffic: Traffic, topo: Topology) -> dict:
     def fault_at(t: float, recovery: float = RECOVERY_S) -> Fault | None:
         for f in faults:
-            if f.start <= t <= f.end + recovery:
+            if f.start - IN_FLIGHT_S <= t <= f.end + recovery:
                 return f
         return None
 
