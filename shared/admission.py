@@ -41,6 +41,7 @@ from typing import Any
 import orjson
 from prometheus_client import Counter, Gauge
 
+from shared.adaptive_limit import LoopLagLimit
 from shared.settings import Settings
 
 Scope = dict[str, Any]
@@ -76,19 +77,31 @@ class Admission:
     """The in-flight bound of one service: a counter, not a semaphore, so that refusing costs
     nothing when there is no queue."""
 
-    def __init__(self, service: str, limit: int, queue: int, queue_wait_s: float) -> None:
+    def __init__(self, service: str, limit: int, queue: int, queue_wait_s: float,
+                 adaptive: LoopLagLimit | None = None) -> None:
         if limit < 1:
             raise ValueError(f"admission limit must be >= 1, got {limit}")
-        self.service, self.limit = service, limit
+        self.service, self._limit = service, limit
         self.queue, self.queue_wait_s = queue, queue_wait_s
         self.in_flight = 0
         self._waiters: list[asyncio.Future[None]] = []
         self._in_flight_gauge = IN_FLIGHT.labels(service)
         self._waiting_gauge = WAITING.labels(service)
-        LIMIT.labels(service).set(limit)
+        gauge = LIMIT.labels(service)
+        gauge.set(limit)
+        self.adaptive = adaptive
+        if adaptive is not None:
+            adaptive.on_change = gauge.set
+
+    @property
+    def limit(self) -> int:
+        return self.adaptive.limit if self.adaptive is not None else self._limit
 
     async def acquire(self) -> bool:
         """True with a slot taken; False when the request should be refused."""
+        if self.adaptive is not None:
+            self.adaptive.start()
+            self.adaptive.saw(self.in_flight + 1)
         if self.in_flight < self.limit and not self._waiters:
             self._take()
             return True
@@ -129,10 +142,11 @@ class BodyTooLarge(Exception):
 class AdmissionMiddleware:
     def __init__(self, app: ASGIApp, *, service: str, limit: int, queue: int = 0,
                  queue_wait_s: float = 0.0, max_body_bytes: int, body_timeout_s: float,
-                 retry_after_s: int = 1, degraded: Degraded | None = None) -> None:
+                 retry_after_s: int = 1, degraded: Degraded | None = None,
+                 adaptive: LoopLagLimit | None = None) -> None:
         self.app = app
         self.service = service
-        self.admission = Admission(service, limit, queue, queue_wait_s)
+        self.admission = Admission(service, limit, queue, queue_wait_s, adaptive)
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
         self.retry_after = str(retry_after_s).encode()
@@ -242,9 +256,14 @@ def add_admission(app: Any, settings: Settings, service: str,
                   degraded: Degraded | None = None) -> None:
     """Install admission control and body limits on a FastAPI app (outermost middleware)."""
     public = service == "gateway"
+    limit = settings.max_in_flight if public else settings.internal_max_in_flight
+    # Only the gateway adapts: the internal services are fed by gateways that are bounded
+    # already, and a shrinking internal bound would only turn the gateway's answers degraded.
+    adaptive = (LoopLagLimit(limit, settings.admission_min_in_flight,
+                             settings.admission_target_lag_s)
+                if settings.admission_adaptive and public else None)
     app.add_middleware(
-        AdmissionMiddleware, service=service,
-        limit=settings.max_in_flight if public else settings.internal_max_in_flight,
+        AdmissionMiddleware, service=service, adaptive=adaptive, limit=limit,
         queue=settings.admission_queue, queue_wait_s=settings.admission_queue_wait_s,
         max_body_bytes=settings.max_body_bytes if public else settings.internal_max_body_bytes,
         body_timeout_s=settings.body_timeout_s, retry_after_s=settings.shed_retry_after_s,

@@ -66,6 +66,13 @@ class Settings(BaseSettings):
     internal_max_in_flight: int = Field(
         32, ge=1, description="Retrieval, ranking, feature store: the same bound. Higher than "
         "the gateway's, whose own bound already limits what it sends them.")
+    admission_adaptive: bool = Field(
+        True, description="Gateway: lower the limit (down to admission_min_in_flight) while the "
+        "event loop lags, raise it back (up to max_in_flight) when it does not: follows the "
+        "CPU a request really gets (shared/adaptive_limit.py).")
+    admission_min_in_flight: int = Field(2, ge=1, description="Floor of the adaptive limit.")
+    admission_target_lag_s: float = Field(0.004, gt=0, description="Event-loop lag the "
+                                          "adaptive limit keeps under.")
     admission_queue: int = Field(0, ge=0, description="Requests that may wait for a slot.")
     admission_queue_wait_s: float = Field(0.005, ge=0, description="Longest such wait.")
     shed_recommendations: Literal["503", "popular"] = Field(

@@ -37,7 +37,7 @@ class Gate:
 
 def make_app(gate: Gate, **overrides) -> FastAPI:
     settings = Settings(max_in_flight=LIMIT, max_body_bytes=1000, body_timeout_s=1.0,
-                        **overrides)
+                        admission_adaptive=False, **overrides)
     app = FastAPI()
 
     @app.get("/slow")
