@@ -197,12 +197,14 @@ def topology_run(name: str, topology: str, users: list[str], users_file: Path, w
 
 def limit_sweep(users: list[str], users_file: Path, work: Path, capacity: float,
                 args: argparse.Namespace) -> dict:
-    """3x capacity under several fixed limits, one run each: the evidence for the default."""
+    """3x capacity under several fixed limits (adaptation off), one run each: how latency and
+    goodput depend on the limit, the evidence for the default and for adapting it."""
     out = {}
     for limit in args.sweep:
         servers = Servers(work)
         try:
-            base = start(servers, "one", {"VIDREC_MAX_IN_FLIGHT": str(limit)})
+            base = start(servers, "one", {"VIDREC_MAX_IN_FLIGHT": str(limit),
+                                          "VIDREC_ADMISSION_ADAPTIVE": "false"})
             warm_up(base, users)
             r = run_loadgen(int(base.rsplit(":", 1)[1]), users_file, capacity * 3,
                             args.level_s, seed=limit)
@@ -387,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
             "bundle": bundle.version, "items": len(bundle.items), "k": K,
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
             "settings": {"max_in_flight": settings.max_in_flight,
+                         "admission_adaptive": settings.admission_adaptive,
+                         "admission_min_in_flight": settings.admission_min_in_flight,
+                         "admission_target_lag_s": settings.admission_target_lag_s,
                          "internal_max_in_flight": settings.internal_max_in_flight,
                          "admission_queue": settings.admission_queue,
                          "shed_recommendations": settings.shed_recommendations},
