@@ -67,7 +67,7 @@ class Settings(BaseSettings):
         32, ge=1, description="Retrieval, ranking, feature store: the same bound. Higher than "
         "the gateway's, whose own bound already limits what it sends them.")
     admission_adaptive: bool = Field(
-        True, description="Gateway: lower the limit (down to admission_min_in_flight) while the "
+        False, description="Gateway: lower the limit (down to admission_min_in_flight) while the "
         "event loop lags, raise it back (up to max_in_flight) when it does not: follows the "
         "CPU a request really gets (shared/adaptive_limit.py).")
     admission_min_in_flight: int = Field(2, ge=1, description="Floor of the adaptive limit.")
