@@ -20,12 +20,13 @@ A pure ASGI middleware in front of the routes that, per request:
 process as alive and ready (it is answering, only refusing extra work quickly). Nor is /admin/
 (bundle reloads): see UNLIMITED_PREFIX.
 
-Why a fixed limit and not an adaptive one (Envoy's gradient, Netflix's Vegas): measured in
-bench/overload.py, a single asyncio process saturates its core at a concurrency of a few
-requests; any limit between that and the p99 budget (limit x per-request cost <= 50 ms) keeps
-p99 in budget, so a fixed limit from settings is enough, and predictable to size replicas with
-(docs/capacity.md). An adaptive limit earns its complexity when the cost per request drifts
-(e.g. a GPU shared with others), which a setting cannot follow.
+Fixed or adaptive (bench/overload.py, docs/capacity.md): past a few requests in flight a
+process's throughput is flat and each extra request only adds its CPU time to everyone's
+latency, so the right limit is about (p99 budget / CPU time per request). The default is a fixed
+8 (~6 ms a request on a dedicated 2-core box: 8 x 6 = 48 ms), which also lets 8 clients call at
+once without a refusal. Where the CPU a request gets varies (a shared or noisy host: measured
+~25 ms a request, where a fixed 8 gave a p99 of 216 ms), VIDREC_ADMISSION_ADAPTIVE=true lets the
+gateway's limit follow event-loop lag (shared/adaptive_limit.py).
 
 Hand-written because no maintained ASGI library does this: Starlette has no concurrency
 limiter, and uvicorn's `limit_concurrency` counts connections and tasks, health checks
