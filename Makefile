@@ -41,6 +41,7 @@ lint: venv
 
 bench: venv
 	$(BIN)/python -m bench.serving
+	$(BIN)/python -m bench.overload
 
 # A/B simulation on the served bundle: popularity vs the full model (docs/experiments.md).
 simulate: venv

@@ -28,6 +28,8 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, Field
 
+from shared.validation import Identifier, Tag
+
 EventType = Literal["view", "like", "skip", "complete", "dislike"]
 Source = Literal["ann", "content", "tags", "popular"]
 
@@ -73,9 +75,9 @@ class ItemMetaResponse(BaseModel):
 
 
 class Event(BaseModel):
-    event_id: str = Field(min_length=1, max_length=200)
-    user_id: str = Field(min_length=1, max_length=200)
-    item_id: str = Field(min_length=1, max_length=200)
+    event_id: Identifier
+    user_id: Identifier
+    item_id: Identifier
     type: EventType
     timestamp: float = Field(description="Unix seconds (the API also accepts ISO 8601).")
     watch_fraction: float = Field(0.0, ge=0.0, le=1.0)
@@ -160,7 +162,7 @@ class SimilarResponse(BaseModel):
 
 class ItemUpsert(BaseModel):
     title: str = Field(min_length=1, max_length=2000)
-    tags: list[str] = Field(default_factory=list, max_length=100)
+    tags: list[Tag] = Field(default_factory=list, max_length=100)
     embedding: list[float] | None = Field(
         None, description="Content embedding (encoder dim); computed from title+tags if absent.")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -67,6 +68,34 @@ class Settings(BaseSettings):
     impression_ttl_s: int = Field(10_800, description="How long an answer stays attributable.")
     attribution_window_s: float = Field(
         1800.0, description="A play within this long of its impression counts for CTR@k.")
+
+    # --- overload and hostile input (shared/admission.py, shared/server.py, docs/capacity.md)
+    max_in_flight: int = Field(
+        8, ge=1, description="Gateway: most requests served at once; more are refused with 503 "
+        "(or the popular list, see shed_recommendations). Health/ready/metrics never count.")
+    internal_max_in_flight: int = Field(
+        32, ge=1, description="Retrieval, ranking, feature store: the same bound. Higher than "
+        "the gateway's, whose own bound already limits what it sends them.")
+    admission_adaptive: bool = Field(
+        False, description="Gateway: lower the limit (down to admission_min_in_flight) while the "
+        "event loop lags, raise it back (up to max_in_flight) when it does not: follows the "
+        "CPU a request really gets (shared/adaptive_limit.py).")
+    admission_min_in_flight: int = Field(2, ge=1, description="Floor of the adaptive limit.")
+    admission_target_lag_s: float = Field(0.004, gt=0, description="Event-loop lag the "
+                                          "adaptive limit keeps under.")
+    admission_queue: int = Field(0, ge=0, description="Requests that may wait for a slot.")
+    admission_queue_wait_s: float = Field(0.005, ge=0, description="Longest such wait.")
+    shed_recommendations: Literal["503", "popular"] = Field(
+        "503", description="What a shed recommendation request gets: 503 + Retry-After, or "
+        "the bundle's popular list flagged degraded=['admission'].")
+    shed_retry_after_s: int = Field(1, ge=0, description="Retry-After of a shed request.")
+    max_body_bytes: int = Field(1 << 20, ge=1, description="Gateway request bodies; 413 above.")
+    internal_max_body_bytes: int = Field(64 << 20, ge=1,
+                                         description="Internal services' request bodies.")
+    header_timeout_s: float = Field(5.0, gt=0, description="Request line + headers must arrive "
+                                    "within this; slower clients are disconnected.")
+    body_timeout_s: float = Field(10.0, gt=0, description="A request body must arrive within "
+                                  "this; slower ones get 408.")
 
     # --- onnxruntime / faiss ------------------------------------------------------------
     ort_intra_threads: int = 2

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 
 from services.feature_store.errors import UnknownItems
 from services.feature_store.store import FeatureStore
+from shared.admission import add_admission
 from shared.contracts import (
     EventBatch,
     EventBatchResult,
@@ -45,6 +46,7 @@ def create_app(settings: Settings) -> FastAPI:
             await app.state.store.aclose()
 
     app = FastAPI(title="vidrec feature store", lifespan=lifespan)
+    add_admission(app, settings, "feature_store")
 
     def store() -> FeatureStore:
         return app.state.store

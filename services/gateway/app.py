@@ -29,6 +29,8 @@ from services.gateway.routes import (
 )
 from services.gateway.routes.pages import add_pages
 from services.gateway.schemas import EventBatchIn, EventIn
+from services.gateway.shed import popular_answer
+from shared.admission import add_admission
 from shared.contracts import FeatureStoreAPI, RankingAPI, RetrievalAPI
 from shared.observability import add_ops_routes
 from shared.settings import Settings
@@ -69,6 +71,7 @@ def create_app(settings: Settings, feature_store: FeatureStoreAPI | None = None,
 
     app = FastAPI(title="vidrec", version="1", description=DESCRIPTION, lifespan=lifespan)
     app.state.stats = StatsWindow(settings.console_sample_s, settings.console_window_s)
+    add_admission(app, settings, "gateway", degraded=popular_answer)  # before CORS: inside it
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST", "PUT", "DELETE"],

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pydantic import BaseModel, Field, field_validator
 
 from shared.contracts import Event, EventType, ItemMeta
+from shared.validation import Identifier
 
 
 class RecommendedItem(BaseModel):
@@ -35,9 +36,9 @@ class Recommendations(BaseModel):
 class EventIn(BaseModel):
     """One interaction. `timestamp` is unix seconds or an ISO 8601 date-time."""
 
-    event_id: str = Field(min_length=1, max_length=200, description="Idempotency key.")
-    user_id: str = Field(min_length=1, max_length=200)
-    item_id: str = Field(min_length=1, max_length=200)
+    event_id: Identifier = Field(description="Idempotency key.")
+    user_id: Identifier
+    item_id: Identifier
     type: EventType
     timestamp: float | datetime = Field(
         examples=[1700000000, "2024-05-01T12:00:00Z"],

@@ -60,7 +60,9 @@ def worker_app() -> FastAPI:
 def serve(settings: Settings, service: str, host: str, port: int, workers: int = 1) -> None:
     import uvicorn
 
-    common = {"host": host, "port": port, "loop": "uvloop", "http": "httptools",
+    from shared.server import GuardedHttpToolsProtocol  # httptools + header timeout/size
+
+    common = {"host": host, "port": port, "loop": "uvloop", "http": GuardedHttpToolsProtocol,
               "log_level": "info", "access_log": False, "timeout_graceful_shutdown": 5}
     settings = fit_ort_threads(settings, workers)
     print(f"vidrec {service}: listening on http://{host}:{port} (docs http://{host}:{port}/docs,"

@@ -19,6 +19,7 @@ from services.ranking.errors import RankerLoadError
 from services.ranking.new_items import RedisOverlayContent
 from services.ranking.service import RankingService
 from shared.admin import ReloadRequest, ReloadResponse, require_admin
+from shared.admission import add_admission
 from shared.bundle import BundleError
 from shared.contracts import (
     BundleNotServed,
@@ -62,6 +63,7 @@ def create_app(settings: Settings, service: RankingService | None = None) -> Fas
                 await new_items.aclose()
 
     app = FastAPI(title="vidrec ranking", lifespan=lifespan)
+    add_admission(app, settings, "ranking")
     admin = Depends(require_admin(settings))
 
     @app.post("/v1/score", tags=["ranking"])

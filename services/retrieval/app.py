@@ -25,6 +25,7 @@ from services.retrieval.errors import InvalidRequest, ItemNotFound, MetadataNotS
 from services.retrieval.service import RetrievalService
 from services.retrieval.similar import MAX_SIMILAR
 from shared.admin import ReloadRequest, ReloadResponse, require_admin
+from shared.admission import add_admission
 from shared.bundle import BundleError
 from shared.contracts import (
     BundleNotServed,
@@ -80,6 +81,7 @@ def create_app(settings: Settings, service: RetrievalService | None = None) -> F
                 await store.aclose()
 
     app = FastAPI(title="vidrec retrieval", lifespan=lifespan)
+    add_admission(app, settings, "retrieval")
     admin = Depends(require_admin(settings))
 
     @app.exception_handler(InvalidRequest)

@@ -16,11 +16,12 @@ from services.gateway.pipeline.stage import DEPENDENCY_ERRORS
 from services.gateway.responses import JSON
 from services.gateway.schemas import PopularItems, SimilarItems
 from shared.contracts import ItemMeta, ItemUpsert, RetrievalQuery
+from shared.validation import MAX_LIST_PARAMS, Identifier, TagQuery
 
 router = APIRouter(tags=["items"])
 log = logging.getLogger("vidrec.gateway")
 
-ItemId = Annotated[str, Path(min_length=1, max_length=200)]
+ItemId = Annotated[Identifier, Path()]
 ADMIN_TIMEOUT_S = 10.0  # an upsert may compute an embedding
 
 
@@ -67,7 +68,8 @@ async def similar(gateway: GatewayDep, item_id: ItemId,
 async def popular(
     gateway: GatewayDep,
     k: Annotated[int, Query(ge=1, le=100)] = 20,
-    tags: Annotated[list[str] | None, Query(description="Only items with one of these.")] = None,
+    tags: Annotated[list[TagQuery] | None, Query(
+        max_length=MAX_LIST_PARAMS, description="Only items with one of these.")] = None,
 ) -> JSON:
     wanted = parse_tags(tags)
     try:

@@ -16,11 +16,12 @@ from services.gateway.experiments.assignment import HEADER, Assignment, UnknownA
 from services.gateway.pipeline import RecContext, RecRequest
 from services.gateway.responses import JSON
 from services.gateway.schemas import Recommendations
+from shared.validation import MAX_LIST_PARAMS, Identifier, TagQuery
 
 router = APIRouter(tags=["recommendations"])
 
-UserId = Annotated[str, Path(min_length=1, max_length=200)]
-Tags = Annotated[list[str] | None, Query()]
+UserId = Annotated[Identifier, Path()]
+Tags = list[TagQuery] | None
 
 
 def render(ctx: RecContext, request_id: str, assignment: Assignment | None) -> dict:
@@ -43,13 +44,15 @@ async def recommendations(
     gateway: GatewayDep,
     user_id: UserId,
     k: Annotated[int, Query(ge=1, le=100, description="How many items.")] = 20,
-    exclude: Annotated[list[str] | None, Query(description="Item ids to leave out.")] = None,
-    include_tags: Annotated[list[str] | None,
-                            Query(description="Only items with one of these tags.")] = None,
-    exclude_tags: Annotated[list[str] | None,
-                            Query(description="No item with any of these tags.")] = None,
-    interests: Annotated[list[str] | None,
-                         Query(description="Tags to favour (e.g. a new user's picks).")] = None,
+    exclude: Annotated[list[Identifier] | None, Query(
+        max_length=MAX_LIST_PARAMS, description="Item ids to leave out.")] = None,
+    include_tags: Annotated[Tags, Query(
+        max_length=MAX_LIST_PARAMS, description="Only items with one of these tags.")] = None,
+    exclude_tags: Annotated[Tags, Query(
+        max_length=MAX_LIST_PARAMS, description="No item with any of these tags.")] = None,
+    interests: Annotated[Tags, Query(
+        max_length=MAX_LIST_PARAMS, description="Tags to favour (e.g. a new user's picks).")
+    ] = None,
     arm: Annotated[str | None, Header(
         alias=HEADER, max_length=200,
         description="QA only: force an arm of the active experiment ('arm' or "

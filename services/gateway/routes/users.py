@@ -12,6 +12,7 @@ from services.gateway.deps import GatewayDep
 from services.gateway.responses import JSON
 from services.gateway.routes.items import lookup_meta
 from services.gateway.schemas import History, TasteProfile
+from shared.validation import Identifier
 
 router = APIRouter(tags=["users"])
 
@@ -20,7 +21,7 @@ router = APIRouter(tags=["users"])
             summary="A user's recent interactions, newest last")
 async def history(
     gateway: GatewayDep,
-    user_id: Annotated[str, Path(min_length=1, max_length=200)],
+    user_id: Annotated[Identifier, Path()],
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> JSON:
     async with asyncio.timeout(gateway.settings.timeout_hydrate_s * 10):

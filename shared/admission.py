@@ -1,0 +1,271 @@
+"""Admission control: every service refuses work it cannot do in time, fast, instead of queueing.
+
+    add_admission(app, settings, "gateway")      # one line in each service's create_app
+
+A pure ASGI middleware in front of the routes that, per request:
+
+1. reads a request body itself, before anything parses it: a Content-Length above the limit is
+   refused with 413 without reading a byte, a body that grows past it with 413, a body trickled
+   slower than `body_timeout_s` allows with 408 (the header timeout lives in the server:
+   shared/server.py);
+2. bounds the requests in flight (`max_in_flight`; the internal services get
+   `internal_max_in_flight`). Past the bound a request waits for a slot only if
+   `admission_queue` > 0 and at most `admission_queue_wait_s`; otherwise it is refused at once
+   with 503 + Retry-After. The body is read before a slot is taken, so a slow client never holds
+   one. A refused request never reaches the app: a shed event batch has nothing of it applied.
+   The gateway may answer a shed recommendation request with a cheap degraded answer instead of
+   503 (`shed_recommendations = "popular"`): see `degraded` below.
+
+/healthz, /readyz and /metrics are never limited: a load balancer must see an overloaded
+process as alive and ready (it is answering, only refusing extra work quickly). Nor is /admin/
+(bundle reloads): see UNLIMITED_PREFIX.
+
+Fixed or adaptive (bench/overload.py, docs/capacity.md): past a few requests in flight a
+process's throughput is flat and each extra request only adds its CPU time to everyone's
+latency, so the right limit is about (p99 budget / CPU time per request). The default is a fixed
+8 (~6 ms a request on a dedicated 2-core box: 8 x 6 = 48 ms), which also lets 8 clients call at
+once without a refusal. Where the CPU a request gets varies (a shared or noisy host: measured
+~25 ms a request, where a fixed 8 gave a p99 of 216 ms), VIDREC_ADMISSION_ADAPTIVE=true lets the
+gateway's limit follow event-loop lag (shared/adaptive_limit.py).
+
+Hand-written because no maintained ASGI library does this: Starlette has no concurrency
+limiter, and uvicorn's `limit_concurrency` counts connections and tasks, health checks
+included, and answers 503 without Retry-After or metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from prometheus_client import Counter, Gauge
+
+from shared.adaptive_limit import LoopLagLimit
+from shared.settings import Settings
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+# An answer for a shed request (e.g. the gateway's popular list), or None to answer 503.
+Degraded = Callable[[Scope], Awaitable[tuple[int, bytes] | None]]
+
+NEVER_SHED = frozenset({"/healthz", "/readyz", "/metrics"})
+# Operator actions (a bundle reload) are rare, authenticated and may take minutes: refusing them
+# under load would stop a fix from being rolled out, and holding a slot that long would shrink
+# capacity, so they bypass the bound.
+UNLIMITED_PREFIX = "/admin/"
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+IN_FLIGHT = Gauge("vidrec_admission_in_flight", "Requests being served now (limited ones).",
+                  ["service"], multiprocess_mode="livesum")
+WAITING = Gauge("vidrec_admission_waiting", "Requests waiting for a slot (admission queue).",
+                ["service"], multiprocess_mode="livesum")
+LIMIT = Gauge("vidrec_admission_limit", "Most requests served at once; more are refused.",
+              ["service"], multiprocess_mode="liveall")
+SHED = Counter("vidrec_admission_shed_total",
+               "Requests refused because the service was at its limit, by answer given "
+               "(503, or degraded: a cheap flagged answer).", ["service", "answer"])
+REFUSED = Counter("vidrec_request_refused_total",
+                  "Requests refused before parsing: body too large (413), body too slow (408).",
+                  ["service", "status"])
+
+
+class Admission:
+    """The in-flight bound of one service: a counter, not a semaphore, so that refusing costs
+    nothing when there is no queue."""
+
+    def __init__(self, service: str, limit: int, queue: int, queue_wait_s: float,
+                 adaptive: LoopLagLimit | None = None) -> None:
+        if limit < 1:
+            raise ValueError(f"admission limit must be >= 1, got {limit}")
+        self.service, self._limit = service, limit
+        self.queue, self.queue_wait_s = queue, queue_wait_s
+        self.in_flight = 0
+        self._waiters: list[asyncio.Future[None]] = []
+        self._in_flight_gauge = IN_FLIGHT.labels(service)
+        self._waiting_gauge = WAITING.labels(service)
+        gauge = LIMIT.labels(service)
+        gauge.set(limit)
+        self.adaptive = adaptive
+        if adaptive is not None:
+            adaptive.on_change = gauge.set
+
+    @property
+    def limit(self) -> int:
+        return self.adaptive.limit if self.adaptive is not None else self._limit
+
+    async def acquire(self) -> bool:
+        """True with a slot taken; False when the request should be refused."""
+        if self.adaptive is not None:
+            self.adaptive.start()
+            self.adaptive.saw(self.in_flight + 1)
+        if self.in_flight < self.limit and not self._waiters:
+            self._take()
+            return True
+        if len(self._waiters) >= self.queue:
+            return False
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._waiting_gauge.set(len(self._waiters))
+        try:
+            async with asyncio.timeout(self.queue_wait_s):
+                await waiter  # release() hands its slot over: in_flight already counts us
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            self._waiting_gauge.set(len(self._waiters))
+
+    def release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes to the waiter
+                return
+        self.in_flight -= 1
+        self._in_flight_gauge.set(self.in_flight)
+
+    def _take(self) -> None:
+        self.in_flight += 1
+        self._in_flight_gauge.set(self.in_flight)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class AdmissionMiddleware:
+    def __init__(self, app: ASGIApp, *, service: str, limit: int, queue: int = 0,
+                 queue_wait_s: float = 0.0, max_body_bytes: int, body_timeout_s: float,
+                 retry_after_s: int = 1, degraded: Degraded | None = None,
+                 adaptive: LoopLagLimit | None = None) -> None:
+        self.app = app
+        self.service = service
+        self.admission = Admission(service, limit, queue, queue_wait_s, adaptive)
+        self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
+        self.retry_after = str(retry_after_s).encode()
+        self.degraded = degraded
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in NEVER_SHED or path.startswith(UNLIMITED_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] in BODY_METHODS:
+            replay = await self._read_body(scope, receive, send)
+            if replay is None:
+                return  # already answered (413/408) or the client went away
+            receive = replay
+        if not await self.admission.acquire():
+            await self._shed(scope, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.admission.release()
+
+    async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_body_bytes:
+            await self._refuse(send, 413, f"request body of {declared} bytes is over the "
+                                          f"limit of {self.max_body_bytes} bytes")
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return None
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_body_bytes:
+                        raise BodyTooLarge
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except BodyTooLarge:
+            await self._refuse(send, 413, f"request body is over the limit of "
+                                          f"{self.max_body_bytes} bytes")
+            return None
+        except TimeoutError:
+            await self._refuse(send, 408, f"request body not received within "
+                                          f"{self.body_timeout_s:g} s")
+            return None
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # later calls: wait for the disconnect as usual
+
+        return replay
+
+    async def _refuse(self, send: Send, status: int, why: str) -> None:
+        REFUSED.labels(self.service, str(status)).inc()
+        # The rest of a refused body is never read: close the connection after answering.
+        await _send_json(send, status, {"detail": why}, [(b"connection", b"close")])
+
+    async def _shed(self, scope: Scope, send: Send) -> None:
+        if self.degraded is not None:
+            answer = await self.degraded(scope)
+            if answer is not None:
+                SHED.labels(self.service, "degraded").inc()
+                status, body = answer
+                await _send(send, status, body, [])
+                return
+        SHED.labels(self.service, "503").inc()
+        await _send_json(send, 503, {"detail": f"{self.service} is at its limit of "
+                                               f"{self.admission.limit} requests in flight; "
+                                               "retry shortly"},
+                         [(b"retry-after", self.retry_after)])
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _send_json(send: Send, status: int, content: dict, headers: list) -> None:
+    await _send(send, status, orjson.dumps(content), headers)
+
+
+async def _send(send: Send, status: int, body: bytes, headers: list) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def add_admission(app: Any, settings: Settings, service: str,
+                  degraded: Degraded | None = None) -> None:
+    """Install admission control and body limits on a FastAPI app (outermost middleware)."""
+    public = service == "gateway"
+    limit = settings.max_in_flight if public else settings.internal_max_in_flight
+    # Only the gateway adapts: the internal services are fed by gateways that are bounded
+    # already, and a shrinking internal bound would only turn the gateway's answers degraded.
+    adaptive = (LoopLagLimit(limit, settings.admission_min_in_flight,
+                             settings.admission_target_lag_s)
+                if settings.admission_adaptive and public else None)
+    app.add_middleware(
+        AdmissionMiddleware, service=service, adaptive=adaptive, limit=limit,
+        queue=settings.admission_queue, queue_wait_s=settings.admission_queue_wait_s,
+        max_body_bytes=settings.max_body_bytes if public else settings.internal_max_body_bytes,
+        body_timeout_s=settings.body_timeout_s, retry_after_s=settings.shed_retry_after_s,
+        degraded=degraded if settings.shed_recommendations == "popular" else None)

@@ -1,0 +1,114 @@
+"""uvicorn's httptools protocol with what it lacks against slow or hostile clients.
+
+uvicorn 0.54 times out only idle keep-alive connections: a connection that sends nothing, or
+trickles its request line and headers a byte at a time (slowloris), is held open for ever, and
+httptools puts no bound on the size of the headers. This subclass adds, per request:
+
+- a header timeout (`header_timeout_s`): from the connection's start, or a request's first byte,
+  until its headers are complete; past it the client gets 408 and the connection is closed;
+- a header size bound (MAX_HEADER_BYTES): above it, 431 and the connection is closed.
+
+A body trickled too slowly is cut off one layer up, where the body is read before any parsing
+(shared/admission.py: `body_timeout_s` -> 408). Written by hand because uvicorn has no such
+settings and no maintained ASGI server we use offers them as options.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from prometheus_client import Counter
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from shared.settings import get_settings
+
+log = logging.getLogger("vidrec.server")
+
+MAX_HEADER_BYTES = 64 * 1024
+CUT_OFF = Counter("vidrec_connections_cut_total",
+                  "Connections closed for slow (408) or oversized (431) request headers.",
+                  ["reason"])
+
+
+def _status_only(status: int, reason: str) -> bytes:
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            .encode("ascii"))
+
+
+class HeadersTooLarge(Exception):
+    pass
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    # None: VIDREC_HEADER_TIMEOUT_S. A class attribute, not an argument, because uvicorn builds
+    # the protocol itself (and, with --workers, in another process, from its import path).
+    header_timeout_s: float | None = None
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - uvicorn's signature
+        super().__init__(*args, **kwargs)
+        if self.header_timeout_s is None:
+            self.header_timeout_s = get_settings().header_timeout_s
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._header_bytes = 0
+        self._headers_too_large = False
+
+    # -- header timeout ----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_bytes = 0
+        self._arm_header_timer()  # no-op when the connection's own timer still runs
+
+    def on_headers_complete(self) -> None:
+        self._cancel_header_timer()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_late)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_late(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing():
+            return
+        CUT_OFF.labels("header_timeout").inc()
+        if self.cycle is None or self.cycle.response_complete:  # nothing of ours half-written
+            self.transport.write(_status_only(408, "Request Timeout"))
+        self.transport.close()
+
+    # -- header size -------------------------------------------------------------------------
+    def on_url(self, url: bytes) -> None:
+        self._count_header_bytes(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_header_bytes(len(name) + len(value))
+        super().on_header(name, value)
+
+    def _count_header_bytes(self, n: int) -> None:
+        self._header_bytes += n
+        if self._header_bytes > MAX_HEADER_BYTES:
+            self._headers_too_large = True
+            raise HeadersTooLarge  # httptools stops parsing; uvicorn calls send_400_response
+
+    def send_400_response(self, msg: str) -> None:
+        if not self._headers_too_large:
+            super().send_400_response(msg)
+            return
+        CUT_OFF.labels("headers_too_large").inc()
+        self._cancel_header_timer()
+        self.transport.write(_status_only(431, "Request Header Fields Too Large"))
+        self.transport.close()
