@@ -11,7 +11,7 @@ from .test_no_drift import dockerfile_instructions
 
 
 def ci_lines() -> list[list[str]]:
-    text = (REPO / ".ci" / "run").read_text()
+    text = (REPO / ".ci" / "run").read_text().replace("\\\n", " ")  # join continued lines
     return [shlex.split(line, comments=True) for line in text.splitlines()
             if line.strip() and not line.lstrip().startswith("#")]
 
