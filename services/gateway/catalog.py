@@ -6,6 +6,7 @@ Loaded once at start (and again on /admin/reload) from `items.json`; read-only p
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -84,11 +85,15 @@ class Catalog:
     def popular_candidates(self, n: int, exclude: set[str] | frozenset[str],
                            tags: Iterable[str] = ()) -> list[Candidate]:
         """Up to n available popular items not in `exclude`; items in one of the clusters of
-        `tags` first."""
-        wanted = set(self.interest_clusters(tags))
-        matching: list[Candidate] = []
+        `tags` first, in the retrieval tag source's order (services/retrieval/retrieve.py
+        `tag_source`): the most stated interests matched first (two interests of one cluster count
+        twice, as the tag source sums them), popularity breaking ties. The whole catalogue is
+        scanned: this path only runs while retrieval is down."""
+        wanted = Counter(c for t in dict.fromkeys(tags)
+                         if (c := self.tag_clusters.of(t)) is not None)
+        matching: list[tuple[float, int, Candidate]] = []
         rest: list[Candidate] = []
-        for item_id in self.popular:
+        for position, item_id in enumerate(self.popular):
             if item_id in exclude:
                 continue
             meta = self.meta[item_id]
@@ -96,11 +101,13 @@ class Catalog:
                 continue
             matched = [t for t in meta.tag_keys if t in wanted] if wanted else []
             if matched:
-                matching.append(Candidate(item_id=item_id, source="tags", matched_tags=matched,
-                                          score=self.popularity[item_id]))
+                score = float(sum(wanted[t] for t in matched))
+                matching.append((-score, position, Candidate(
+                    item_id=item_id, source="tags", matched_tags=matched, score=score)))
             elif len(rest) < n:
                 rest.append(Candidate(item_id=item_id, source="popular",
                                       score=self.popularity[item_id]))
-            if len(matching) >= n:
+            if not wanted and len(rest) >= n:
                 break
-        return (matching + rest)[:n]
+        matching.sort(key=lambda m: m[:2])
+        return ([c for _, _, c in matching] + rest)[:n]

@@ -4,9 +4,10 @@
              (one ONNX run and one FAISS search for the whole batch)
     content  recency-weighted mean of the recent history's content embeddings, searched in
              index_content (one FAISS search for the batch)
-    tags     items in the clusters of the query's weighted tags (inverted index, most popular
-             first); a query tag the bundle does not know is embedded and matched to the
-             nearest clusters (shared/tags.py), so an interest "football" finds `soccer`
+    tags     items in the clusters of the query's weighted tags (inverted index), those
+             matching the most query weight first, popularity breaking ties; a query tag the
+             bundle does not know is embedded and matched to the nearest clusters
+             (shared/tags.py), so an interest "football" finds `soccer`
     popular  the bundle's popularity order (what a new user gets)
 
 Each source proposes up to its cap of items that are not excluded, not in the history and not
@@ -142,8 +143,12 @@ def search_source(state: RetrievalState, prepared: list[Prepared], source: str) 
 
 
 def tag_source(state: RetrievalState, p: Prepared) -> Found:
-    """Items scored by the summed weight of the query's clusters they carry, popularity breaks
-    ties."""
+    """Every item in one of the query's clusters, scored by the summed weight of the query
+    clusters it carries (how many of the stated interests it matches, each as often as it was
+    stated); popularity breaks ties. The whole matched set is scored, not each cluster's most
+    popular `cap`: an item matching three of a new user's interests outranks a more popular
+    one matching a single interest even when it is not in any one cluster's head (docs/tags.md
+    measures this; the largest MicroLens cluster holds ~800 items, so this stays cheap)."""
     cap = p.caps["tags"]
     top = sorted(((w, t) for t, w in p.tags.items() if w > 0 and t in state.tag_rows),
                  reverse=True)[:MAX_QUERY_TAGS]
@@ -151,10 +156,10 @@ def tag_source(state: RetrievalState, p: Prepared) -> Found:
         return _NO_ROWS, _NO_SCORES
     parts, weights = [], []
     for weight, tag in top:
-        head = state.tag_rows[tag][:cap + p.n_blocked]  # enough even if every blocked row is here
-        head = head[~p.blocked[head]][:cap]
-        parts.append(head)
-        weights.append(np.full(len(head), weight, np.float64))
+        rows = state.tag_rows[tag]
+        rows = rows[~p.blocked[rows]]
+        parts.append(rows)
+        weights.append(np.full(len(rows), weight, np.float64))
     rows, inverse = np.unique(np.concatenate(parts), return_inverse=True)
     scores = np.bincount(inverse, weights=np.concatenate(weights))
     order = np.lexsort((-state.popularity.view[rows], -scores))[:cap]

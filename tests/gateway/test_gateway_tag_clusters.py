@@ -117,3 +117,30 @@ def test_include_tags_exempt_their_cluster_from_the_cap() -> None:
     ctx.meta = {i: meta(i, ["king glory"], c) for i in ids}
     asyncio.run(Select(max_per_tag=2, tag_clusters=c).run(ctx))
     assert [p.meta.item_id for p in ctx.picks] == ids  # asked for: not capped
+
+
+def test_the_fallback_orders_interest_matches_as_the_tag_source_does() -> None:
+    """More stated interests matched first, popularity breaking ties: the same order as the
+    retrieval tag source (run here through offline/tag_eval's index of it) on one catalogue."""
+    from offline.tag_eval import TagIndex
+
+    c = clusters()
+    spec = {"p1": (["news"], 9), "k1": (["kinghonor"], 8), "f1": (["funny"], 7),
+            "kf": (["king glory", "funny video"], 2), "k2": (["kingglory"], 1),
+            "ff": (["funny", "funny video"], 0.5)}
+    cat = Catalog(version="v", meta={i: meta(i, tags, c) for i, (tags, _) in spec.items()},
+                  popular=list(spec), popularity={i: p for i, (_, p) in spec.items()},
+                  tag_clusters=c)
+    interests = ["kingglory", "funny"]
+    got = cat.popular_candidates(6, exclude=set(), tags=interests)
+    assert [x.item_id for x in got] == ["kf", "k1", "f1", "k2", "ff", "p1"]
+    assert [x.score for x in got[:5]] == [2.0, 1.0, 1.0, 1.0, 1.0]
+    assert got[-1].source == "popular"
+    # an interest stated twice counts once (the tag source's query is a dict of interests)
+    again = cat.popular_candidates(6, exclude=set(), tags=["kingglory", "kingglory", "funny"])
+    assert [x.item_id for x in again] == [x.item_id for x in got]
+
+    items = [{"item_id": i, "tags": tags, "popularity": p} for i, (tags, p) in spec.items()]
+    index = TagIndex.build(items, c)
+    rows = index.candidates(dict.fromkeys(interests, 1.0), [], cap=6)
+    assert [items[r]["item_id"] for r in rows.tolist()] == [x.item_id for x in got[:5]]

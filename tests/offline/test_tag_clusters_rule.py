@@ -204,3 +204,33 @@ def test_build_writes_the_bundle_files(tmp_path, monkeypatch) -> None:
     # a second build encodes nothing (per-text cache)
     again = build_tag_clusters(tmp_path, [["king glory", "funny"]], "fake", tmp_path / "cache")
     assert again["texts_encoded"] == 0
+
+
+def test_cold_start_orders_exact_tags_and_clusters_by_one_rule() -> None:
+    """offline/tag_eval runs the retrieval tag source for both: the items matching the most
+    stated interests first, popularity breaking ties, popular items after; exact tags are the
+    same rule with every tag its own cluster."""
+    from offline.tag_eval import TagIndex, cold_start
+
+    c = TagClusters({"king glory": "king glory", "kingglory": "king glory", "funny": "funny",
+                     "soccer": "soccer", "news": "news"},
+                    ["king glory", "funny", "soccer", "news"], np.eye(4, dtype=np.float32))
+    spec = [("a", ["king glory"], 5), ("b", ["kingglory"], 1), ("c", ["news"], 10),
+            ("d", ["funny"], 3), ("e", ["king glory", "funny"], 0.5), ("g", ["soccer"], 2),
+            ("h", ["kingglory", "funny"], 0.1)]
+    items = [{"item_id": i, "tags": t, "popularity": p} for i, t, p in spec]
+    seen = [0, 3, 5]  # a, d, g: the user states king glory, funny, soccer
+    interests = {"king glory": 1.0, "funny": 1.0, "soccer": 1.0}
+
+    def ids(index: TagIndex) -> list[str]:
+        return [items[r]["item_id"] for r in index.candidates(interests, seen, 50, 4).tolist()]
+
+    assert ids(TagIndex.build(items, TagClusters.identity())) == ["e", "h", "c", "b"]
+    assert ids(TagIndex.build(items, c)) == ["e", "h", "b", "c"]
+
+    out = cold_start(items, {"u": ["a", "d", "g", "b"]}, c, 50)
+    assert out["next_video_carries_a_stated_tag"] == 0.0
+    assert out["next_video_in_a_stated_cluster"] == 1.0
+    assert out["exact_tags"]["HR@10"] == out["clusters"]["HR@10"] == 1.0
+    # b is 3rd with clusters, 4th with exact tags
+    assert out["clusters"]["NDCG@10"] > out["exact_tags"]["NDCG@10"]

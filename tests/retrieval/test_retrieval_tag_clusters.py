@@ -115,3 +115,39 @@ def test_an_upserted_items_new_tag_joins_its_nearest_cluster(cluster_settings: S
     assert meta.clusters == offline.assign(meta.tags, encoder)
     assert meta.clusters[:2] == ["thriller", "sci-fi"]
     assert "new-1" in {c.item_id for c in result.candidates}
+
+
+def test_items_matching_more_interests_come_first_then_the_popular(
+        cluster_settings: Settings) -> None:
+    """A new user's stated interests: the items matching both clusters lead, however far down
+    either cluster's popularity order they are (the whole matched set is scored)."""
+    async def go(cap: int):
+        service = await RetrievalService.open(cluster_settings)
+        (result,) = await service.retrieve([RetrievalQuery(
+            tags={"horror": 1.0, "sci-fi": 1.0},
+            caps={"ann": 0, "content": 0, "tags": cap, "popular": 0})])
+        return service.state, result
+
+    state, everything = asyncio.run(go(2000))
+    popularity = dict(zip(state.item_ids, state.popularity.view.tolist(), strict=True))
+    tags_of = dict(zip(state.item_ids, state.tags, strict=True))
+    both = [i for i, tags in tags_of.items()
+            if set(tags) & set(MERGED) and "sci-fi" in tags]
+    assert len(both) >= 3
+    ids = [c.item_id for c in everything.candidates]
+    assert set(ids[:len(both)]) == set(both)  # two interests matched before one
+    assert [c.score for c in everything.candidates[:len(both)]] == [2.0] * len(both)
+    one = ids[len(both):]
+    assert one and all(c.score == 1.0 for c in everything.candidates[len(both):])
+    # popularity breaks ties inside each group
+    for group in (ids[:len(both)], one):
+        assert [popularity[i] for i in group] == sorted((popularity[i] for i in group),
+                                                        reverse=True)
+
+    # a small cap keeps the items matching both even when neither cluster's most popular
+    # `cap` items hold them
+    state, few = asyncio.run(go(len(both)))
+    assert {c.item_id for c in few.candidates} == set(both)
+    heads = {i for cluster in ("thriller", "sci-fi")
+             for i in (state.item_ids[r] for r in state.tag_rows[cluster][:len(both)].tolist())}
+    assert set(both) - heads  # the old per-cluster head would have missed some
