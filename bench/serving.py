@@ -43,6 +43,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from bench.openloop import Conn, Request
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "results" / "serving.json"
 KEY_PREFIX = "vidrec:bench"
@@ -50,31 +52,9 @@ TARGETS = {"one_process_p99_ms": 25.0, "four_services_p99_ms": 40.0, "overhead":
 K = 20
 PROBE_S = 10.0
 SEQUENTIAL_N = 400
-IDLE_REUSE_S = 3.0  # the generator's pooled connections: below uvicorn's keep-alive timeout
 
 
 # ---- load generator (runs in its own process: `python -m bench.serving --loadgen ...`) -------
-class Conn:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self.last_used = time.perf_counter()
-
-    def fresh(self) -> bool:
-        """Not closed, and not idle long enough for the server to close it (uvicorn: 5 s)."""
-        return (not self.reader.at_eof() and not self.writer.is_closing()
-                and time.perf_counter() - self.last_used < IDLE_REUSE_S)
-
-    async def get(self, host: str, path: str) -> tuple[int, bytes]:
-        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        match = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
-        if match is None:
-            raise RuntimeError("response without content-length")
-        body = await self.reader.readexactly(int(match.group(1)))
-        return status, body
-
-
 @dataclass
 class LoadResult:
     latencies: list[float] = field(default_factory=list)  # seconds, successful requests
@@ -103,7 +83,7 @@ async def run_load(host: str, port: int, users: list[str], rate: float, duration
         try:
             if conn is None:
                 conn = Conn(*await asyncio.open_connection(host, port))
-            status, body = await asyncio.wait_for(conn.get(host, path), timeout_s)
+            status, body = await asyncio.wait_for(conn.send(host, Request("GET", path)), timeout_s)
         except Exception as exc:  # every failure is counted, by kind
             kind = type(exc).__name__
             result.errors[kind] = result.errors.get(kind, 0) + 1
@@ -149,7 +129,8 @@ async def run_sequential(host: str, port: int, users: list[str], n: int) -> dict
     start = time.perf_counter()
     for _ in range(n):
         t0 = time.perf_counter()
-        status, body = await conn.get(host, f"/v1/users/{rng.choice(users)}/recommendations?k={K}")
+        status, body = await conn.send(
+            host, Request("GET", f"/v1/users/{rng.choice(users)}/recommendations?k={K}"))
         if status == 200:
             result.latencies.append(time.perf_counter() - t0)
             for stage in orjson.loads(body)["degraded"]:
