@@ -130,6 +130,22 @@ def degraded_site(small_bundle: Path, tmp_path_factory: pytest.TempPathFactory
         yield base
 
 
+@pytest.fixture(scope="module")
+def experiment_site(small_bundle: Path, tmp_path_factory: pytest.TempPathFactory
+                    ) -> Iterator[str]:
+    """`vidrec serve all` with an active two-arm experiment: popular-only against the model."""
+    _require_chromium()
+    folder = tmp_path_factory.mktemp("browser-experiment")
+    config = folder / "experiments.toml"
+    config.write_text('[experiments.console-check]\ncontrol = "popular"\n\n'
+                      '[experiments.console-check.arms.popular]\nweight = 1\n'
+                      'sources = ["popular"]\nranker = false\n\n'
+                      '[experiments.console-check.arms.model]\nweight = 1\n')
+    with serving(small_bundle, tmp_path_factory.mktemp("browser-experiment-state"),
+                 VIDREC_EXPERIMENTS_FILE=str(config)) as base:
+        yield base
+
+
 @pytest.fixture(scope="session")
 def driver(site: str):
     from selenium import webdriver

@@ -265,3 +265,23 @@ def test_a_degraded_answer_shows_a_banner_and_the_console_a_part_down(
     assert set(down) == {"Gateway", "Ranking"}
     page.wait(lambda d: page.css("#chart-degraded svg rect"), timeout=30,
               what="degraded answers on the chart")
+
+
+def test_console_shows_the_active_experiment_per_arm(
+        page: Page, experiment_site: str, known_users: list[str]) -> None:
+    arms_seen = set()
+    for user in known_users[:20]:  # answers in both arms (assignment is a hash of the user)
+        r = httpx.get(f"{experiment_site}/v1/users/{user}/recommendations?k=5")
+        assert r.status_code == 200
+        arms_seen.add(r.json()["arm"])
+    assert arms_seen == {"popular", "model"}
+    page.open("/console", base=experiment_site)
+    page.wait(lambda d: len(page.css("#arms-table tbody tr")) == 2, timeout=30,
+              what="one row per arm")
+    rows = {r.get_attribute("data-arm"): r for r in page.css("#arms-table tbody tr")}
+    assert set(rows) == {"popular", "model"}
+    assert "(control)" in rows["popular"].find_element("css selector", "th").text
+    answers = sum(int(r.find_elements("css selector", "td")[1].text) for r in rows.values())
+    assert answers >= 20  # every answer above is an impression of its arm
+    assert "console-check" in page.one("#arms-facts").text
+    page.screenshot("console-experiment")

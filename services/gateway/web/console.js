@@ -81,7 +81,6 @@
       { name: "degraded answers", step: statsEvery, points: pts((s) => s.degraded_total) },
     ], { windowS, bars: true });
     stageTable(samples, stageNames);
-    arms(body.arms);
   }
 
   function stageTable(samples, names) {
@@ -99,18 +98,46 @@
       })));
   }
 
-  // Per-arm numbers, once the experiments feature puts `arms` into /stats: one row per arm.
-  function arms(rows) {
-    if (!rows || !Object.keys(rows).length) return;
-    const names = Object.keys(rows);
-    const cols = [...new Set(names.flatMap((a) => Object.keys(rows[a])))];
-    $("arms").hidden = false;
+  // ---- experiments: the active one's per-arm numbers (GET /v1/experiments/{name}) ----
+  const pct = (v) => (v === null || v === undefined ? "–" : `${fmt(v * 100, 2)}%`);
+  const ci = (c) => (c ? ` [${pct(c[0])}, ${pct(c[1])}]` : "");
+  async function experiments() {
+    let status, body;
+    try {
+      status = await api("/v1/experiments");
+      if (status.active) body = await api(`/v1/experiments/${encodeURIComponent(status.active)}`);
+      report("experiments", null);
+    } catch (err) {
+      report("experiments", new Error(`cannot read the experiments: ${err.message}`));
+      return;
+    }
+    $("arms").hidden = !status.active && !status.error;
+    $("arms-facts").textContent = status.error
+      ? `The experiments file was refused: ${status.error}`
+      : body ? `${body.experiment}: ${body.impressions} answers, control "${body.control}", ` +
+               `CTR@${body.ctr_k}, tests at p < ${body.alpha}` : "";
+    if (!body) { $("arms-table").replaceChildren(); return; }
+    const head = ["arm", "share (expected)", "answers", "plays", "completions", "likes",
+                  "dislikes", `CTR@${body.ctr_k} [95% CI]`, "vs control (p)",
+                  "mean watch", "p99 ms", "guardrail"];
     $("arms-table").replaceChildren(
-      el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "arm"),
-        cols.map((c) => el("th", { scope: "col" }, c)))),
-      el("tbody", {}, names.map((a) => el("tr", {}, el("th", { scope: "row" }, a),
-        cols.map((c) => el("td", {}, typeof rows[a][c] === "number" ? fmt(rows[a][c], 4)
-          : String(rows[a][c] ?? "–")))))));
+      el("thead", {}, el("tr", {}, head.map((h) => el("th", { scope: "col" }, h)))),
+      el("tbody", {}, body.arms.map((a) => {
+        const vs = a.vs_control;
+        const flag = a.guardrail && a.guardrail.flagged ? `⚠ ${a.guardrail.reasons.join("; ")}`
+          : a.control ? "control" : "ok";
+        return el("tr", { "data-arm": a.arm },
+          el("th", { scope: "row" }, a.arm + (a.control ? " (control)" : "")),
+          el("td", {}, `${pct(a.observed_share)} (${pct(a.expected_share)})`),
+          el("td", {}, a.impressions), el("td", {}, a.plays), el("td", {}, a.completions),
+          el("td", {}, a.likes), el("td", {}, a.dislikes),
+          el("td", {}, pct(a.ctr.value) + ci(a.ctr.ci95)),
+          el("td", {}, vs ? `${vs.ctr.difference === null ? "–" : pct(vs.ctr.difference)} ` +
+                            `(p ${vs.ctr.p_value === null ? "–" : fmt(vs.ctr.p_value, 4)})` : "–"),
+          el("td", {}, a.watch_fraction.mean === null ? "–" : fmt(a.watch_fraction.mean, 2)),
+          el("td", {}, a.latency_ms.p99 === null ? "–" : fmt(a.latency_ms.p99, 1)),
+          el("td", {}, flag));
+      })));
   }
 
   // ---- offline metrics --------------------------------------------------------------
@@ -188,5 +215,6 @@
   }
   loop(readiness, READY_EVERY_S);
   loop(stats, () => statsEvery);
+  loop(experiments, READY_EVERY_S);
   offline();
 })();
