@@ -17,11 +17,11 @@ DATA_DIR = Path(os.environ.get("VIDREC_DATA_DIR", REPO.parent / "shared" / "data
 SMALL_DATASET = "ml-latest-small"
 SMALL_USERS = 120
 SMALL_EPOCHS = 3
-BUNDLE_FORMAT = 5
+BUNDLE_FORMAT = 6
 
 
 def _bundle_key() -> str:
-    # Bump BUNDLE_FORMAT when the bundle's files or models change shape; CI always builds fresh.
+    # Bump BUNDLE_FORMAT when the bundle's files, models or recorded metrics change; CI always builds fresh.
     return f"{BUNDLE_FORMAT}-{SMALL_DATASET}-{SMALL_USERS}-{SMALL_EPOCHS}"
 
 
