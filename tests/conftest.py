@@ -21,7 +21,8 @@ BUNDLE_FORMAT = 6
 
 
 def _bundle_key() -> str:
-    # Bump BUNDLE_FORMAT when the bundle's files, models or recorded metrics change; CI always builds fresh.
+    # Bump BUNDLE_FORMAT when the bundle's files, models or recorded metrics change; CI always
+    # builds fresh.
     return f"{BUNDLE_FORMAT}-{SMALL_DATASET}-{SMALL_USERS}-{SMALL_EPOCHS}"
 
 
