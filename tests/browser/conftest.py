@@ -27,6 +27,7 @@ import pytest
 
 from services.feature_store.loader import load_bundle
 from shared.settings import Settings
+from tests.gateway.conftest import delete_prefix
 from tests.support import free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,18 +54,6 @@ def _require_chromium() -> None:
 def results_dir() -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     return RESULTS
-
-
-def _delete_prefix(settings: Settings) -> None:
-    import redis
-
-    client = redis.Redis.from_url(settings.redis_url)
-    try:
-        keys = list(client.scan_iter(match=f"{settings.key_prefix}:*", count=1000))
-        for i in range(0, len(keys), 1000):
-            client.delete(*keys[i:i + 1000])
-    finally:
-        client.close()
 
 
 @contextmanager
@@ -106,7 +95,7 @@ def serving(small_bundle: Path, state: Path, service: str = "all",
     finally:
         stop_process(proc)
         log.close()
-        _delete_prefix(settings)
+        delete_prefix(settings)
 
 
 @pytest.fixture(scope="session")

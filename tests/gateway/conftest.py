@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 import uvicorn
@@ -22,6 +23,20 @@ from shared.settings import Settings
 from tests.support import free_port
 
 ADMIN_TOKEN = "test-admin-token"
+
+
+@pytest.fixture(scope="module")
+def users(bundle: Bundle) -> list[str]:
+    """Real users with a history, shortest first; each test that changes state takes its own
+    position of this order."""
+    seqs = bundle.users()
+    return sorted((u for u, s in seqs.items() if len(s) >= 5), key=lambda u: (len(seqs[u]), u))
+
+
+def recs(base: str, user: str, **params) -> dict:
+    r = httpx.get(f"{base}/v1/users/{user}/recommendations", params=params, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
 
 
 def delete_prefix(settings: Settings) -> None:

@@ -16,19 +16,7 @@ from services.feature_store.store import FeatureStore
 from shared.bundle import Bundle
 from shared.settings import Settings
 from shared.tags import TagClusters
-
-
-@pytest.fixture(scope="module")
-def users(bundle: Bundle) -> list[str]:
-    """Real users with a real history, a different one for each test that changes state."""
-    seqs = bundle.users()
-    return sorted((u for u, s in seqs.items() if len(s) >= 5), key=lambda u: (len(seqs[u]), u))
-
-
-def recs(base: str, user: str, **params) -> dict:
-    r = httpx.get(f"{base}/v1/users/{user}/recommendations", params=params, timeout=30)
-    assert r.status_code == 200, r.text
-    return r.json()
+from tests.gateway.conftest import recs
 
 
 def event(user: str, item: str, **over) -> dict:
