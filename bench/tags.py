@@ -97,18 +97,11 @@ def sweep(items: list[dict], users: dict, encoder: str, cache_dir: Path, cap: in
 
 
 def diversity(bundle: Bundle, clusters: TagClusters, settings, n_users: int) -> dict:
-    from offline.split import leave_one_out
+    from offline.evaluate_bundle import bundle_split
     from offline.two_stage import BundleModels, candidate_rows
     from services.gateway.pipeline.select import diversify
-    from shared.data import load_dataset
 
-    manifest = bundle.manifest
-    ds = load_dataset(manifest["dataset_arg"], settings.data_dir)
-    if manifest.get("sample_users"):
-        ds = ds.sample_users(manifest["sample_users"], manifest.get("seed", settings.seed))
-    split = leave_one_out(ds)
-    if manifest.get("validation_in_train"):
-        split = split.with_validation_in_train()
+    _, split = bundle_split(bundle, settings)
     models = BundleModels(bundle, threads=settings.ort_intra_threads)
     users = split.evaluable("test")
     users = np.sort(np.random.default_rng(0).choice(users, min(n_users, len(users)),

@@ -50,10 +50,9 @@ def compute_metrics(bundle: Bundle, split: Split, dataset_name: str, settings: S
     return doc
 
 
-def evaluate_bundle(settings: Settings, bundle_arg: str) -> dict:
-    path = Path(bundle_arg)
-    bundle = Bundle(resolve_bundle(settings.artifacts_dir, bundle_arg) if not path.is_dir()
-                    else path.resolve())
+def bundle_split(bundle: Bundle, settings: Settings) -> tuple[str, Split]:
+    """The dataset's name and the split this bundle was built and evaluated on, from its
+    manifest (the same user sample, validation folded into training when it was)."""
     manifest = bundle.manifest
     ds = load_dataset(manifest["dataset_arg"], settings.data_dir)
     if manifest.get("sample_users"):
@@ -61,7 +60,15 @@ def evaluate_bundle(settings: Settings, bundle_arg: str) -> dict:
     split = leave_one_out(ds)
     if manifest.get("validation_in_train"):
         split = split.with_validation_in_train()
-    doc = compute_metrics(bundle, split, ds.name, settings)
+    return ds.name, split
+
+
+def evaluate_bundle(settings: Settings, bundle_arg: str) -> dict:
+    path = Path(bundle_arg)
+    bundle = Bundle(resolve_bundle(settings.artifacts_dir, bundle_arg) if not path.is_dir()
+                    else path.resolve())
+    dataset_name, split = bundle_split(bundle, settings)
+    doc = compute_metrics(bundle, split, dataset_name, settings)
     write_reports(doc, bundle.path)
     print((bundle.path / "metrics.md").read_text())
     return doc
