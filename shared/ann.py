@@ -11,10 +11,18 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-EXACT_MAX_ITEMS = 200_000  # exact search over <=200k x 64 floats is a few ms; HNSW above
+EXACT_MAX_ITEMS = 200_000  # exact search over <=200k x 64 floats is a few ms; ANN above
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200
 HNSW_EF_SEARCH = 128
+# Above EXACT_MAX_ITEMS, rows wider than this go to an IVF index of 8-bit scalar-quantised
+# vectors instead of HNSW: at 1M x 384 (the content embeddings) HNSW would hold 1.5 GB of float
+# vectors plus 256 MB of links; IVF-SQ8 holds 1 byte per dimension (384 MB) and, unlike HNSW,
+# can remove rows. bench/scale.py measures both (memory, build time, recall@100 vs exact).
+HNSW_MAX_DIM = 128
+IVF_TRAIN_PER_LIST = 64  # k-means training rows per inverted list (FAISS warns below 39)
+IVF_NPROBE_SHARE = 1 / 32  # lists searched per query, as a share of nlist (at least 16)
+KINDS = ("auto", "flat", "hnsw", "ivf_sq8", "ivf_pq")
 
 
 def gpu_count() -> int:
@@ -22,29 +30,85 @@ def gpu_count() -> int:
     return int(get()) if get else 0
 
 
+def auto_kind(n: int, dim: int) -> str:
+    """Exact up to EXACT_MAX_ITEMS rows; above, HNSW for narrow rows (the learned vectors) and
+    IVF-SQ8 for wide ones (the content embeddings)."""
+    if n <= EXACT_MAX_ITEMS:
+        return "flat"
+    return "hnsw" if dim <= HNSW_MAX_DIM else "ivf_sq8"
+
+
+def ivf_lists(n: int) -> int:
+    """About sqrt(n) inverted lists (1,000 at 1M rows), at least 1."""
+    return max(1, int(round(np.sqrt(n))))
+
+
 def build_index(vectors: np.ndarray, ids: np.ndarray | None = None,
-                kind: str = "auto") -> faiss.Index:
-    """kind: 'auto' (exact up to EXACT_MAX_ITEMS rows, else HNSW), 'flat' or 'hnsw'."""
+                kind: str = "auto", seed: int = 0) -> faiss.Index:
+    """kind: 'auto' (auto_kind), 'flat', 'hnsw', 'ivf_sq8' or 'ivf_pq' (IVF with a product
+    quantiser of dim/8 one-byte codes; measured in bench/scale.py, not chosen by auto)."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, dim = vectors.shape
     if kind == "auto":
-        kind = "flat" if n <= EXACT_MAX_ITEMS else "hnsw"
+        kind = auto_kind(n, dim)
     if kind == "flat":
         inner = faiss.IndexFlatIP(dim)
     elif kind == "hnsw":
         inner = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
         inner.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
         inner.hnsw.efSearch = HNSW_EF_SEARCH
+    elif kind in ("ivf_sq8", "ivf_pq"):
+        inner = _trained_ivf(vectors, kind, seed)
     else:
-        raise ValueError(f"unknown index kind {kind!r}; use auto, flat or hnsw")
+        raise ValueError(f"unknown index kind {kind!r}; use one of {', '.join(KINDS)}")
     index = faiss.IndexIDMap2(inner)
     index.add_with_ids(vectors, np.arange(n, dtype=np.int64) if ids is None else ids)
     return index
 
 
+def _trained_ivf(vectors: np.ndarray, kind: str, seed: int) -> faiss.Index:
+    n, dim = vectors.shape
+    nlist = ivf_lists(n)
+    quantizer = faiss.IndexFlatIP(dim)
+    if kind == "ivf_sq8":
+        inner = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit,
+                                              faiss.METRIC_INNER_PRODUCT)
+    else:
+        if dim % 8:
+            raise ValueError(f"ivf_pq needs a dimension divisible by 8, not {dim}")
+        inner = faiss.IndexIVFPQ(quantizer, dim, nlist, dim // 8, 8, faiss.METRIC_INNER_PRODUCT)
+    sample = vectors
+    if n > nlist * IVF_TRAIN_PER_LIST:
+        rows = np.random.default_rng(seed).choice(n, nlist * IVF_TRAIN_PER_LIST, replace=False)
+        sample = vectors[np.sort(rows)]
+    inner.train(sample)
+    inner.own_fields = True
+    quantizer.this.disown()  # the IVF index owns (and frees) its coarse quantiser now
+    set_nprobe(inner)
+    return inner
+
+
+def set_nprobe(index: faiss.Index) -> None:
+    inner = _inner(index)
+    if isinstance(inner, faiss.IndexIVF):
+        inner.nprobe = max(16, int(inner.nlist * IVF_NPROBE_SHARE))
+
+
+def _inner(index: faiss.Index) -> faiss.Index:
+    if isinstance(index, faiss.IndexIDMap2):
+        return faiss.downcast_index(index.index)
+    return faiss.downcast_index(index)
+
+
 def index_kind(index: faiss.Index) -> str:
-    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
-    return "hnsw" if isinstance(inner, faiss.IndexHNSWFlat) else "flat"
+    inner = _inner(index)
+    if isinstance(inner, faiss.IndexHNSWFlat):
+        return "hnsw"
+    if isinstance(inner, faiss.IndexIVFScalarQuantizer):
+        return "ivf_sq8"
+    if isinstance(inner, faiss.IndexIVFPQ):
+        return "ivf_pq"
+    return "flat"
 
 
 def to_gpu_if_available(index: faiss.Index, use_gpu: bool = True) -> tuple[faiss.Index, str]:
@@ -77,4 +141,6 @@ def save(index: faiss.Index, path: Path) -> None:
 
 
 def load(path: Path) -> faiss.Index:
-    return faiss.read_index(str(path))
+    index = faiss.read_index(str(path))
+    set_nprobe(index)
+    return index
