@@ -144,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--bundle", default=str(REPO / "artifacts" / "latest"))
     p.add_argument("--out", default=str(OUT))
+    p.add_argument("--note", default=None, help="a line stored as `note` in the result")
     args = p.parse_args(argv)
-    doc = {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    doc = {"note": args.note, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                        "load": os.getloadavg(), "nvidia_smi": _nvidia_smi()},
            "libraries": {lib: _version(lib) for lib in ("faiss-cpu", "faiss-gpu",

@@ -42,5 +42,6 @@ fi
 "$PY" -c "import faiss, onnxruntime as o; print('faiss', faiss.__version__, 'gpus',
 faiss.get_num_gpus() if hasattr(faiss, 'get_num_gpus') else 0, '| onnxruntime',
 o.__version__, o.get_available_providers())"
-nice -n 5 "$PY" -m bench.gpu --items "$ITEMS" --bundle "$BUNDLE" --out "$OUT"
+nice -n 5 "$PY" -m bench.gpu --items "$ITEMS" --bundle "$BUNDLE" --out "$OUT" \
+  ${NOTE:+--note "$NOTE"}
 echo "wrote $OUT"

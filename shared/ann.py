@@ -46,7 +46,7 @@ def ivf_lists(n: int) -> int:
 def build_index(vectors: np.ndarray, ids: np.ndarray | None = None,
                 kind: str = "auto", seed: int = 0) -> faiss.Index:
     """kind: 'auto' (auto_kind), 'flat', 'hnsw', 'ivf_sq8' or 'ivf_pq' (IVF with a product
-    quantiser of dim/8 one-byte codes; measured in bench/scale.py, not chosen by auto)."""
+    quantiser of about dim/8 one-byte codes; measured in bench/scale.py, not chosen by auto)."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, dim = vectors.shape
     if kind == "auto":
@@ -74,9 +74,8 @@ def _trained_ivf(vectors: np.ndarray, kind: str, seed: int) -> faiss.Index:
         inner = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit,
                                               faiss.METRIC_INNER_PRODUCT)
     else:
-        if dim % 8:
-            raise ValueError(f"ivf_pq needs a dimension divisible by 8, not {dim}")
-        inner = faiss.IndexIVFPQ(quantizer, dim, nlist, dim // 8, 8, faiss.METRIC_INNER_PRODUCT)
+        inner = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_codes(dim), 8,
+                                 faiss.METRIC_INNER_PRODUCT)
     sample = vectors
     if n > nlist * IVF_TRAIN_PER_LIST:
         rows = np.random.default_rng(seed).choice(n, nlist * IVF_TRAIN_PER_LIST, replace=False)
@@ -86,6 +85,17 @@ def _trained_ivf(vectors: np.ndarray, kind: str, seed: int) -> faiss.Index:
     quantizer.this.disown()  # the IVF index owns (and frees) its coarse quantiser now
     set_nprobe(inner)
     return inner
+
+
+def pq_codes(dim: int) -> int:
+    """One-byte codes per vector for ivf_pq: the smallest divisor of dim of at least dim/8
+    (384 -> 48, 65 -> 13), so each code covers at most 8 dimensions."""
+    divisors = [m for m in range(4, dim + 1) if dim % m == 0 and m <= dim // 2]
+    if not divisors:
+        raise ValueError(f"ivf_pq needs a dimension with a divisor between 4 and dim/2, "
+                         f"not {dim}")
+    wide_enough = [m for m in divisors if m >= dim / 8]
+    return min(wide_enough) if wide_enough else max(divisors)
 
 
 def set_nprobe(index: faiss.Index) -> None:

@@ -29,14 +29,21 @@ from shared.text_encoder import OnnxTextEncoder
 
 log = logging.getLogger(__name__)
 GPU_MAX_K = 2048  # faiss GPU indexes answer at most this many neighbours
+# Above this many items the content rows are held as float16 (half the memory: 1M x 384 is
+# 768 MB instead of 1.5 GB; bench/scale.py). They only feed the query encoder and the content
+# query, where float16's 3 significant digits change no ranking that matters; small catalogues
+# keep float32 so their results stay bit-identical to the offline evaluation.
+CONTENT_FLOAT16_ABOVE = ann.EXACT_MAX_ITEMS
 
 
 class GrowableRows:
     """A numpy array that appends rows in amortised O(1); `view` is the filled part."""
 
-    def __init__(self, data: np.ndarray, spare: int = 1024) -> None:
-        self._buf = np.zeros((len(data) + spare, *data.shape[1:]), dtype=data.dtype)
-        self._buf[:len(data)] = data
+    def __init__(self, data: np.ndarray, spare: int = 1024, dtype=None) -> None:
+        self._buf = np.zeros((len(data) + spare, *data.shape[1:]), dtype=dtype or data.dtype)
+        for start in range(0, len(data), 65536):  # in blocks: `data` may be a memory map
+            end = min(start + 65536, len(data))
+            self._buf[start:end] = data[start:end]
         self.n = len(data)
 
     @property
@@ -199,7 +206,8 @@ def _insert_by_popularity(rows: np.ndarray, row: int, popularity: np.ndarray) ->
 def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
     """Load one bundle fully (called in a worker thread; nothing shared is touched)."""
     items = bundle.items
-    content = bundle.content_embeddings().astype(np.float32, copy=False)
+    # Memory-mapped: GrowableRows copies them in blocks, so the file is never held twice.
+    content = np.load(bundle.file("content_embeddings.npy"), mmap_mode="r")
     vectors = bundle.item_vectors().astype(np.float32, copy=False)
     n = len(items)
     if content.shape[0] != n or vectors.shape[0] != n:
@@ -231,6 +239,10 @@ def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
     # dim + 1), which says how popular an item is, not what it is like.
     taste = vectors[:, :min(int(bundle.model_info.get("dim", vectors.shape[1])), vectors.shape[1])]
     norms = np.maximum(np.linalg.norm(taste, axis=1, keepdims=True), 1e-12)
+    # The state keeps what it needs of items.json in its own lists: drop the bundle's parsed
+    # copy (a dict per item: about 1 GB at 1M items), which is read again if asked for.
+    bundle.__dict__.pop("items", None)
+    bundle.__dict__.pop("row_of", None)
     return RetrievalState(
         bundle=bundle, n_bundle=n,
         item_ids=[str(it["item_id"]) for it in items],
@@ -238,7 +250,9 @@ def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
         tags=tags, clusters=clusters,
         row_of=dict(bundle_rows), bundle_row_of=bundle_rows,
         model_index=GrowableRows(np.arange(n, dtype=np.int64) + FIRST_ITEM_INDEX),
-        content=GrowableRows(content), vectors=GrowableRows(vectors),
+        content=GrowableRows(content, dtype=np.float16 if n > CONTENT_FLOAT16_ABOVE
+                             else np.float32),
+        vectors=GrowableRows(vectors),
         unit=GrowableRows(taste / norms), popularity=GrowableRows(popularity),
         dead=GrowableRows(np.zeros(n, dtype=bool)),
         tag_rows=_tag_index(clusters, popular_rows),
