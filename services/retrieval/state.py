@@ -14,6 +14,8 @@ worker thread and swaps one reference.
 from __future__ import annotations
 
 import logging
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,10 +31,11 @@ from shared.text_encoder import OnnxTextEncoder
 
 log = logging.getLogger(__name__)
 GPU_MAX_K = 2048  # faiss GPU indexes answer at most this many neighbours
-# Above this many items the content rows are held as float16 (half the memory: 1M x 384 is
-# 768 MB instead of 1.5 GB; bench/scale.py). They only feed the query encoder and the content
-# query, where float16's 3 significant digits change no ranking that matters; small catalogues
-# keep float32 so their results stay bit-identical to the offline evaluation.
+# Above this many items the content rows and the learned-vector copy are held as float16 (half
+# the memory: 1M x 384 content is 768 MB instead of 1.5 GB; bench/scale.py). Content rows only
+# feed the query encoder and the content query, where float16's 3 significant digits change no
+# ranking that matters, and FAISS searches its own float32 copy of the learned vectors; small
+# catalogues keep float32 so their results stay bit-identical to the offline evaluation.
 CONTENT_FLOAT16_ABOVE = ann.EXACT_MAX_ITEMS
 
 
@@ -99,13 +102,14 @@ class RetrievalState:
     faiss_device: str
     onnx_device: str
     query_encoder: ort.InferenceSession
-    item_encoder: ort.InferenceSession
+    item_encoder: ort.InferenceSession | None  # None: loaded by the first upsert (see below)
     text_encoder: OnnxTextEncoder | None
     tag_clusters: TagClusters
     max_history: int
     dead_in_index: int = 0              # dead rows FAISS could not remove: search deeper by this
     overlay_applied: int = 0
     notes: list[str] = field(default_factory=list)
+    item_encoder_loader: Callable[[], ort.InferenceSession] | None = None
 
     @property
     def version(self) -> str:
@@ -143,6 +147,8 @@ class RetrievalState:
 
     # ---- mutations (event loop thread only) -------------------------------------------
     def learned_vectors(self, model_index: np.ndarray, content: np.ndarray) -> np.ndarray:
+        if self.item_encoder is None and self.item_encoder_loader is not None:
+            self.item_encoder = self.item_encoder_loader()
         return self.item_encoder.run(None, {
             "item_ids": np.ascontiguousarray(model_index, dtype=np.int64),
             "item_content": np.ascontiguousarray(content, dtype=np.float32)})[0]
@@ -224,7 +230,11 @@ def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
             raise BundleError(f"{bundle.path / name}: {index.ntotal} x {index.d}, expected "
                               f"{n} x {rows.shape[1]}")
     query_encoder, onnx_device = session(bundle.file("query_encoder.onnx"), settings)
-    item_encoder, _ = session(bundle.file("item_encoder.onnx"), settings)
+    # The item encoder holds a copy of the id-embedding table (260 MB at 1M items) and only
+    # serves upserts: above CONTENT_FLOAT16_ABOVE items the first upsert loads it.
+    item_encoder_path = bundle.file("item_encoder.onnx")
+    item_encoder = (session(item_encoder_path, settings)[0] if n <= CONTENT_FLOAT16_ABOVE
+                    else None)
     text_encoder = None
     if (bundle.path / "text_encoder.onnx").is_file():
         text_encoder = OnnxTextEncoder(bundle.path, settings.ort_intra_threads,
@@ -232,9 +242,10 @@ def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
     bundle_rows = {str(it["item_id"]): r for r, it in enumerate(items)}
     popularity = np.array([float(it.get("popularity", 0.0)) for it in items], np.float32)
     popular_rows = np.argsort(-popularity, kind="stable").astype(np.int64)
-    tags = [tuple(it.get("tags", [])) for it in items]
+    # one string object per distinct tag (json.loads makes one per occurrence: ~100 MB at 1M)
+    tags = [tuple(map(sys.intern, it.get("tags", []))) for it in items]
     tag_clusters = TagClusters.load(bundle.path)  # identity when the bundle has no tags.json
-    clusters = [tuple(tag_clusters.clusters(t)) for t in tags]
+    clusters = [_same_or_new(t, tuple(tag_clusters.clusters(t))) for t in tags]
     # Similarity between items ignores the per-item bias dimension (model.json: vector_dim =
     # dim + 1), which says how popular an item is, not what it is like.
     taste = vectors[:, :min(int(bundle.model_info.get("dim", vectors.shape[1])), vectors.shape[1])]
@@ -252,7 +263,9 @@ def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
         model_index=GrowableRows(np.arange(n, dtype=np.int64) + FIRST_ITEM_INDEX),
         content=GrowableRows(content, dtype=np.float16 if n > CONTENT_FLOAT16_ABOVE
                              else np.float32),
-        vectors=GrowableRows(vectors),
+        # learned vectors: only read to append upserts (FAISS holds its own copy to search)
+        vectors=GrowableRows(vectors, dtype=np.float16 if n > CONTENT_FLOAT16_ABOVE
+                             else np.float32),
         unit=GrowableRows(taste / norms), popularity=GrowableRows(popularity),
         dead=GrowableRows(np.zeros(n, dtype=bool)),
         tag_rows=_tag_index(clusters, popular_rows),
@@ -261,7 +274,13 @@ def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
         faiss_device=faiss_device, onnx_device=onnx_device,
         query_encoder=query_encoder, item_encoder=item_encoder, text_encoder=text_encoder,
         tag_clusters=tag_clusters, max_history=bundle.max_history,
+        item_encoder_loader=lambda: session(item_encoder_path, settings)[0],
     )
+
+
+def _same_or_new(tags: tuple[str, ...], clusters: tuple[str, ...]) -> tuple[str, ...]:
+    """Share the tags tuple when the clusters are the tags themselves (no tags.json)."""
+    return tags if clusters == tags else clusters
 
 
 def _tag_index(clusters: list[tuple[str, ...]], popular_rows: np.ndarray,

@@ -36,6 +36,7 @@ def test_float16_content_and_ivf_sq8_index_serve_like_exact(settings, monkeypatc
 
     async def go():
         service = await RetrievalService.open(settings, version=big.name)
+        assert service.state.item_encoder is None  # loaded by the first upsert
         (before,) = await service.retrieve([query])
         gone = before.candidates[0].item_id
         await service.delete_item(gone)
@@ -46,6 +47,7 @@ def test_float16_content_and_ivf_sq8_index_serve_like_exact(settings, monkeypatc
 
     state, before, gone, after = asyncio.run(go())
     assert state.content.view.dtype == np.float16 and state.dead_in_index == 0
+    assert state.vectors.view.dtype == np.float16
     assert ann.index_kind(state.index_content) == "ivf_sq8"
     # exact search over the float32 bundle rows, with the service's content query
     rows = np.array([bundle.row_of[i] for i in history][-RECENT:])
@@ -57,5 +59,5 @@ def test_float16_content_and_ivf_sq8_index_serve_like_exact(settings, monkeypatc
     got = [c.item_id for c in before.candidates]
     assert len(got) == 30 and len(exact & set(got)) >= 24  # recall@30 >= 0.8
     assert gone not in {c.item_id for c in after.candidates} and len(after.candidates) == 30
-    assert state.row_of["new-item"] == state.n_rows - 1
+    assert state.row_of["new-item"] == state.n_rows - 1 and state.item_encoder is not None
     assert state.content.view[-1] == pytest.approx(content[0], abs=1e-3)
