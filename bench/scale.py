@@ -104,6 +104,40 @@ def queries_for(bundle_dir: Path, n: int = QUERIES, seed: int = 0) -> dict[str, 
             "content": np.ascontiguousarray(content[np.sort(last)], dtype=np.float32)}
 
 
+def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int = K_RECALL,
+              chunk: int = 100_000) -> np.ndarray:
+    """Exact inner-product top-k by blocks (no second copy of the rows, as a flat index is)."""
+    best_s = np.full((len(queries), 0), -np.inf, np.float32)
+    best_i = np.zeros((len(queries), 0), np.int64)
+    for lo in range(0, len(vectors), chunk):
+        block = np.asarray(vectors[lo:lo + chunk], np.float32)
+        s = queries @ block.T
+        top = np.argpartition(-s, min(k, s.shape[1] - 1), axis=1)[:, :k]
+        best_s = np.concatenate([best_s, np.take_along_axis(s, top, 1)], axis=1)
+        best_i = np.concatenate([best_i, top + lo], axis=1)
+        keep = np.argsort(-best_s, axis=1)[:, :k]
+        best_s, best_i = np.take_along_axis(best_s, keep, 1), np.take_along_axis(best_i, keep, 1)
+    return best_i
+
+
+def run_index_synthetic(folder: Path, kinds: tuple[str, ...]) -> dict:
+    """Content-embedding indexes over a synthetic dataset's embeddings.npy (before any bundle
+    exists): queries are 1,000 random rows with a little noise; truth by exact_top."""
+    x = np.load(folder / "embeddings.npy", mmap_mode="r")
+    rng = np.random.default_rng(0)
+    q = np.asarray(x[np.sort(rng.choice(len(x), QUERIES, replace=False))], np.float32)
+    q += 0.05 * rng.standard_normal(q.shape).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    start = time.perf_counter()
+    truth = exact_top(x, q)
+    exact_s = time.perf_counter() - start
+    rows = np.ascontiguousarray(x, dtype=np.float32)
+    out = {"items": len(rows), "dim": int(rows.shape[1]), "queries": QUERIES,
+           "exact_by_blocks_s_for_all_queries": round(exact_s, 2),
+           **index_one(rows, q, kinds, truth=truth)}
+    return out
+
+
 def index_one(vectors: np.ndarray, queries: np.ndarray, kinds: tuple[str, ...],
               truth: np.ndarray | None = None) -> dict:
     import faiss
@@ -111,7 +145,7 @@ def index_one(vectors: np.ndarray, queries: np.ndarray, kinds: tuple[str, ...],
     from shared import ann
 
     out: dict = {}
-    faiss.omp_set_num_threads(2)
+    faiss.omp_set_num_threads(1)  # a shared 2-core box: OpenMP teams spin against other work
     for kind in kinds:
         load = load_avg()
         start = time.perf_counter()
@@ -127,7 +161,7 @@ def index_one(vectors: np.ndarray, queries: np.ndarray, kinds: tuple[str, ...],
             t0 = time.perf_counter()
             index.search(q[None], K_RECALL)
             times.append(time.perf_counter() - t0)
-        faiss.omp_set_num_threads(2)
+        faiss.omp_set_num_threads(1)  # a shared 2-core box: OpenMP teams spin against other work
         hits = sum(len(set(t.tolist()) & set(g.tolist())) for t, g in zip(truth, got,
                                                                             strict=True))
         out[kind] = {"build_s": round(build_s, 2), "bytes": nbytes,
@@ -190,9 +224,11 @@ def redis_facts(url: str, bundle_dir: Path, sample: int = 2000) -> dict:
     item_ids = [it["item_id"] for it in random.Random(2).sample(items, min(sample, len(items)))]
     n_items = len(items)
     del items
-    per_user = []
-    for u in user_ids:
-        per_user.append(sum(int(r.memory_usage(k, samples=0) or 0) for k in keys.user_keys(u)))
+    per_user = []  # users the (possibly stopped) load wrote: their history key exists
+    for u in user_ids + _users_sample(bundle_dir, sample):
+        sizes = [r.memory_usage(k, samples=0) for k in keys.user_keys(u)]
+        if sizes[0] is not None and len(per_user) < sample:
+            per_user.append(sum(int(x or 0) for x in sizes))
     per_item = [int(r.memory_usage(keys.item(i), samples=0) or 0) for i in item_ids]
     info = r.info("memory")
     r.close()
@@ -201,7 +237,7 @@ def redis_facts(url: str, bundle_dir: Path, sample: int = 2000) -> dict:
             "bytes_per_user_mean": round(float(np.mean(per_user)), 1),
             "bytes_per_user_p99": round(float(np.percentile(per_user, 99)), 1),
             "bytes_per_item_mean": round(float(np.mean(per_item)), 1),
-            "sampled": len(user_ids)}
+            "sampled_users": len(per_user), "sampled_items": len(per_item)}
 
 
 def timed_start(servers, service: str, port: int, env: dict) -> dict:
@@ -255,7 +291,58 @@ def find_capacity(port: int, users_file: Path, start_rate: float = 20.0,
     return good, steps
 
 
-def run_serve(names: list[str], repeats: int, duration: float) -> dict:
+def timed_load(env: dict, redis, bdir: Path, limit_s: float) -> dict:
+    """`vidrec load` with a time limit. Past it the load is stopped (by pid), the users it
+    wrote are counted and the rest of the wall time is extrapolated at the measured rate
+    (the loader writes users at a constant rate after the items); the 5,000 users the
+    latency runs ask for are then written by the loader's own functions."""
+    import resource
+
+    import redis as redis_lib
+
+    r = redis_lib.Redis.from_url(redis.url)
+    out: dict = {"load_before_vidrec_load": load_avg()}
+    t0, ru0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.Popen([sys.executable, "-m", "vidrec_cli", "load"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        proc.wait(limit_s)
+        finished = True
+    except subprocess.TimeoutExpired:
+        cpu_s = cpu_seconds(proc.pid)
+        proc.kill()
+        proc.wait()
+        finished = False
+    wall = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out["vidrec_load_finished"] = finished
+    out["vidrec_load_cpu_s"] = round(ru1.ru_utime + ru1.ru_stime - ru0.ru_utime
+                                     - ru0.ru_stime, 2) if finished else cpu_s
+    out["redis_server_cpu_s_after_load"] = cpu_seconds(redis.proc.pid)
+    out["load_after_vidrec_load"] = load_avg()
+    if finished:
+        out["vidrec_load_s"] = round(wall, 2)
+        r.close()
+        return out
+    users = json.loads((bdir / "users.json").read_text())
+    from services.feature_store.keys import Keys
+    from services.feature_store.loader import write_users
+
+    keys = Keys(KEY_PREFIX, "vidrec:scale:events")
+    written = sum(1 for _ in r.scan_iter(match=keys.user_keys("*")[0], count=10_000))
+    out["vidrec_load_stopped_after_s"] = round(wall, 2)
+    out["vidrec_load_users_written"] = written
+    out["vidrec_load_s_extrapolated"] = round(wall * len(users) / max(written, 1), 1)
+    sample = _users_sample(bdir)
+    items = {it["item_id"]: it.get("tags") or []
+             for it in json.loads((bdir / "items.json").read_text())}
+    write_users(r, keys, {u: users[u] for u in sample}, items, 200, progress=False)
+    r.close()
+    return out
+
+
+def run_serve(names: list[str], repeats: int, duration: float,
+              load_limit_s: float = 420.0) -> dict:
     from bench.serving import Servers, bench_env, run_loadgen, warm_up
     from scripts.run_local import LocalRedis
 
@@ -273,21 +360,12 @@ def run_serve(names: list[str], repeats: int, duration: float) -> dict:
             import redis as redis_lib
 
             before = int(redis_lib.Redis.from_url(redis.url).info("memory")["used_memory"])
-            import resource
-
-            t0, ru0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-            out["load_before_vidrec_load"] = load_avg()
-            subprocess.run([sys.executable, "-m", "vidrec_cli", "load"], cwd=REPO, env=env,
-                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-            out["vidrec_load_s"] = round(time.perf_counter() - t0, 2)
-            out["vidrec_load_cpu_s"] = round(ru1.ru_utime + ru1.ru_stime - ru0.ru_utime
-                                             - ru0.ru_stime, 2)
-            out["redis_server_cpu_s_after_load"] = cpu_seconds(redis.proc.pid)
+            out.update(timed_load(env, redis, bdir, load_limit_s))
             out["redis"] = redis_facts(redis.url, bdir)
             out["redis"]["used_memory_growth"] = out["redis"]["used_memory"] - before
             out["redis"]["growth_per_user_incl_items"] = round(
-                out["redis"]["used_memory_growth"] / out["redis"]["users"], 1)
+                out["redis"]["used_memory_growth"] / out["redis"]["users"], 1) \
+                if out.get("vidrec_load_finished") else None
             print(f"[serve] {name}: load {out['vidrec_load_s']} s, redis {out['redis']}",
                   flush=True)
             # four processes: feature-store, retrieval, ranking, gateway over HTTP
@@ -303,7 +381,7 @@ def run_serve(names: list[str], repeats: int, duration: float) -> dict:
                     VIDREC_RETRIEVAL_URL=started["retrieval"]["url"],
                     VIDREC_RANKING_URL=started["ranking"]["url"]))
                 users = _users_sample(bdir)
-                warm_up(started["gateway"]["url"], users, 300)
+                warm_up(started["gateway"]["url"], users, 50)
                 out["four_processes"] = memory_after(servers, started)
             finally:
                 servers.stop()
@@ -314,7 +392,7 @@ def run_serve(names: list[str], repeats: int, duration: float) -> dict:
                 users = _users_sample(bdir)
                 users_file = log_dir / "users.json"
                 users_file.write_text(json.dumps(users))
-                warm_up(one["url"], users, 300)
+                warm_up(one["url"], users, 100)
                 port = int(one["url"].rsplit(":", 1)[1])
                 capacity, steps = find_capacity(port, users_file)
                 rate = max(5.0, capacity / 2)
@@ -565,13 +643,23 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("serve")
     s.add_argument("--only", nargs="*", choices=list(BUNDLES))
     s.add_argument("--repeats", type=int, default=3)
-    s.add_argument("--duration", type=float, default=15.0)
+    s.add_argument("--duration", type=float, default=10.0)
+    s.add_argument("--load-limit", type=float, default=420.0,
+                   help="seconds before `vidrec load` is stopped and extrapolated")
     sub.add_parser("report")
+    c = sub.add_parser("index-synthetic", help="content indexes over a synthetic embeddings.npy")
+    c.add_argument("folder")
+    c.add_argument("--kinds", nargs="*", default=["ivf_sq8", "ivf_pq"])
     args = p.parse_args(argv)
     if args.cmd == "index":
         run_index(available(args.only), set(args.skip))
+    elif args.cmd == "index-synthetic":
+        doc = _read(RESULTS / "scale_index.json")
+        doc[f"synthetic:{Path(args.folder).name}"] = run_index_synthetic(Path(args.folder),
+                                                                          tuple(args.kinds))
+        _write(RESULTS / "scale_index.json", doc)
     elif args.cmd == "serve":
-        run_serve(available(args.only), args.repeats, args.duration)
+        run_serve(available(args.only), args.repeats, args.duration, args.load_limit)
     else:
         doc = run_report()
         print(json.dumps(doc["goals"], indent=2))

@@ -28,9 +28,9 @@ def clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def test_auto_is_exact_small_hnsw_narrow_ivf_sq8_wide() -> None:
+def test_auto_is_exact_small_ivf_sq8_large() -> None:
     assert ann.auto_kind(ann.EXACT_MAX_ITEMS, 384) == "flat"
-    assert ann.auto_kind(ann.EXACT_MAX_ITEMS + 1, 65) == "hnsw"
+    assert ann.auto_kind(ann.EXACT_MAX_ITEMS + 1, 65) == "ivf_sq8"
     assert ann.auto_kind(ann.EXACT_MAX_ITEMS + 1, 384) == "ivf_sq8"
     assert ann.ivf_lists(1_000_000) == 1000
 
