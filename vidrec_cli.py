@@ -22,7 +22,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="Build on a random sample of this many users (quick runs, tests).")
     b.add_argument("--epochs", type=int, default=None, help="Override training epochs.")
     b.add_argument("--train-minutes", type=float, default=None,
-                   help="Stop training after this many minutes (best epoch kept).")
+                   help="Stop training after this many minutes, mid-epoch if need be (best "
+                        "epoch kept); bounds the refit on train + validation too.")
     b.add_argument("--version", default=None, help="Bundle folder name (default: dataset+time).")
     b.add_argument("--train-users", type=int, default=None,
                    help="Train on a random sample of this many users; the catalogue, "

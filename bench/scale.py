@@ -341,6 +341,49 @@ def timed_load(env: dict, redis, bdir: Path, limit_s: float) -> dict:
     return out
 
 
+def load_only(folder: Path, version: str, limit_s: float) -> dict:
+    """`vidrec load` of a synthetic dataset without building it: items.json (popularity =
+    interactions) and users.json written as a build writes them, into a bundle folder holding
+    only what the loader reads; then timed_load and redis_facts against a redis-server of the
+    bench's own. Separates the feature store's cost from the model build at 1M users."""
+    from scripts.run_local import LocalRedis
+
+    bdir = ARTIFACTS / version
+    if not (bdir / "manifest.json").is_file():
+        # Drawn again from synthetic.json (same parameters and seed: the same data as the
+        # CSVs, without parsing 7M lines)
+        from shared.data.synthetic import Fit, generate
+
+        meta = json.loads((folder / "synthetic.json").read_text())
+        syn = generate(Fit.from_json(meta["fit"]), meta["items"], meta["users"], meta["seed"])
+        pop = np.bincount(syn.user_items, minlength=len(syn.item_ids))
+        bdir.mkdir(parents=True, exist_ok=True)
+        (bdir / "items.json").write_text(json.dumps(
+            [{"item_id": syn.item_ids[r], "title": syn.titles[r],
+              "tags": [syn.tag_names[t] for t in syn.item_tags[r]], "popularity": int(pop[r])}
+             for r in range(len(syn.item_ids))], ensure_ascii=False))
+        off, items = syn.user_offsets.tolist(), (syn.user_items + 1).astype(str).tolist()
+        (bdir / "users.json").write_text(json.dumps(
+            {str(u + 1): items[off[u]:off[u + 1]] for u in range(len(off) - 1)}))
+        (bdir / "manifest.json").write_text(json.dumps(
+            {"version": version, "dataset": folder.name, "load_only": True,
+             "sizes": {"items": len(syn.item_ids), "users": len(off) - 1}}) + "\n")
+        del syn, items
+    from bench.serving import bench_env
+
+    redis = LocalRedis(REDIS_PORT + 2).start()
+    try:
+        env = bench_env(VIDREC_REDIS_URL=redis.url, VIDREC_BUNDLE=version,
+                        VIDREC_KEY_PREFIX=KEY_PREFIX, VIDREC_REDIS_CLUSTER="false")
+        out = {"bundle": version, "load_at_start": load_avg(),
+               **timed_load(env, redis, bdir, limit_s)}
+        out["redis"] = redis_facts(redis.url, bdir)
+    finally:
+        redis.stop()
+    out["load_at_end"] = load_avg()
+    return out
+
+
 def run_serve(names: list[str], repeats: int, duration: float,
               load_limit_s: float = 420.0) -> dict:
     from bench.serving import Servers, bench_env, run_loadgen, warm_up
@@ -647,12 +690,20 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--load-limit", type=float, default=420.0,
                    help="seconds before `vidrec load` is stopped and extrapolated")
     sub.add_parser("report")
+    lo = sub.add_parser("load-only", help="vidrec load of a synthetic dataset, no build")
+    lo.add_argument("folder")
+    lo.add_argument("--version", default="scale-1m-load")
+    lo.add_argument("--load-limit", type=float, default=300.0)
     c = sub.add_parser("index-synthetic", help="content indexes over a synthetic embeddings.npy")
     c.add_argument("folder")
     c.add_argument("--kinds", nargs="*", default=["ivf_sq8", "ivf_pq"])
     args = p.parse_args(argv)
     if args.cmd == "index":
         run_index(available(args.only), set(args.skip))
+    elif args.cmd == "load-only":
+        doc = _read(RESULTS / "scale_load.json")
+        doc[args.version] = load_only(Path(args.folder), args.version, args.load_limit)
+        _write(RESULTS / "scale_load.json", doc)
     elif args.cmd == "index-synthetic":
         doc = _read(RESULTS / "scale_index.json")
         doc[f"synthetic:{Path(args.folder).name}"] = run_index_synthetic(Path(args.folder),

@@ -103,7 +103,9 @@ def run_build(settings: Settings, dataset: str, sample_users: int | None = None,
         # user's validation item (the most recent data), and the test item stays unseen.
         with steps.step("refit_ranker"):
             best_epoch = max(train_facts["history"], key=lambda h: h["NDCG@10"])["epoch"]
-            refit_cfg = replace(train_cfg, epochs=best_epoch, max_minutes=float("inf"))
+            # --train-minutes bounds the refit too; without it the refit runs its epochs
+            refit_cfg = replace(train_cfg, epochs=best_epoch, max_minutes=(
+                train_minutes if train_minutes is not None else float("inf")))
             model, refit_facts = train_ranker(train_split.with_validation_in_train(), content,
                                               model_cfg, refit_cfg)
             train_facts = {"validation_run": train_facts, "refit": refit_facts,
