@@ -291,6 +291,27 @@ def find_capacity(port: int, users_file: Path, start_rate: float = 20.0,
     return good, steps
 
 
+def write_sample(url: str, bdir: Path) -> None:
+    """Every item's meta and the 5,000 sampled users, with the loader's own functions."""
+    import redis as redis_lib
+
+    from services.feature_store.keys import Keys
+    from services.feature_store.loader import with_clusters, write_items, write_users
+    from shared.bundle import Bundle
+    from shared.tags import TagClusters
+
+    r = redis_lib.Redis.from_url(url)
+    keys = Keys(KEY_PREFIX, "vidrec:scale:events")
+    bundle = Bundle(bdir)
+    items = with_clusters(bundle.items, TagClusters.load(bdir))
+    write_items(r, keys, items, progress=False)
+    users = bundle.users()
+    tags_of = {it["item_id"]: it.get("clusters") or it.get("tags") or [] for it in items}
+    write_users(r, keys, {u: users[u] for u in _users_sample(bdir)}, tags_of, 200,
+                progress=False)
+    r.close()
+
+
 def timed_load(env: dict, redis, bdir: Path, limit_s: float) -> dict:
     """`vidrec load` with a time limit. Past it the load is stopped (by pid), the users it
     wrote are counted and the rest of the wall time is extrapolated at the measured rate
@@ -384,6 +405,52 @@ def load_only(folder: Path, version: str, limit_s: float) -> dict:
     return out
 
 
+def loader_cpu(version: str = "scale-1m-load", n_items: int = 100_000,
+               n_users: int = 50_000) -> dict:
+    """CPU seconds (not wall) the loader's functions and redis-server spend per item and per
+    user, on a sample, projected to the bundle's full size: what `vidrec load` costs where it
+    gets a core to itself, whatever else the machine runs."""
+    import redis as redis_lib
+
+    from scripts.run_local import LocalRedis
+    from services.feature_store.keys import Keys
+    from services.feature_store.loader import write_items, write_users
+
+    bdir = ARTIFACTS / version
+    users = json.loads((bdir / "users.json").read_text())
+    total_users = len(users)
+    sample = dict(list(users.items())[:n_users])
+    del users
+    all_items = json.loads((bdir / "items.json").read_text())
+    total_items, items = len(all_items), all_items[:n_items]
+    del all_items
+    tags = {it["item_id"]: it["tags"] for it in items}
+    rs = LocalRedis(REDIS_PORT + 3).start()
+    try:
+        r = redis_lib.Redis.from_url(rs.url)
+        keys = Keys(KEY_PREFIX, "vidrec:scale:events")
+        c0, w0, s0 = time.process_time(), time.perf_counter(), cpu_seconds(rs.proc.pid)
+        write_items(r, keys, items, progress=False)
+        c1, w1, s1 = time.process_time(), time.perf_counter(), cpu_seconds(rs.proc.pid)
+        write_users(r, keys, sample, tags, 200, progress=False)
+        c2, w2, s2 = time.process_time(), time.perf_counter(), cpu_seconds(rs.proc.pid)
+        r.close()
+    finally:
+        rs.stop()
+    per_item = (c1 - c0 + s1 - s0) / len(items)
+    per_user = (c2 - c1 + s2 - s1) / len(sample)
+    return {"items": len(items), "users": len(sample), "load": load_avg(),
+            "items_loader_cpu_s": round(c1 - c0, 2), "items_redis_cpu_s": round(s1 - s0, 2),
+            "items_wall_s": round(w1 - w0, 2),
+            "users_loader_cpu_s": round(c2 - c1, 2), "users_redis_cpu_s": round(s2 - s1, 2),
+            "users_wall_s": round(w2 - w1, 2),
+            "cpu_us_per_item": round(1e6 * per_item, 1),
+            "cpu_us_per_user": round(1e6 * per_user, 1),
+            "projected_cpu_s_full_bundle": round(per_item * total_items
+                                                 + per_user * total_users, 1),
+            "note": "excludes parsing items.json/users.json (seconds at 1M)"}
+
+
 def run_serve(names: list[str], repeats: int, duration: float,
               load_limit_s: float = 420.0) -> dict:
     from bench.serving import Servers, bench_env, run_loadgen, warm_up
@@ -403,14 +470,17 @@ def run_serve(names: list[str], repeats: int, duration: float,
             import redis as redis_lib
 
             before = int(redis_lib.Redis.from_url(redis.url).info("memory")["used_memory"])
-            out.update(timed_load(env, redis, bdir, load_limit_s))
-            out["redis"] = redis_facts(redis.url, bdir)
-            out["redis"]["used_memory_growth"] = out["redis"]["used_memory"] - before
-            out["redis"]["growth_per_user_incl_items"] = round(
-                out["redis"]["used_memory_growth"] / out["redis"]["users"], 1) \
-                if out.get("vidrec_load_finished") else None
-            print(f"[serve] {name}: load {out['vidrec_load_s']} s, redis {out['redis']}",
-                  flush=True)
+            if load_limit_s > 0:
+                out.update(timed_load(env, redis, bdir, load_limit_s))
+                out["redis"] = redis_facts(redis.url, bdir)
+                out["redis"]["used_memory_growth"] = out["redis"]["used_memory"] - before
+                out["redis"]["growth_per_user_incl_items"] = round(
+                    out["redis"]["used_memory_growth"] / out["redis"]["users"], 1) \
+                    if out.get("vidrec_load_finished") else None
+            else:  # measured apart (`load-only`): the items and the users the runs ask for
+                out["vidrec_load"] = "skipped: measured by `bench.scale load-only`"
+                write_sample(redis.url, bdir)
+            print(f"[serve] {name}: load {out.get('vidrec_load_s')} s", flush=True)
             # four processes: feature-store, retrieval, ranking, gateway over HTTP
             servers = Servers(log_dir)
             ports = iter(range(18420, 18499))
@@ -688,12 +758,14 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--repeats", type=int, default=3)
     s.add_argument("--duration", type=float, default=10.0)
     s.add_argument("--load-limit", type=float, default=420.0,
-                   help="seconds before `vidrec load` is stopped and extrapolated")
+                   help="seconds before `vidrec load` is stopped and extrapolated; 0: skip "
+                        "it (items and sampled users only)")
     sub.add_parser("report")
     lo = sub.add_parser("load-only", help="vidrec load of a synthetic dataset, no build")
     lo.add_argument("folder")
     lo.add_argument("--version", default="scale-1m-load")
     lo.add_argument("--load-limit", type=float, default=300.0)
+    sub.add_parser("loader-cpu", help="CPU per item and per user of the loader (1M sample)")
     c = sub.add_parser("index-synthetic", help="content indexes over a synthetic embeddings.npy")
     c.add_argument("folder")
     c.add_argument("--kinds", nargs="*", default=["ivf_sq8", "ivf_pq"])
@@ -703,6 +775,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "load-only":
         doc = _read(RESULTS / "scale_load.json")
         doc[args.version] = load_only(Path(args.folder), args.version, args.load_limit)
+        _write(RESULTS / "scale_load.json", doc)
+    elif args.cmd == "loader-cpu":
+        doc = _read(RESULTS / "scale_load.json")
+        doc["loader_cpu"] = loader_cpu()
         _write(RESULTS / "scale_load.json", doc)
     elif args.cmd == "index-synthetic":
         doc = _read(RESULTS / "scale_index.json")
