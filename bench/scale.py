@@ -595,6 +595,7 @@ def run_report() -> dict:
     builds = {n: build_facts(n) for n in available(None)}
     index = _read(RESULTS / "scale_index.json")
     serve = _read(RESULTS / "scale_serve.json")
+    loads = _read(RESULTS / "scale_load.json")
     gen = {}
     for name, folder in (("100k", "synth-100k"), ("1m", "synth-1m")):
         p = ARTIFACTS / "synth" / folder / "synthetic.json"
@@ -630,17 +631,27 @@ def run_report() -> dict:
            "machine": {"cpus": os.cpu_count(), "note": "2 cores shared with 5 other engineers' "
                        "builds and tests during every measurement: see the load averages"},
            "generator": gen, "builds": builds, "index": index, "serve": serve,
-           "growth": grow, "goals": goals(builds, serve)}
+           "load_only": loads, "growth": grow, "goals": goals(builds, serve, loads)}
     _write(RESULTS / "scale.json", doc)
     plot(doc, RESULTS / "scale.png")
     return doc
 
 
-def goals(builds: dict, serve: dict) -> dict:
-    big, small = serve.get("1m"), serve.get("20k")
-    if not big:
-        return {"measured": False}
-    out = {}
+def goals(builds: dict, serve: dict, loads: dict | None = None) -> dict:
+    big, small = serve.get("1m", {}), serve.get("20k")
+    out: dict = {}
+    only, cpu = (loads or {}).get("scale-1m-load"), (loads or {}).get("loader_cpu")
+    if only and "redis" in only:
+        b = only["redis"]["bytes_per_user_mean"]
+        out["redis_bytes_per_user"] = {"value": b, "goal": 2048, "met": b <= 2048,
+                                       "from": "load-only, 1M users"}
+    if cpu:
+        out["vidrec_load_cpu_s_projected"] = {
+            "value": cpu["projected_cpu_s_full_bundle"], "goal": 300,
+            "met": cpu["projected_cpu_s_full_bundle"] <= 300,
+            "wall_here": only and {k: only.get(k) for k in (
+                "vidrec_load_stopped_after_s", "vidrec_load_users_written",
+                "vidrec_load_cpu_s", "load_after_vidrec_load")}}
     if small and "one_process" in big and "one_process" in small:
         ratio = big["one_process"]["at_half_capacity"]["p99_ms"] / \
             small["one_process"]["at_half_capacity"]["p99_ms"]
@@ -694,8 +705,8 @@ def plot(doc: dict, path: Path) -> None:
     ax = axes[0][2]
     for which, style in (("ann", "-"), ("content", "--")):
         for kind in KINDS[which]:
-            pts = [(index[n]["items"], index[n][which][kind]["bytes"] / 2 ** 20)
-                   for n in names if n in index and kind in index[n].get(which, {})]
+            pts = [(n_items, e["bytes"] / 2 ** 20) for n_items, e in _index_points(index, which,
+                                                                                 kind)]
             if pts:
                 ax.loglog(*zip(*pts, strict=True), "o" + style, label=f"{which} {kind}")
     ax.set(title="index MB", xlabel="items")
@@ -703,8 +714,8 @@ def plot(doc: dict, path: Path) -> None:
     ax = axes[1][0]
     for which, style in (("ann", "-"), ("content", "--")):
         for kind in KINDS[which]:
-            pts = [(index[n][which][kind]["query_ms_p50"], index[n][which][kind]["recall@100"])
-                   for n in names if n in index and kind in index[n].get(which, {})]
+            pts = [(e["query_ms_p50"], e["recall@100"])
+                   for _, e in _index_points(index, which, kind)]
             if pts:
                 ax.plot(*zip(*pts, strict=True), "o" + style, label=f"{which} {kind}")
     ax.set(title="recall@100 vs one-query ms (points: 20k, 100k, 1M)", xscale="log",
@@ -735,6 +746,17 @@ def plot(doc: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def _index_points(index: dict, which: str, kind: str) -> list[tuple[int, dict]]:
+    """(items, measurement) for every measured size; synthetic:* entries are content."""
+    out = []
+    for name, doc in index.items():
+        entry = (doc.get(kind) if name.startswith("synthetic:") and which == "content"
+                 else doc.get(which, {}).get(kind))
+        if entry and "bytes" in entry:
+            out.append((int(doc["items"]), entry))
+    return sorted(out, key=lambda p: p[0])
 
 
 def _read(path: Path) -> dict:
