@@ -395,7 +395,8 @@ def load_only(folder: Path, version: str, limit_s: float) -> dict:
     redis = LocalRedis(REDIS_PORT + 2).start()
     try:
         env = bench_env(VIDREC_REDIS_URL=redis.url, VIDREC_BUNDLE=version,
-                        VIDREC_KEY_PREFIX=KEY_PREFIX, VIDREC_REDIS_CLUSTER="false")
+                        VIDREC_KEY_PREFIX=KEY_PREFIX, VIDREC_ENVIRONMENT="development",
+                        VIDREC_REDIS_CLUSTER="false")
         out = {"bundle": version, "load_at_start": load_avg(),
                **timed_load(env, redis, bdir, limit_s)}
         out["redis"] = redis_facts(redis.url, bdir)
@@ -451,6 +452,43 @@ def loader_cpu(version: str = "scale-1m-load", n_items: int = 100_000,
             "note": "excludes parsing items.json/users.json (seconds at 1M)"}
 
 
+def retrieval_only(name: str) -> dict:
+    """Start the retrieval service alone on a bundle (own redis-server, nothing loaded):
+    start-up wall and CPU seconds, resident memory once ready and after 20 requests."""
+    import httpx
+
+    from bench.serving import Servers, bench_env
+    from scripts.run_local import LocalRedis
+
+    bdir = bundle_path(name)
+    log_dir = ARTIFACTS / "scale-logs" / f"retrieval-{name}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    redis = LocalRedis(REDIS_PORT + 4).start()
+    servers = Servers(log_dir)
+    try:
+        env = bench_env(VIDREC_REDIS_URL=redis.url, VIDREC_BUNDLE=BUNDLES[name],
+                        VIDREC_KEY_PREFIX=KEY_PREFIX, VIDREC_ENVIRONMENT="development")
+        out = {"bundle": BUNDLES[name], "load_at_start": load_avg(),
+               **timed_start(servers, "retrieval", 18460, env)}
+        out.update({f"ready_{k}": v for k, v in proc_memory(out["pid"]).items()})
+        users = json.loads((bdir / "users.json").read_text())
+        hist = [s for s in list(users.values())[:20] if s]
+        del users
+        times = []
+        with httpx.Client(base_url=out["url"], timeout=120) as client:
+            for h in hist:
+                t0 = time.perf_counter()
+                client.post("/v1/retrieve", json={"queries": [{"history": h[-50:]}]})
+                times.append(time.perf_counter() - t0)
+        out["retrieve_ms_median_of_20"] = round(1000 * statistics.median(times), 2)
+        out.update({f"after_requests_{k}": v for k, v in proc_memory(out["pid"]).items()})
+        out["load_at_end"] = load_avg()
+        return out
+    finally:
+        servers.stop()
+        redis.stop()
+
+
 def run_serve(names: list[str], repeats: int, duration: float,
               load_limit_s: float = 420.0) -> dict:
     from bench.serving import Servers, bench_env, run_loadgen, warm_up
@@ -466,7 +504,8 @@ def run_serve(names: list[str], repeats: int, duration: float,
         out: dict = {"bundle": BUNDLES[name], "load_at_start": load_avg()}
         try:
             env = bench_env(VIDREC_REDIS_URL=redis.url, VIDREC_BUNDLE=BUNDLES[name],
-                            VIDREC_KEY_PREFIX=KEY_PREFIX, VIDREC_REDIS_CLUSTER="false")
+                            VIDREC_KEY_PREFIX=KEY_PREFIX, VIDREC_ENVIRONMENT="development",
+                        VIDREC_REDIS_CLUSTER="false")
             import redis as redis_lib
 
             before = int(redis_lib.Redis.from_url(redis.url).info("memory")["used_memory"])
@@ -489,7 +528,7 @@ def run_serve(names: list[str], repeats: int, duration: float,
                            for s in ("feature-store", "retrieval", "ranking")}
                 started["gateway"] = timed_start(servers, "gateway", next(ports), bench_env(
                     VIDREC_REDIS_URL=redis.url, VIDREC_BUNDLE=BUNDLES[name],
-                    VIDREC_KEY_PREFIX=KEY_PREFIX,
+                    VIDREC_KEY_PREFIX=KEY_PREFIX, VIDREC_ENVIRONMENT="development",
                     VIDREC_FEATURE_STORE_URL=started["feature-store"]["url"],
                     VIDREC_RETRIEVAL_URL=started["retrieval"]["url"],
                     VIDREC_RANKING_URL=started["ranking"]["url"]))
@@ -787,6 +826,8 @@ def main(argv: list[str] | None = None) -> int:
     lo.add_argument("folder")
     lo.add_argument("--version", default="scale-1m-load")
     lo.add_argument("--load-limit", type=float, default=300.0)
+    ro = sub.add_parser("retrieval-only", help="retrieval start-up and memory on a bundle")
+    ro.add_argument("name", choices=list(BUNDLES))
     sub.add_parser("loader-cpu", help="CPU per item and per user of the loader (1M sample)")
     c = sub.add_parser("index-synthetic", help="content indexes over a synthetic embeddings.npy")
     c.add_argument("folder")
@@ -798,6 +839,10 @@ def main(argv: list[str] | None = None) -> int:
         doc = _read(RESULTS / "scale_load.json")
         doc[args.version] = load_only(Path(args.folder), args.version, args.load_limit)
         _write(RESULTS / "scale_load.json", doc)
+    elif args.cmd == "retrieval-only":
+        doc = _read(RESULTS / "scale_retrieval.json")
+        doc[args.name] = retrieval_only(args.name)
+        _write(RESULTS / "scale_retrieval.json", doc)
     elif args.cmd == "loader-cpu":
         doc = _read(RESULTS / "scale_load.json")
         doc["loader_cpu"] = loader_cpu()
