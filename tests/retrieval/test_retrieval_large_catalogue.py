@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from services.retrieval import state as state_module
-from services.retrieval.retrieve import RECENCY_DECAY, RECENT
 from services.retrieval.service import RetrievalService
+from services.retrieval.sources.content import RECENCY_DECAY, RECENT
 from shared import ann
 from shared.bundle import Bundle
 from shared.contracts import ItemUpsert, RetrievalQuery
