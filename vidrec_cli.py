@@ -22,8 +22,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="Build on a random sample of this many users (quick runs, tests).")
     b.add_argument("--epochs", type=int, default=None, help="Override training epochs.")
     b.add_argument("--train-minutes", type=float, default=None,
-                   help="Stop training after this many minutes (best epoch kept).")
+                   help="Stop training after this many minutes, mid-epoch if need be (best "
+                        "epoch kept); bounds the refit on train + validation too.")
     b.add_argument("--version", default=None, help="Bundle folder name (default: dataset+time).")
+    b.add_argument("--train-users", type=int, default=None,
+                   help="Train on a random sample of this many users; the catalogue, "
+                        "users.json and evaluation keep every user (large datasets).")
+    b.add_argument("--eval-users", type=int, default=None,
+                   help="Evaluate on a random sample of this many test users (default: all).")
+    b.add_argument("--no-tag-clusters", action="store_true",
+                   help="Skip the tag clusters (every tag serves as its own cluster).")
 
     e = sub.add_parser("evaluate", help="Recompute metrics.json of a bundle.")
     e.add_argument("bundle", help="Bundle folder, or a version under the artifacts dir.")
@@ -35,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="Dataset utilities.")
     dsub = d.add_subparsers(dest="data_command", required=True)
+    sy = dsub.add_parser("synth", help="Write a synthetic dataset (custom format) shaped like "
+                                       "MicroLens-50k at any size (bench/synthetic.py).")
+    from shared.data.synthetic import add_write_args
+
+    add_write_args(sy)
     dl = dsub.add_parser("download", help="Download a dataset from its official source.")
     dl.add_argument("name", help="microlens-50k or ml-latest-small")
     dl.add_argument("--dest", default=None, help="Data folder (default: VIDREC_DATA_DIR).")
@@ -59,13 +72,19 @@ def main(argv: list[str] | None = None) -> int:
         from offline.build import run_build
 
         run_build(settings, dataset=args.dataset, sample_users=args.sample_users,
-                  epochs=args.epochs, train_minutes=args.train_minutes, version=args.version)
+                  epochs=args.epochs, train_minutes=args.train_minutes, version=args.version,
+                  train_users=args.train_users, eval_users=args.eval_users,
+                  tag_clusters=not args.no_tag_clusters)
     elif args.command == "evaluate":
         from offline.evaluate_bundle import evaluate_bundle
 
         evaluate_bundle(settings, args.bundle)
     elif args.command == "tags":
         _tags(settings, args.bundle, args.threshold)
+    elif args.command == "data" and args.data_command == "synth":
+        from shared.data.synthetic import run_write
+
+        run_write(args)
     elif args.command == "data":
         from shared.data.download import download
 

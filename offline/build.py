@@ -20,6 +20,7 @@ import torch
 
 from offline import baselines
 from offline.embeddings import content_embeddings
+from offline.evaluate import sample_users as sample_test_users
 from offline.evaluate_bundle import compute_metrics
 from offline.export import check_parity, export_onnx
 from offline.model import RankerConfig, SequentialRanker
@@ -61,7 +62,12 @@ class Steps:
 
 def run_build(settings: Settings, dataset: str, sample_users: int | None = None,
               epochs: int | None = None, train_minutes: float | None = None,
-              version: str | None = None) -> Path:
+              version: str | None = None, train_users: int | None = None,
+              eval_users: int | None = None, tag_clusters: bool = True) -> Path:
+    """train_users: train on a random sample of this many users (the catalogue, users.json
+    and evaluation keep every user); eval_users: evaluate on a sample of the test users;
+    tag_clusters=False skips the tag clusters. All three are for catalogues too large to
+    train, cluster or evaluate in full on the build machine (bench/scale.py)."""
     torch.manual_seed(settings.seed)
     np.random.seed(settings.seed)
     steps = Steps()
@@ -78,11 +84,13 @@ def run_build(settings: Settings, dataset: str, sample_users: int | None = None,
     with steps.step("content_embeddings"):
         content, content_facts = content_embeddings(ds, settings.encoder, artifacts / ".cache")
     with steps.step("tag_clusters"):
-        tag_facts = _tag_clusters(settings, ds, work, artifacts / ".cache")
+        tag_facts = (_tag_clusters(settings, ds, work, artifacts / ".cache") if tag_clusters
+                     else {"built": False, "why": "skipped (--no-tag-clusters)"})
     with steps.step("split"):
         split = leave_one_out(ds)
         split_summary = split.summary()
 
+    train_split = split if not train_users else split.sample_users(train_users, settings.seed)
     model_cfg = RankerConfig(num_items=split.num_items, content_dim=content.shape[1])
     train_cfg = TrainConfig(seed=settings.seed)
     if epochs is not None:
@@ -90,14 +98,16 @@ def run_build(settings: Settings, dataset: str, sample_users: int | None = None,
     if train_minutes is not None:
         train_cfg.max_minutes = train_minutes
     with steps.step("train_ranker"):
-        model, train_facts = train_ranker(split, content, model_cfg, train_cfg)
-    if train_cfg.refit and split.evaluable("valid").size:
+        model, train_facts = train_ranker(train_split, content, model_cfg, train_cfg)
+    if train_cfg.refit and train_split.evaluable("valid").size:
         # The validation run chose the epoch count; the final model also learns from each
         # user's validation item (the most recent data), and the test item stays unseen.
         with steps.step("refit_ranker"):
             best_epoch = max(train_facts["history"], key=lambda h: h["NDCG@10"])["epoch"]
-            refit_cfg = replace(train_cfg, epochs=best_epoch, max_minutes=float("inf"))
-            model, refit_facts = train_ranker(split.with_validation_in_train(), content,
+            # --train-minutes bounds the refit too; without it the refit runs its epochs
+            refit_cfg = replace(train_cfg, epochs=best_epoch, max_minutes=(
+                train_minutes if train_minutes is not None else float("inf")))
+            model, refit_facts = train_ranker(train_split.with_validation_in_train(), content,
                                               model_cfg, refit_cfg)
             train_facts = {"validation_run": train_facts, "refit": refit_facts,
                            "refit_epochs": best_epoch}
@@ -120,12 +130,15 @@ def run_build(settings: Settings, dataset: str, sample_users: int | None = None,
     with steps.step("text_encoder_export"):
         text_encoder = _export_text_encoder(settings, work, content_facts)
     with steps.step("evaluate"):
-        doc = compute_metrics(Bundle(work), split, ds.name, settings)
+        doc = compute_metrics(Bundle(work), split, ds.name, settings,
+                              users=sample_test_users(split, "test", eval_users,
+                                                      settings.seed))
         write_reports(doc, work)
         print((work / "metrics.md").read_text(), flush=True)
     manifest = {
         "version": version, "dataset": ds.name, "dataset_arg": dataset,
         "sample_users": sample_users, "seed": settings.seed,
+        "train_users": train_users, "eval_users": eval_users,
         "validation_in_train": "refit" in train_facts,
         "built_at": datetime.now(UTC).isoformat(),
         "split": split_summary,

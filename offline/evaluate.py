@@ -16,9 +16,13 @@ from shared.bundle import FIRST_ITEM_INDEX
 ScoreFn = Callable[[np.ndarray], np.ndarray]
 
 
+SCORES_PER_CHUNK = 1 << 26  # 256 MB of float32 scores per chunk of users (1M items: 67 users)
+
+
 def target_ranks(split: Split, which: str, score_fn: ScoreFn, users: np.ndarray | None = None,
-                 chunk: int = 1024) -> np.ndarray:
+                 chunk: int | None = None) -> np.ndarray:
     users = split.evaluable(which) if users is None else users
+    chunk = chunk or max(16, min(1024, SCORES_PER_CHUNK // max(1, split.num_items)))
     targets = getattr(split, which)
     ranks = np.empty(len(users), np.int64)
     for start in range(0, len(users), chunk):

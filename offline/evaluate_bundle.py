@@ -22,28 +22,31 @@ from shared.tags import TagClusters
 
 
 def compute_metrics(bundle: Bundle, split: Split, dataset_name: str, settings: Settings,
-                    ) -> dict:
+                    users: np.ndarray | None = None) -> dict:
+    """users: the test users to evaluate (default: every evaluable one)."""
     content = bundle.content_embeddings()
     models = BundleModels(bundle, settings)
     state = models.state
     item_vectors = bundle.item_vectors()
     results = {
-        "popularity": evaluate(split, "test", baselines.popularity_fn(split)),
-        "content_ann": evaluate(split, "test", baselines.content_ann_fn(split, "test", content)),
-        "item_knn": evaluate(split, "test", baselines.item_knn_fn(split, "test")),
-        "ranker_only": evaluate(split, "test", lambda users: user_vectors(state, [
-            (split.history(u, "test") - FIRST_ITEM_INDEX)[-state.max_history:] for u in users])
-            @ item_vectors.T),
+        "popularity": evaluate(split, "test", baselines.popularity_fn(split), users),
+        "content_ann": evaluate(split, "test", baselines.content_ann_fn(split, "test", content),
+                                users),
+        "item_knn": evaluate(split, "test", baselines.item_knn_fn(split, "test"), users),
+        "ranker_only": evaluate(split, "test", lambda batch: user_vectors(state, [
+            (split.history(u, "test") - FIRST_ITEM_INDEX)[-state.max_history:] for u in batch])
+            @ item_vectors.T, users),
     }
     hits: dict[str, list[float]] = {}
     results["two_stage"] = evaluate(split, "test",
-                                    two_stage_fn(models, split, "test", settings, hits))
+                                    two_stage_fn(models, split, "test", settings, hits), users)
     recall = {name: round(float(np.mean(h)), 5) for name, h in hits.items()}
     # Which candidate source earns its place: each one's own recall of the test item.
     (bundle.path / "retrieval.json").write_text(json.dumps({
         "recall_of_test_item": recall,
         "caps": settings.candidate_caps}, indent=2) + "\n")
-    doc = metrics_document(dataset_name, len(split.evaluable("test")), results,
+    n_users = len(split.evaluable("test")) if users is None else len(users)
+    doc = metrics_document(dataset_name, n_users, results,
                            recall.get("union", 0.0), candidates_per_request(settings))
     clusters = TagClusters.load(bundle.path)
     if clusters.enabled:  # tag clusters against exact tags (offline/tag_eval.py, docs/tags.md)

@@ -42,6 +42,15 @@ class Split:
         train = [self.history(u, "test") for u in range(len(self.users))]
         return Split(self.item_ids, self.users, train, np.zeros_like(self.valid), self.test)
 
+    def sample_users(self, n: int, seed: int) -> Split:
+        """n random users (all when n >= the user count), the same catalogue: for training on
+        a sample of a dataset too large to train on in full."""
+        if n >= len(self.users):
+            return self
+        keep = np.sort(np.random.default_rng(seed).choice(len(self.users), n, replace=False))
+        return Split(self.item_ids, [self.users[u] for u in keep],
+                     [self.train[u] for u in keep], self.valid[keep], self.test[keep])
+
     def summary(self) -> dict:
         return {
             "protocol": "leave-one-out, chronological per user",

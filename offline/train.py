@@ -161,6 +161,8 @@ def train_ranker(split: Split, content: np.ndarray, model_cfg: RankerConfig,
             if schedule is not None:
                 schedule.step()
             total, steps = total + loss.item(), steps + 1
+            if (time.monotonic() - started) / 60 >= cfg.max_minutes:
+                break  # the time box ends the epoch early (a huge catalogue's epoch is long)
         minutes = (time.monotonic() - started) / 60
         if not len(valid_users):  # refit on train + validation: fixed epochs, keep the last
             history.append({"epoch": epoch, "loss": total / max(steps, 1),

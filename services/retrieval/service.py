@@ -256,7 +256,7 @@ class RetrievalService:
         for item_id in item_ids:
             row = state.row_of.get(item_id)
             if row is not None and not state.dead.view[row]:
-                out[item_id] = state.content.view[row].copy()
+                out[item_id] = state.content.view[row].astype(np.float32)
         return out
 
     # ---- catalogue changes --------------------------------------------------------------

@@ -14,6 +14,8 @@ worker thread and swaps one reference.
 from __future__ import annotations
 
 import logging
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import faiss
@@ -30,14 +32,22 @@ from shared.text_encoder import OnnxTextEncoder
 
 log = logging.getLogger(__name__)
 GPU_MAX_K = 2048  # faiss GPU indexes answer at most this many neighbours
+# Above this many items the content rows and the learned-vector copy are held as float16 (half
+# the memory: 1M x 384 content is 768 MB instead of 1.5 GB; bench/scale.py). Content rows only
+# feed the query encoder and the content query, where float16's 3 significant digits change no
+# ranking that matters, and FAISS searches its own float32 copy of the learned vectors; small
+# catalogues keep float32 so their results stay bit-identical to the offline evaluation.
+CONTENT_FLOAT16_ABOVE = ann.EXACT_MAX_ITEMS
 
 
 class GrowableRows:
     """A numpy array that appends rows in amortised O(1); `view` is the filled part."""
 
-    def __init__(self, data: np.ndarray, spare: int = 1024) -> None:
-        self._buf = np.zeros((len(data) + spare, *data.shape[1:]), dtype=data.dtype)
-        self._buf[:len(data)] = data
+    def __init__(self, data: np.ndarray, spare: int = 1024, dtype=None) -> None:
+        self._buf = np.zeros((len(data) + spare, *data.shape[1:]), dtype=dtype or data.dtype)
+        for start in range(0, len(data), 65536):  # in blocks: `data` may be a memory map
+            end = min(start + 65536, len(data))
+            self._buf[start:end] = data[start:end]
         self.n = len(data)
 
     @property
@@ -90,13 +100,14 @@ class RetrievalState:
     faiss_device: str
     onnx_device: str
     query_encoder: ort.InferenceSession
-    item_encoder: ort.InferenceSession
+    item_encoder: ort.InferenceSession | None  # None: loaded by the first upsert (see below)
     text_encoder: OnnxTextEncoder | None
     tag_clusters: TagClusters
     max_history: int
     dead_in_index: int = 0              # dead rows FAISS could not remove: search deeper by this
     overlay_applied: int = 0
     notes: list[str] = field(default_factory=list)
+    item_encoder_loader: Callable[[], ort.InferenceSession] | None = None
 
     @property
     def version(self) -> str:
@@ -134,6 +145,8 @@ class RetrievalState:
 
     # ---- mutations (event loop thread only) -------------------------------------------
     def learned_vectors(self, model_index: np.ndarray, content: np.ndarray) -> np.ndarray:
+        if self.item_encoder is None and self.item_encoder_loader is not None:
+            self.item_encoder = self.item_encoder_loader()
         return ITEM_ENCODER.run(self.item_encoder, item_ids=model_index,
                                 item_content=content)["item_vec"]
 
@@ -196,7 +209,8 @@ def _insert_by_popularity(rows: np.ndarray, row: int, popularity: np.ndarray) ->
 def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
     """Load one bundle fully (called in a worker thread; nothing shared is touched)."""
     items = bundle.items
-    content = bundle.content_embeddings().astype(np.float32, copy=False)
+    # Memory-mapped: GrowableRows copies them in blocks, so the file is never held twice.
+    content = np.load(bundle.file("content_embeddings.npy"), mmap_mode="r")
     vectors = bundle.item_vectors().astype(np.float32, copy=False)
     n = len(items)
     if content.shape[0] != n or vectors.shape[0] != n:
@@ -214,20 +228,28 @@ def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
                               f"{n} x {rows.shape[1]}")
     fixed = {"E": content.shape[1], "D": vectors.shape[1]}
     query_encoder = encoder_session(bundle, QUERY_ENCODER, settings, fixed)
-    item_encoder = encoder_session(bundle, ITEM_ENCODER, settings, fixed)
+    # The item encoder holds a copy of the id-embedding table (260 MB at 1M items) and only
+    # serves upserts: above CONTENT_FLOAT16_ABOVE items the first upsert loads it.
+    item_encoder = (encoder_session(bundle, ITEM_ENCODER, settings, fixed)
+                    if n <= CONTENT_FLOAT16_ABOVE else None)
     text_encoder = None
     if (bundle.path / TEXT_ENCODER.file).is_file():
         text_encoder = OnnxTextEncoder(bundle.path, settings)
     bundle_rows = {str(it["item_id"]): r for r, it in enumerate(items)}
     popularity = np.array([float(it.get("popularity", 0.0)) for it in items], np.float32)
     popular_rows = np.argsort(-popularity, kind="stable").astype(np.int64)
-    tags = [tuple(it.get("tags", [])) for it in items]
+    # one string object per distinct tag (json.loads makes one per occurrence: ~100 MB at 1M)
+    tags = [tuple(map(sys.intern, it.get("tags", []))) for it in items]
     tag_clusters = TagClusters.load(bundle.path)  # identity when the bundle has no tags.json
-    clusters = [tuple(tag_clusters.clusters(t)) for t in tags]
+    clusters = [_same_or_new(t, tuple(tag_clusters.clusters(t))) for t in tags]
     # Similarity between items ignores the per-item bias dimension (model.json: vector_dim =
     # dim + 1), which says how popular an item is, not what it is like.
     taste = vectors[:, :min(int(bundle.model_info.get("dim", vectors.shape[1])), vectors.shape[1])]
     norms = np.maximum(np.linalg.norm(taste, axis=1, keepdims=True), 1e-12)
+    # The state keeps what it needs of items.json in its own lists: drop the bundle's parsed
+    # copy (a dict per item: about 1 GB at 1M items), which is read again if asked for.
+    bundle.__dict__.pop("items", None)
+    bundle.__dict__.pop("row_of", None)
     return RetrievalState(
         bundle=bundle, n_bundle=n,
         item_ids=[str(it["item_id"]) for it in items],
@@ -235,7 +257,11 @@ def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
         tags=tags, clusters=clusters,
         row_of=dict(bundle_rows), bundle_row_of=bundle_rows,
         model_index=GrowableRows(np.arange(n, dtype=np.int64) + FIRST_ITEM_INDEX),
-        content=GrowableRows(content), vectors=GrowableRows(vectors),
+        content=GrowableRows(content, dtype=np.float16 if n > CONTENT_FLOAT16_ABOVE
+                             else np.float32),
+        # learned vectors: only read to append upserts (FAISS holds its own copy to search)
+        vectors=GrowableRows(vectors, dtype=np.float16 if n > CONTENT_FLOAT16_ABOVE
+                             else np.float32),
         unit=GrowableRows(taste / norms), popularity=GrowableRows(popularity),
         dead=GrowableRows(np.zeros(n, dtype=bool)),
         tag_rows=_tag_index(clusters, popular_rows),
@@ -244,7 +270,13 @@ def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
         faiss_device=faiss_device, onnx_device=device_of(query_encoder),
         query_encoder=query_encoder, item_encoder=item_encoder, text_encoder=text_encoder,
         tag_clusters=tag_clusters, max_history=bundle.max_history,
+        item_encoder_loader=lambda: encoder_session(bundle, ITEM_ENCODER, settings, fixed),
     )
+
+
+def _same_or_new(tags: tuple[str, ...], clusters: tuple[str, ...]) -> tuple[str, ...]:
+    """Share the tags tuple when the clusters are the tags themselves (no tags.json)."""
+    return tags if clusters == tags else clusters
 
 
 def _tag_index(clusters: list[tuple[str, ...]], popular_rows: np.ndarray,

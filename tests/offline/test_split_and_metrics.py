@@ -48,3 +48,24 @@ def test_full_ranking_excludes_seen_and_breaks_ties_by_row() -> None:
     assert ranks.tolist() == [1]
     never = np.array([[0, 0, 0, -np.inf, 1, 1]], np.float32)
     assert target_ranks(split, "test", lambda u: never, users=np.array([0])).tolist() == [-1]
+
+
+def test_user_sample_keeps_the_catalogue_and_whole_users() -> None:
+    split = leave_one_out(_dataset())
+    part = split.sample_users(2, seed=0)
+    assert part.item_ids == split.item_ids and len(part.users) == 2
+    for u, user in enumerate(part.users):  # each sampled user keeps all of its data
+        whole = split.users.index(user)
+        assert part.train[u].tolist() == split.train[whole].tolist()
+        assert (part.valid[u], part.test[u]) == (split.valid[whole], split.test[whole])
+    assert split.sample_users(3, seed=0) is split and split.sample_users(9, seed=0) is split
+    assert part.users == split.sample_users(2, seed=0).users  # seeded
+
+
+def test_ranks_are_the_same_whatever_the_chunk() -> None:
+    split = leave_one_out(_dataset())
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((3, 6)).astype(np.float32)
+    fn = lambda users: table[users]  # noqa: E731
+    assert target_ranks(split, "test", fn, chunk=1).tolist() == \
+        target_ranks(split, "test", fn).tolist()

@@ -1,0 +1,70 @@
+"""shared/ann.py's index kinds for large catalogues: what `auto` picks, recall against exact
+search, save/load keeping the search depth, and which kinds can remove rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from shared import ann
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # OpenMP teams spin-wait for each other: on a shared 2-core machine one thread is faster
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+def clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n // 50, dim)).astype(np.float32)
+    x = centres[rng.integers(0, len(centres), n)] + 0.4 * rng.standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_auto_is_exact_small_ivf_sq8_large() -> None:
+    assert ann.auto_kind(ann.EXACT_MAX_ITEMS, 384) == "flat"
+    assert ann.auto_kind(ann.EXACT_MAX_ITEMS + 1, 65) == "ivf_sq8"
+    assert ann.auto_kind(ann.EXACT_MAX_ITEMS + 1, 384) == "ivf_sq8"
+    assert ann.ivf_lists(1_000_000) == 1000
+
+
+@pytest.mark.parametrize(("kind", "dim", "min_recall"),
+                         [("ivf_sq8", 64, 0.9), ("ivf_pq", 64, 0.4), ("hnsw", 64, 0.9)])
+def test_compressed_kinds_recall_and_survive_save_load(kind: str, dim: int, min_recall: float,
+                                                        tmp_path: Path) -> None:
+    x = clustered(4000, dim)
+    queries = x[:100] + 0.05
+    index = ann.build_index(x, kind=kind)
+    assert ann.index_kind(index) == kind and index.ntotal == len(x)
+    assert ann.recall_against_exact(index, x, queries, 50) >= min_recall
+    ann.save(index, tmp_path / "i.faiss")
+    loaded = ann.load(tmp_path / "i.faiss")
+    assert ann.index_kind(loaded) == kind
+    if kind.startswith("ivf"):
+        inner = faiss.downcast_index(loaded.index)
+        assert inner.nprobe == max(16, int(inner.nlist * ann.IVF_NPROBE_SHARE))
+    np.testing.assert_array_equal(loaded.search(queries, 10)[1], index.search(queries, 10)[1])
+
+
+def test_ivf_removes_rows_hnsw_cannot() -> None:
+    x = clustered(2000, 64)
+    ivf = ann.build_index(x, kind="ivf_sq8")
+    assert ivf.remove_ids(np.array([0, 1], np.int64)) == 2
+    assert not {0, 1} & set(ivf.search(x[:2], 20)[1].ravel().tolist())
+    with pytest.raises(RuntimeError):
+        ann.build_index(x, kind="hnsw").remove_ids(np.array([0], np.int64))
+
+
+def test_unknown_kind_and_pq_dimension_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown index kind"):
+        ann.build_index(clustered(100, 8), kind="lsh")
+    assert ann.pq_codes(384) == 48 and ann.pq_codes(65) == 13
+    with pytest.raises(ValueError, match="divisor"):
+        ann.build_index(clustered(500, 67), kind="ivf_pq")
