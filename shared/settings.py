@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     admission_min_in_flight: int = Field(2, ge=1, description="Floor of the adaptive limit.")
     admission_target_lag_s: float = Field(0.004, gt=0, description="Event-loop lag the "
                                           "adaptive limit keeps under.")
+    admission_at_door: bool = Field(
+        True, description="Refuse body-less requests past the limit in the HTTP protocol, "
+        "before a task is made for them (shared/admission.py Door); false: in the middleware.")
     admission_queue: int = Field(0, ge=0, description="Requests that may wait for a slot.")
     admission_queue_wait_s: float = Field(0.005, ge=0, description="Longest such wait.")
     shed_recommendations: Literal["503", "popular"] = Field(
