@@ -6,7 +6,8 @@
    merged, labelled different-tag pairs wrongly merged, and cold-start NDCG@10 (the choice of
    the default threshold in shared/tags.py rests on this table);
 2. (a) cold start, (b) tag-source recall@N for known users (offline/tag_eval.py), with the
-   bundle's clusters;
+   bundle's clusters; the tag source's order among equal scores (popularity, or the matched
+   clusters taking turns) is chosen on 10,000 validation users and measured on all the others;
 3. (c) diversity: the bundle's two-stage ranking (ONNX ranker over its FAISS candidates) for a
    sample of users, re-ranked by the gateway's `diversify` with at most `max_per_tag` per tag
    (before) and per cluster (after): distinct clusters in the top 10, and NDCG@10 of both.
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from offline.tag_clusters import cluster_catalogue, rule_order, tag_counts
-from offline.tag_eval import cold_start, tag_source_recall
+from offline.tag_eval import cold_start, split_users, tag_source_recall
 from shared.bundle import FIRST_ITEM_INDEX, Bundle
 from shared.contracts import Candidate, ItemMeta
 from shared.settings import get_settings
@@ -94,6 +95,40 @@ def sweep(items: list[dict], users: dict, encoder: str, cache_dir: Path, cap: in
                      "cluster_seconds": round(seconds, 2)})
         print(rows[-1], flush=True)
     return rows
+
+
+def orders(items: list[dict], users: dict, clusters: TagClusters, cap: int,
+           max_users: int | None) -> dict:
+    """The tag source's order among equal scores, chosen on validation users and measured once
+    on the others: `popularity` (before) or `turns` (the matched clusters take turns, each one's
+    most popular first: services/retrieval/retrieve.py TAKE_TURNS). Cold start with both, on
+    both user sets; exact tags always under the same order as clusters."""
+    from services.retrieval import retrieve
+
+    valid, evaluation = split_users(users)
+    out: dict = {"validation_users": len(valid), "evaluation_users_all": len(evaluation),
+                 "validation": {}, "cold_start_by_order": {}, "tag_source_recall_by_order": {}}
+    try:
+        for order, turns in (("popularity", False), ("turns", True)):
+            retrieve.TAKE_TURNS = turns
+            v = cold_start(items, valid, clusters, cap, confidence=True)
+            out["validation"][order] = v
+            print("validation", order, v, flush=True)
+        best = max(out["validation"], key=lambda o: out["validation"][o]["clusters"]["NDCG@10"])
+        out["chosen_order"] = best
+        for order, turns in (("popularity", False), ("turns", True)):
+            retrieve.TAKE_TURNS = turns
+            c = cold_start(items, evaluation, clusters, cap, max_users, confidence=True)
+            out["cold_start_by_order"][order] = c
+            print("evaluation", order, c, flush=True)
+            r = tag_source_recall(items, users, clusters, cap, max_users)
+            out["tag_source_recall_by_order"][order] = r
+            print("recall", order, r, flush=True)
+    finally:
+        retrieve.TAKE_TURNS = True
+    out["cold_start"] = out["cold_start_by_order"][best]
+    out["tag_source_recall"] = out["tag_source_recall_by_order"][best]
+    return out
 
 
 def diversity(bundle: Bundle, clusters: TagClusters, settings, n_users: int) -> dict:
@@ -179,10 +214,7 @@ def main() -> None:
     doc = {"bundle": bundle.version, "machine": platform.machine(),
            "load_average_start": load_average(), "threshold": clusters.threshold,
            "clusters": len(clusters.names), "tags": len(clusters.cluster_of)}
-    doc["cold_start"] = cold_start(items, users, clusters, cap, opts.users, confidence=True)
-    print("cold start", doc["cold_start"], flush=True)
-    doc["tag_source_recall"] = tag_source_recall(items, users, clusters, cap, opts.users)
-    print("recall", doc["tag_source_recall"], flush=True)
+    doc.update(orders(items, users, clusters, cap, opts.users))
     if opts.diversity_users:
         doc["diversity"] = diversity(bundle, clusters, settings, opts.diversity_users)
         print("diversity", doc["diversity"], flush=True)

@@ -22,11 +22,17 @@ process as alive and ready (it is answering, only refusing extra work quickly). 
 
 Fixed or adaptive (bench/overload.py, docs/capacity.md): past a few requests in flight a
 process's throughput is flat and each extra request only adds its CPU time to everyone's
-latency, so the right limit is about (p99 budget / CPU time per request). The default is a fixed
-8 (~6 ms a request on a dedicated 2-core box: 8 x 6 = 48 ms), which also lets 8 clients call at
-once without a refusal. Where the CPU a request gets varies (a shared or noisy host: measured
-~25 ms a request, where a fixed 8 gave a p99 of 216 ms), VIDREC_ADMISSION_ADAPTIVE=true lets the
-gateway's limit follow event-loop lag (shared/adaptive_limit.py).
+latency, so the right limit is about (p99 budget / CPU time per request), less the jitter of a
+shared host. The default is a fixed 4: at capacity about 2 requests are in flight (Little's
+law on the quiet run: 1.6 one process, 2.0 four services), so 4 costs little goodput, and
+4 x ~6 ms leaves room in a 50 ms p99 even when a request's CPU time doubles. 8 gave an accepted
+p99 of 55-95 ms on a quiet box; the limit sweep put 4 at half the p99 of 8 for 4% less goodput.
+Where the CPU a request gets varies widely (a shared or noisy host), VIDREC_ADMISSION_ADAPTIVE=
+true lets the gateway's limit follow event-loop lag (shared/adaptive_limit.py).
+
+A refusal is answered as early as the server allows: body-less requests (recommendations) by
+the HTTP protocol itself, before a task exists for them (`Door`, used by shared/server.py);
+the rest here, once their body is read.
 
 Hand-written because no maintained ASGI library does this: Starlette has no concurrency
 limiter, and uvicorn's `limit_concurrency` counts connections and tasks, health checks

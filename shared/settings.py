@@ -71,8 +71,10 @@ class Settings(BaseSettings):
 
     # --- overload and hostile input (shared/admission.py, shared/server.py, docs/capacity.md)
     max_in_flight: int = Field(
-        8, ge=1, description="Gateway: most requests served at once; more are refused with 503 "
-        "(or the popular list, see shed_recommendations). Health/ready/metrics never count.")
+        4, ge=1, description="Gateway: most requests served at once; more are refused with 503 "
+        "(or the popular list, see shed_recommendations). Health/ready/metrics never count. "
+        "4: about 2 are in flight at capacity, and 4 x ~6 ms of CPU stays well inside a 50 ms "
+        "p99 (docs/capacity.md).")
     internal_max_in_flight: int = Field(
         32, ge=1, description="Retrieval, ranking, feature store: the same bound. Higher than "
         "the gateway's, whose own bound already limits what it sends them.")
