@@ -180,10 +180,9 @@ def split_users(users: dict[str, list[str]], validation: int = 10_000, seed: int
     for the cold-start protocol, and every other user. Choices (orders, weights) are made on
     the first and measured once on the second."""
     eligible = sorted(u for u, seq in users.items() if len(seq) >= COLD_START_SEEN + 1)
-    rng = np.random.default_rng(seed)
-    chosen = set(rng.choice(len(eligible), min(validation, len(eligible) // 2),
-                            replace=False).tolist())
-    valid = {eligible[i]: users[eligible[i]] for i in sorted(chosen)}
+    chosen = np.random.default_rng(seed).permutation(len(eligible))[
+        :min(validation, len(eligible) // 2)]
+    valid = {eligible[i]: users[eligible[i]] for i in sorted(chosen.tolist())}
     return valid, {u: seq for u, seq in users.items() if u not in valid}
 
 
