@@ -101,9 +101,9 @@ def orders(items: list[dict], users: dict, clusters: TagClusters, cap: int,
            max_users: int | None) -> dict:
     """The tag source's order among equal scores, chosen on validation users and measured once
     on the others: `popularity` (before) or `turns` (the matched clusters take turns, each one's
-    most popular first: services/retrieval/retrieve.py TAKE_TURNS). Cold start with both, on
+    most popular first: services/retrieval/sources/tags.py TAKE_TURNS). Cold start with both, on
     both user sets; exact tags always under the same order as clusters."""
-    from services.retrieval import retrieve
+    from services.retrieval.sources import tags as retrieve
 
     valid, evaluation = split_users(users)
     out: dict = {"validation_users": len(valid), "evaluation_users_all": len(evaluation),
@@ -137,7 +137,7 @@ def diversity(bundle: Bundle, clusters: TagClusters, settings, n_users: int) -> 
     from services.gateway.pipeline.select import diversify
 
     _, split = bundle_split(bundle, settings)
-    models = BundleModels(bundle, threads=settings.ort_intra_threads)
+    models = BundleModels(bundle, settings)
     users = split.evaluable("test")
     users = np.sort(np.random.default_rng(0).choice(users, min(n_users, len(users)),
                                                     replace=False))

@@ -85,8 +85,8 @@ class Catalog:
     def popular_candidates(self, n: int, exclude: set[str] | frozenset[str],
                            tags: Iterable[str] = ()) -> list[Candidate]:
         """Up to n available popular items not in `exclude`; items in one of the clusters of
-        `tags` first, in the retrieval tag source's order (services/retrieval/retrieve.py
-        `tag_source`): the most stated interests matched first (two interests of one cluster count
+        `tags` first, in the retrieval tag source's order (services/retrieval/sources/tags.py
+        `tag_matches`): the most stated interests matched first (two interests of one cluster count
         twice, as the tag source sums them), then the clusters taking turns (an item's place in
         its best matched cluster's popularity order), then popularity. The whole catalogue is
         scanned: this path only runs while retrieval is down."""

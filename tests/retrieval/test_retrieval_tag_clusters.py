@@ -140,7 +140,7 @@ def test_items_matching_more_interests_come_first_then_the_popular(
     one = ids[len(both):]
     assert one and all(c.score == 1.0 for c in everything.candidates[len(both):])
     # inside each group the two clusters take turns (an item's place in its best matched
-    # cluster's popularity order), popularity breaking ties (services/retrieval/retrieve.py)
+    # cluster's popularity order), popularity breaking ties (services/retrieval/sources/tags.py)
     place: dict[str, int] = {}
     for cluster in ("thriller", "sci-fi"):
         for k, row in enumerate(state.tag_rows[cluster].tolist()):
