@@ -68,18 +68,73 @@ def loadgen_main(args: argparse.Namespace) -> None:
     def make(i: int) -> Request:
         return Request("GET", f"/v1/users/{picks[i]}/recommendations?k={K}")
 
-    run = uvloop.run(open_loop("127.0.0.1", args.port, make, args.rate, args.duration))
+    def probe(_: int) -> Request:
+        return Request("GET", "/healthz")
+
+    async def both() -> tuple:
+        return await asyncio.gather(
+            open_loop("127.0.0.1", args.port, make, args.rate, args.duration),
+            open_loop("127.0.0.1", args.port, probe, args.probe_rate, args.duration))
+
+    run, probes = uvloop.run(both())
     out = summarise(run, args.rate)
     lat = [o.latency_s for o in run.outcomes if o.status == 200]
     out["mean_ms_all_200"] = round(1000 * float(np.mean(lat)), 2) if lat else None
+    # The floor: /healthz is never shed and does no work, so its latency is what any answer
+    # costs at this moment (the server's loop busy with other requests, the CPU taken by other
+    # processes, the generator's own delays). A refusal cannot be faster than this.
+    ok = [o.latency_s * 1000 for o in probes.outcomes if o.status == 200]
+    out["probe_healthz"] = {"rate": args.probe_rate, "answered": len(ok),
+                            "p50_ms": round(float(np.percentile(ok, 50)), 2) if ok else None,
+                            "p99_ms": round(float(np.percentile(ok, 99)), 2) if ok else None}
+    out["generator_cpus"] = sorted(os.sched_getaffinity(0))
     print(json.dumps(out))
 
 
-def run_loadgen(port: int, users_file: Path, rate: float, duration: float, seed: int) -> dict:
+# taskset CPU lists ("" = not pinned), set by main from --pin.
+LOADGEN_CPUS = ""
+SERVER_CPUS = ""
+
+
+def pinning(spec: str) -> tuple[str, str]:
+    """(server CPUs, load generator CPUs) for taskset, from --pin."""
+    if spec == "off":
+        return "", ""
+    if spec == "auto":
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 4:
+            return "", ""
+        return ",".join(map(str, cpus[:-1])), str(cpus[-1])
+    server, sep, loadgen = spec.partition("/")
+    if not sep or not server or not loadgen:
+        raise SystemExit(f"--pin {spec!r}: expected auto, off or SERVER_CPUS/LOADGEN_CPUS")
+    return server, loadgen
+
+
+def parse_configs(specs: list[str]) -> dict[str, dict[str, str]]:
+    """--compare NAME:VAR=V[,VAR=V] ... -> {name: env}; none given: the settings as configured."""
+    out: dict[str, dict[str, str]] = {}
+    for spec in specs:
+        name, _, assignments = spec.partition(":")
+        env = {}
+        for item in filter(None, assignments.split(",")):
+            var, eq, value = item.partition("=")
+            if not eq or not var.startswith("VIDREC_"):
+                raise SystemExit(f"--compare {spec!r}: expected NAME:VIDREC_VAR=VALUE[,...]")
+            env[var] = value
+        if not name or name in out:
+            raise SystemExit(f"--compare {spec!r}: each configuration needs its own name")
+        out[name] = env
+    return out or {"configured": {}}
+
+
+def run_loadgen(port: int, users_file: Path, rate: float, duration: float, seed: int,
+                probe_rate: float = 20.0) -> dict:
+    pin = ["taskset", "-c", LOADGEN_CPUS] if LOADGEN_CPUS else []
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.overload", "--loadgen", "--port", str(port),
+        [*pin, sys.executable, "-m", "bench.overload", "--loadgen", "--port", str(port),
          "--users-file", str(users_file), "--rate", str(rate), "--duration", str(duration),
-         "--seed", str(seed)],
+         "--seed", str(seed), "--probe-rate", str(probe_rate)],
         cwd=REPO, capture_output=True, text=True, timeout=duration + 120, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"load generator failed: {proc.stderr[-2000:]}")
@@ -138,57 +193,88 @@ def step_load(port: int, users_file: Path, first: float, step: float, step_s: fl
             "steps": steps}
 
 
-def levels(port: int, users_file: Path, capacity: float, level_s: float,
-           repeats: int) -> dict:
-    out = {}
+def levels(ports: dict[str, int], users_file: Path, capacity: float, level_s: float,
+           repeats: int) -> dict[str, dict]:
+    """Open-loop runs at each level against every configuration in `ports` (name -> port of a
+    running gateway), side by side: each repeat runs every configuration once, in alternating
+    order, so that the machine's load meets all of them alike. Per configuration and level, the
+    run with the median accepted p99 is kept with all runs and the median of each metric."""
+    out: dict[str, dict] = {name: {} for name in ports}
     for factor in LEVELS:
         rate = round(capacity * factor, 1)
-        runs = []
+        runs: dict[str, list[dict]] = {name: [] for name in ports}
         for i in range(repeats):
-            r = run_loadgen(port, users_file, rate, level_s, seed=100 * i + int(factor * 10))
-            runs.append(r)
-            print(f"[overload]   {factor:g}x = {rate:g} req/s (run {i + 1}): accepted p99 "
-                  f"{r['accepted_p99_ms']} ms, refused p99 {r['refused_p99_ms']} ms, goodput "
-                  f"{r['goodput_rps']}, refused {r['refused']}, timeouts {r['client_timeouts']},"
-                  f" degraded {r['degraded_share']}, generator cpu {r['generator_cpu']}, load "
-                  f"{r['load_avg_1m']}", flush=True)
-        median = dict(sorted(runs, key=lambda r: r["accepted_p99_ms"] or 1e9)[len(runs) // 2])
-        median["runs"] = runs
-        median["medians"] = {key: float(np.median([r[key] for r in runs if r[key] is not None]))
-                             for key in ("accepted_p99_ms", "refused_p99_ms", "goodput_rps",
-                                         "client_timeouts", "degraded_share")
-                             if any(r[key] is not None for r in runs)}
-        out[f"{factor:g}x"] = median
+            order = list(ports) if i % 2 == 0 else list(reversed(ports))
+            for name in order:
+                r = run_loadgen(ports[name], users_file, rate, level_s,
+                                seed=100 * i + int(factor * 10))
+                r["config"] = name
+                runs[name].append(r)
+                print(f"[overload]   {name}: {factor:g}x = {rate:g} req/s (run {i + 1}): "
+                      f"accepted p99 {r['accepted_p99_ms']} ms, refused p99 "
+                      f"{r['refused_p99_ms']} ms, /healthz p99 {r['probe_healthz']['p99_ms']} "
+                      f"ms, goodput {r['goodput_rps']}, refused {r['refused']}, timeouts "
+                      f"{r['client_timeouts']}, degraded {r['degraded_share']}, generator cpu "
+                      f"{r['generator_cpu']}, load {r['load_avg_1m']}", flush=True)
+        for name, rs in runs.items():
+            median = dict(sorted(rs, key=lambda r: r["accepted_p99_ms"] or 1e9)[len(rs) // 2])
+            median["runs"] = rs
+            flat = [{**r, "probe_p99_ms": r["probe_healthz"]["p99_ms"]} for r in rs]
+            median["medians"] = {
+                key: float(np.median([r[key] for r in flat if r[key] is not None]))
+                for key in ("accepted_p99_ms", "refused_p99_ms", "probe_p99_ms", "goodput_rps",
+                            "client_timeouts", "degraded_share", "load_avg_1m",
+                            "generator_cpu")
+                if any(r[key] is not None for r in flat)}
+            out[name][f"{factor:g}x"] = median
     return out
 
 
 def topology_run(name: str, topology: str, users: list[str], users_file: Path, work: Path,
-                 args: argparse.Namespace) -> dict:
+                 args: argparse.Namespace, configs: dict[str, dict[str, str]]) -> dict:
+    """Capacity (step-load, or `--capacity-*` when given), 3x without admission control, then
+    the levels for every configuration side by side. `levels`/`meets_goals` are those of the
+    last configuration (the one under test); every configuration's are under `side_by_side`."""
     result: dict = {}
-    servers = Servers(work)
+    given = args.capacity_one if topology == "one" else args.capacity_four
+    servers = Servers(work, SERVER_CPUS)
     try:
-        print(f"[overload] {name}: step-load with admission control off ...", flush=True)
         base = start(servers, topology, {"VIDREC_MAX_IN_FLIGHT": NO_LIMIT,
                                          "VIDREC_INTERNAL_MAX_IN_FLIGHT": NO_LIMIT})
         warm_up(base, users)
         port = int(base.rsplit(":", 1)[1])
-        result.update(step_load(port, users_file, args.first_rate, args.step_rate, args.step_s,
-                                args.max_rate))
+        if given:
+            result.update({"capacity_rps": given, "capacity_given": True})
+        else:
+            print(f"[overload] {name}: step-load with admission control off ...", flush=True)
+            result.update(step_load(port, users_file, args.first_rate, args.step_rate,
+                                    args.step_s, args.max_rate))
         capacity = result["capacity_rps"]
         print(f"[overload] {name}: capacity {capacity} req/s; 3x without admission control",
               flush=True)
         result["no_admission_3x"] = run_loadgen(port, users_file, capacity * 3, args.level_s, 3)
     finally:
         servers.stop()
-    servers = Servers(work)
+    groups: list[Servers] = []
     try:
-        print(f"[overload] {name}: levels with admission control on ...", flush=True)
-        base = start(servers, topology, {})
-        warm_up(base, users)
-        port = int(base.rsplit(":", 1)[1])
-        result["levels"] = levels(port, users_file, capacity, args.level_s, args.repeats)
+        ports = {}
+        for cname, env in configs.items():
+            print(f"[overload] {name}: starting {cname} {env or '(settings as configured)'}",
+                  flush=True)
+            groups.append(Servers(work, SERVER_CPUS))
+            base = start(groups[-1], topology, env)
+            warm_up(base, users)
+            ports[cname] = int(base.rsplit(":", 1)[1])
+        print(f"[overload] {name}: levels with admission control on, side by side ...",
+              flush=True)
+        side = levels(ports, users_file, capacity, args.level_s, args.repeats)
     finally:
-        servers.stop()
+        for group in groups:
+            group.stop()
+    result["configs"] = configs
+    result["side_by_side"] = {c: {"levels": lv, "meets_goals": meets_goals(
+        {"levels": lv, "capacity_rps": capacity})} for c, lv in side.items()}
+    result["levels"] = side[list(configs)[-1]]
     if topology == "one" and args.sweep:
         result["limit_sweep_3x"] = limit_sweep(users, users_file, work, capacity, args)
     result["meets_goals"] = meets_goals(result)
@@ -201,7 +287,7 @@ def limit_sweep(users: list[str], users_file: Path, work: Path, capacity: float,
     goodput depend on the limit, the evidence for the default and for adapting it."""
     out = {}
     for limit in args.sweep:
-        servers = Servers(work)
+        servers = Servers(work, SERVER_CPUS)
         try:
             base = start(servers, "one", {"VIDREC_MAX_IN_FLIGHT": str(limit),
                                           "VIDREC_ADMISSION_ADAPTIVE": "false"})
@@ -236,7 +322,7 @@ def meets_goals(r: dict) -> dict:
 def memory_run(work: Path, users: list[str], n: int) -> dict:
     import psutil
 
-    servers = Servers(work)
+    servers = Servers(work, SERVER_CPUS)
     try:
         base = start(servers, "one", {})
         warm_up(base, users)
@@ -359,6 +445,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-requests", type=int, default=100_000)
     p.add_argument("--sweep", type=int, nargs="*", default=[2, 4, 8, 16],
                    help="Limits tried at 3x capacity, one process (none: skip).")
+    p.add_argument("--probe-rate", type=float, default=20.0,
+                   help="GET /healthz per second beside the load (the latency floor).")
+    p.add_argument("--compare", action="append", default=[], metavar="NAME:VAR=V[,VAR=V]",
+                   help="A configuration run side by side with the others (repeatable; the "
+                        "last is the one reported as `levels`), e.g. "
+                        "old:VIDREC_MAX_IN_FLIGHT=8. Default: the settings as configured.")
+    p.add_argument("--capacity-one", type=float, default=None,
+                   help="Skip the one-process step-load and use this capacity (req/s).")
+    p.add_argument("--capacity-four", type=float, default=None,
+                   help="Skip the four-service step-load and use this capacity (req/s).")
+    p.add_argument("--pin", default="auto", metavar="auto|off|SERVER_CPUS/LOADGEN_CPUS",
+                   help="Pin servers and the load generator to separate CPUs with taskset. "
+                        "auto: with 4+ CPUs the generator gets the last one and the servers the "
+                        "rest; with fewer, nothing is pinned (halving a 2-core server would "
+                        "measure something else) and the generator's CPU use is reported. "
+                        "Example: 0-2/3.")
     p.add_argument("--only", choices=["one", "four", "memory"], action="append")
     p.add_argument("--out", default=str(OUT))
     args = p.parse_args(argv)
@@ -366,6 +468,9 @@ def main(argv: list[str] | None = None) -> int:
         loadgen_main(args)
         return 0
 
+    global SERVER_CPUS, LOADGEN_CPUS
+    SERVER_CPUS, LOADGEN_CPUS = pinning(args.pin)
+    configs = parse_configs(args.compare)
     from scripts.run_local import LocalRedis
     from shared.bundle import Bundle
     from shared.settings import get_settings
@@ -397,15 +502,18 @@ def main(argv: list[str] | None = None) -> int:
                          "admission_queue": settings.admission_queue,
                          "shed_recommendations": settings.shed_recommendations},
             "goals": GOALS, "step_s": args.step_s, "level_s": args.level_s,
+            "pinning": {"servers": SERVER_CPUS or "not pinned",
+                        "load_generator": LOADGEN_CPUS or "not pinned"},
+            "command": " ".join(["python -m bench.overload", *(argv or sys.argv[1:])]),
             "repeats": args.repeats, "load_avg_start": round(os.getloadavg()[0], 2),
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "logs": str(work),
         }
         if "one" in only:
             results["one_process"] = topology_run("one process", "one", users, users_file,
-                                                  work, args)
+                                                  work, args, configs)
         if "four" in only:
             results["four_services"] = topology_run("four services", "four", users,
-                                                    users_file, work, args)
+                                                    users_file, work, args, configs)
         if "memory" in only:
             print(f"[overload] memory: {args.memory_requests} unknown users/items ...",
                   flush=True)

@@ -181,14 +181,17 @@ def bench_env(**extra: str) -> dict[str, str]:
 class Servers:
     """`vidrec serve` processes, stopped by pid (SIGINT, then SIGKILL)."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, cpus: str = "") -> None:
         self.procs: list[tuple[str, subprocess.Popen]] = []
         self.log_dir = log_dir
+        self.cpus = cpus  # taskset CPU list for every server started here; "" = not pinned
 
     def start(self, service: str, port: int, env: dict[str, str]) -> str:
         log = open(self.log_dir / f"{service}-{port}.log", "wb")  # noqa: SIM115 - kept open
+        # taskset execs the server, so the pid stays the server's (stopped by pid as before).
+        pin = ["taskset", "-c", self.cpus] if self.cpus else []
         proc = subprocess.Popen(
-            [sys.executable, "-m", "vidrec_cli", "serve", service, "--port", str(port)],
+            [*pin, sys.executable, "-m", "vidrec_cli", "serve", service, "--port", str(port)],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         self.procs.append((service, proc))
         return f"http://127.0.0.1:{port}"

@@ -175,6 +175,18 @@ def _users(users: dict[str, list[str]], min_len: int, max_users: int | None,
     return seqs
 
 
+def split_users(users: dict[str, list[str]], validation: int = 10_000, seed: int = 1,
+                ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """(validation, evaluation): a fixed random set of `validation` users with enough history
+    for the cold-start protocol, and every other user. Choices (orders, weights) are made on
+    the first and measured once on the second."""
+    eligible = sorted(u for u, seq in users.items() if len(seq) >= COLD_START_SEEN + 1)
+    chosen = np.random.default_rng(seed).permutation(len(eligible))[
+        :min(validation, len(eligible) // 2)]
+    valid = {eligible[i]: users[eligible[i]] for i in sorted(chosen.tolist())}
+    return valid, {u: seq for u, seq in users.items() if u not in valid}
+
+
 def metrics_line(items: list[dict], users: dict[str, list[str]], clusters: TagClusters,
                  cap: int, max_users: int = 5000) -> dict:
     """The `tag_clusters` entry of metrics.json (a sample of users, fixed seed)."""

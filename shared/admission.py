@@ -22,11 +22,17 @@ process as alive and ready (it is answering, only refusing extra work quickly). 
 
 Fixed or adaptive (bench/overload.py, docs/capacity.md): past a few requests in flight a
 process's throughput is flat and each extra request only adds its CPU time to everyone's
-latency, so the right limit is about (p99 budget / CPU time per request). The default is a fixed
-8 (~6 ms a request on a dedicated 2-core box: 8 x 6 = 48 ms), which also lets 8 clients call at
-once without a refusal. Where the CPU a request gets varies (a shared or noisy host: measured
-~25 ms a request, where a fixed 8 gave a p99 of 216 ms), VIDREC_ADMISSION_ADAPTIVE=true lets the
-gateway's limit follow event-loop lag (shared/adaptive_limit.py).
+latency, so the right limit is about (p99 budget / CPU time per request), less the jitter of a
+shared host. The default is a fixed 4: at capacity about 2 requests are in flight (Little's
+law on the quiet run: 1.6 one process, 2.0 four services), so 4 costs little goodput, and
+4 x ~6 ms leaves room in a 50 ms p99 even when a request's CPU time doubles. 8 gave an accepted
+p99 of 55-95 ms on a quiet box; the limit sweep put 4 at half the p99 of 8 for 4% less goodput.
+Where the CPU a request gets varies widely (a shared or noisy host), VIDREC_ADMISSION_ADAPTIVE=
+true lets the gateway's limit follow event-loop lag (shared/adaptive_limit.py).
+
+A refusal is answered as early as the server allows: body-less requests (recommendations) by
+the HTTP protocol itself, before a task exists for them (`Door`, used by shared/server.py);
+the rest here, once their body is read.
 
 Hand-written because no maintained ASGI library does this: Starlette has no concurrency
 limiter, and uvicorn's `limit_concurrency` counts connections and tasks, health checks
@@ -122,6 +128,15 @@ class Admission:
                 self._waiters.remove(waiter)
             self._waiting_gauge.set(len(self._waiters))
 
+    def full(self) -> bool:
+        """Whether a request arriving now would be refused: every slot taken (or handed to a
+        waiter) and no place left to wait. Feeds the adaptive limit as `acquire` does."""
+        if self.adaptive is not None:
+            self.adaptive.start()
+            self.adaptive.saw(self.in_flight + 1)
+        busy = self.in_flight >= self.limit or bool(self._waiters)
+        return busy and len(self._waiters) >= self.queue
+
     def release(self) -> None:
         while self._waiters:
             waiter = self._waiters.pop(0)
@@ -140,14 +155,65 @@ class BodyTooLarge(Exception):
     pass
 
 
+def limited(path: str) -> bool:
+    """Whether admission control applies to a path (ops and admin routes never wait for it)."""
+    return path not in NEVER_SHED and not path.startswith(UNLIMITED_PREFIX)
+
+
+class Door:
+    """The refusal answered by the HTTP protocol itself (shared/server.py), before uvicorn makes
+    a task for the request: a 503 written from the connection's data callback costs one turn of
+    the event loop, where one written by the middleware waits a second turn behind every task
+    already queued (under overload, the loop's queue is the latency of a refusal). Only for
+    body-less requests (GET, HEAD: recommendations) answered with 503; a request with a body is
+    read first and refused by the middleware, as is any when a degraded answer is configured."""
+
+    METHODS = frozenset({"GET", "HEAD"})
+
+    def __init__(self, admission: Admission, retry_after_s: int) -> None:
+        self.admission = admission
+        self.retry_after = str(retry_after_s).encode()
+
+    def refuses(self, method: str, path: str) -> bool:
+        return method in self.METHODS and limited(path) and self.admission.full()
+
+    def answer(self) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        """Headers and body of the 503, counted as shed."""
+        SHED.labels(self.admission.service, "503").inc()
+        body = _shed_body(self.admission)
+        return [(b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", self.retry_after)], body
+
+
+def _shed_body(admission: Admission) -> bytes:
+    return orjson.dumps({"detail": f"{admission.service} is at its limit of {admission.limit} "
+                                   "requests in flight; retry shortly"})
+
+
+def door_of(app: Any) -> Door | None:
+    """The Door of the app uvicorn serves (through any wrapping middleware), if it has one."""
+    for _ in range(8):
+        state = getattr(app, "state", None)
+        door = getattr(state, "admission_door", None) if state is not None else None
+        if door is not None:
+            return door
+        app = getattr(app, "app", None)
+        if app is None:
+            return None
+    return None
+
+
 class AdmissionMiddleware:
     def __init__(self, app: ASGIApp, *, service: str, limit: int, queue: int = 0,
                  queue_wait_s: float = 0.0, max_body_bytes: int, body_timeout_s: float,
                  retry_after_s: int = 1, degraded: Degraded | None = None,
-                 adaptive: LoopLagLimit | None = None) -> None:
+                 adaptive: LoopLagLimit | None = None,
+                 admission: Admission | None = None) -> None:
         self.app = app
         self.service = service
-        self.admission = Admission(service, limit, queue, queue_wait_s, adaptive)
+        # `admission`: shared with the protocol's Door (add_admission); else one of its own.
+        self.admission = admission or Admission(service, limit, queue, queue_wait_s, adaptive)
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
         self.retry_after = str(retry_after_s).encode()
@@ -155,7 +221,7 @@ class AdmissionMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or path in NEVER_SHED or path.startswith(UNLIMITED_PREFIX):
+        if scope["type"] != "http" or not limited(path):
             await self.app(scope, receive, send)
             return
         if scope["method"] in BODY_METHODS:
@@ -226,10 +292,7 @@ class AdmissionMiddleware:
                 await _send(send, status, body, [])
                 return
         SHED.labels(self.service, "503").inc()
-        await _send_json(send, 503, {"detail": f"{self.service} is at its limit of "
-                                               f"{self.admission.limit} requests in flight; "
-                                               "retry shortly"},
-                         [(b"retry-after", self.retry_after)])
+        await _send(send, 503, _shed_body(self.admission), [(b"retry-after", self.retry_after)])
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -263,9 +326,16 @@ def add_admission(app: Any, settings: Settings, service: str,
     adaptive = (LoopLagLimit(limit, settings.admission_min_in_flight,
                              settings.admission_target_lag_s)
                 if settings.admission_adaptive and public else None)
+    admission = Admission(service, limit, settings.admission_queue,
+                          settings.admission_queue_wait_s, adaptive)
+    degraded = degraded if settings.shed_recommendations == "popular" else None
+    # The protocol refuses body-less requests itself when it can (Door); not when a degraded
+    # answer is configured (that one is built by the app).
+    app.state.admission_door = (Door(admission, settings.shed_retry_after_s)
+                                if degraded is None and settings.admission_at_door else None)
     app.add_middleware(
         AdmissionMiddleware, service=service, adaptive=adaptive, limit=limit,
         queue=settings.admission_queue, queue_wait_s=settings.admission_queue_wait_s,
         max_body_bytes=settings.max_body_bytes if public else settings.internal_max_body_bytes,
         body_timeout_s=settings.body_timeout_s, retry_after_s=settings.shed_retry_after_s,
-        degraded=degraded if settings.shed_recommendations == "popular" else None)
+        degraded=degraded, admission=admission)

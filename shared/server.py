@@ -21,6 +21,7 @@ import logging
 from prometheus_client import Counter
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from shared.admission import Door, door_of
 from shared.settings import get_settings
 
 log = logging.getLogger("vidrec.server")
@@ -52,6 +53,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_timer: asyncio.TimerHandle | None = None
         self._header_bytes = 0
         self._headers_too_large = False
+        self._door: Door | None = door_of(self.app)
 
     # -- header timeout ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -88,6 +90,31 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.cycle is None or self.cycle.response_complete:  # nothing of ours half-written
             self.transport.write(_status_only(408, "Request Timeout"))
         self.transport.close()
+
+    # -- refusal at the door (shared/admission.py Door) ---------------------------------------
+    def _start_asgi_task(self, cycle, app) -> None:  # noqa: ANN001 - uvicorn's types
+        door = self._door
+        if (door is not None and not cycle.flow.write_paused
+                and door.refuses(cycle.scope["method"], cycle.scope["path"])):
+            self._refuse_now(cycle, door)
+            return
+        super()._start_asgi_task(cycle, app)
+
+    @staticmethod
+    def _refuse_now(cycle, door: Door) -> None:  # noqa: ANN001
+        """Write the 503 through the request's own cycle (keep-alive, default headers and the
+        next pipelined request handled as for any answer), synchronously: its send only awaits
+        when the transport's buffer is full, which the caller ruled out."""
+        headers, body = door.answer()
+        for message in ({"type": "http.response.start", "status": 503, "headers": headers},
+                        {"type": "http.response.body", "body": body}):
+            step = cycle.send(message)
+            try:
+                step.send(None)
+            except StopIteration:
+                continue
+            step.close()  # pragma: no cover - cannot happen with the buffer not paused
+            raise RuntimeError("refusal at the door blocked on a full write buffer")
 
     # -- header size -------------------------------------------------------------------------
     def on_url(self, url: bytes) -> None:

@@ -87,8 +87,10 @@ class Settings(BaseSettings):
 
     # --- overload and hostile input (shared/admission.py, shared/server.py, docs/capacity.md)
     max_in_flight: int = Field(
-        8, ge=1, description="Gateway: most requests served at once; more are refused with 503 "
-        "(or the popular list, see shed_recommendations). Health/ready/metrics never count.")
+        4, ge=1, description="Gateway: most requests served at once; more are refused with 503 "
+        "(or the popular list, see shed_recommendations). Health/ready/metrics never count. "
+        "4: about 2 are in flight at capacity, and 4 x ~6 ms of CPU stays well inside a 50 ms "
+        "p99 (docs/capacity.md).")
     internal_max_in_flight: int = Field(
         32, ge=1, description="Retrieval, ranking, feature store: the same bound. Higher than "
         "the gateway's, whose own bound already limits what it sends them.")
@@ -99,6 +101,9 @@ class Settings(BaseSettings):
     admission_min_in_flight: int = Field(2, ge=1, description="Floor of the adaptive limit.")
     admission_target_lag_s: float = Field(0.004, gt=0, description="Event-loop lag the "
                                           "adaptive limit keeps under.")
+    admission_at_door: bool = Field(
+        True, description="Refuse body-less requests past the limit in the HTTP protocol, "
+        "before a task is made for them (shared/admission.py Door); false: in the middleware.")
     admission_queue: int = Field(0, ge=0, description="Requests that may wait for a slot.")
     admission_queue_wait_s: float = Field(0.005, ge=0, description="Longest such wait.")
     shed_recommendations: Literal["503", "popular"] = Field(

@@ -105,7 +105,9 @@ def cluster(small_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
            "VIDREC_USE_GPU": "false",
            # generous limits: a busy 2-core test machine must not look like an outage
            "VIDREC_TIMEOUT_HYDRATE_S": "3", "VIDREC_TIMEOUT_RETRIEVE_S": "5",
-           "VIDREC_TIMEOUT_SCORE_S": "5", "VIDREC_TIMEOUT_ITEMS_S": "3"}
+           "VIDREC_TIMEOUT_SCORE_S": "5", "VIDREC_TIMEOUT_ITEMS_S": "3",
+           # tests send up to 8 requests at once and expect every one answered
+           "VIDREC_MAX_IN_FLIGHT": "8"}
     for name in ("VIDREC_FEATURE_STORE_URL", "VIDREC_RETRIEVAL_URL", "VIDREC_RANKING_URL"):
         env.pop(name, None)
     c = Cluster(tmp, env)

@@ -85,13 +85,15 @@ class Catalog:
     def popular_candidates(self, n: int, exclude: set[str] | frozenset[str],
                            tags: Iterable[str] = ()) -> list[Candidate]:
         """Up to n available popular items not in `exclude`; items in one of the clusters of
-        `tags` first, in the retrieval tag source's order (services/retrieval/retrieve.py
-        `tag_source`): the most stated interests matched first (two interests of one cluster count
-        twice, as the tag source sums them), popularity breaking ties. The whole catalogue is
+        `tags` first, in the retrieval tag source's order (services/retrieval/sources/tags.py
+        `tag_matches`): the most stated interests matched first (two interests of one cluster count
+        twice, as the tag source sums them), then the clusters taking turns (an item's place in
+        its best matched cluster's popularity order), then popularity. The whole catalogue is
         scanned: this path only runs while retrieval is down."""
         wanted = Counter(c for t in dict.fromkeys(tags)
                          if (c := self.tag_clusters.of(t)) is not None)
-        matching: list[tuple[float, int, Candidate]] = []
+        seen_in: Counter[str] = Counter()  # items of each wanted cluster met so far
+        matching: list[tuple[float, int, int, Candidate]] = []
         rest: list[Candidate] = []
         for position, item_id in enumerate(self.popular):
             if item_id in exclude:
@@ -102,12 +104,14 @@ class Catalog:
             matched = [t for t in meta.tag_keys if t in wanted] if wanted else []
             if matched:
                 score = float(sum(wanted[t] for t in matched))
-                matching.append((-score, position, Candidate(
+                place = min(seen_in[t] for t in matched)
+                seen_in.update(set(matched))
+                matching.append((-score, place, position, Candidate(
                     item_id=item_id, source="tags", matched_tags=matched, score=score)))
             elif len(rest) < n:
                 rest.append(Candidate(item_id=item_id, source="popular",
                                       score=self.popularity[item_id]))
             if not wanted and len(rest) >= n:
                 break
-        matching.sort(key=lambda m: m[:2])
-        return ([c for _, _, c in matching] + rest)[:n]
+        matching.sort(key=lambda m: m[:3])
+        return ([m[3] for m in matching] + rest)[:n]

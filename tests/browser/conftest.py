@@ -70,6 +70,8 @@ def serving(small_bundle: Path, state: Path, service: str = "all",
                 "VIDREC_BUNDLE": settings.bundle, "VIDREC_KEY_PREFIX": settings.key_prefix,
                 "VIDREC_STATE_DIR": str(state), "VIDREC_ADMIN_TOKEN": ADMIN_TOKEN,
                 "VIDREC_USE_GPU": "false", "VIDREC_ORT_INTRA_THREADS": "1",
+                # a page load fetches several things at once; a busy CI box must not shed them
+                "VIDREC_MAX_IN_FLIGHT": "8",
                 "VIDREC_CONSOLE_SAMPLE_S": "1",
                 # generous stage budgets: a busy 2-core test machine must not degrade answers
                 "VIDREC_TIMEOUT_HYDRATE_S": "2", "VIDREC_TIMEOUT_RETRIEVE_S": "5",

@@ -57,7 +57,8 @@ def gateway_settings(bundle_path: Path, state_dir: Path, **overrides) -> Setting
                     admin_token=ADMIN_TOKEN, use_gpu=False, feature_store_url=None,
                     retrieval_url=None, ranking_url=None, timeout_hydrate_s=2.0,
                     timeout_retrieve_s=5.0, timeout_score_s=5.0, timeout_items_s=2.0,
-                    **overrides)
+                    # Tests send up to 8 requests at once and expect every one answered.
+                    **{"max_in_flight": 8, **overrides})
 
 
 @contextmanager

@@ -144,3 +144,23 @@ def test_the_fallback_orders_interest_matches_as_the_tag_source_does() -> None:
     index = TagIndex.build(items, c)
     rows = index.candidates(dict.fromkeys(interests, 1.0), [], cap=6)
     assert [items[r]["item_id"] for r in rows.tolist()] == [x.item_id for x in got[:5]]
+
+
+def test_matched_clusters_take_turns_before_popularity() -> None:
+    """Items matching as much of the query: each stated cluster's most popular first, in turn
+    (k1, f1, then k2, f2), not every video of the more popular cluster first. The tag source
+    and the fallback agree."""
+    from offline.tag_eval import TagIndex
+
+    c = clusters()
+    spec = {"k1": (["king glory"], 9), "k2": (["kingglory"], 8), "k3": (["kinghonor"], 7),
+            "f1": (["funny"], 3), "f2": (["funny videos"], 2), "p1": (["news"], 1)}
+    cat = Catalog(version="v", meta={i: meta(i, tags, c) for i, (tags, _) in spec.items()},
+                  popular=list(spec), popularity={i: p for i, (_, p) in spec.items()},
+                  tag_clusters=c)
+    got = cat.popular_candidates(6, exclude={"k1"}, tags=["king glory", "funny"])
+    assert [x.item_id for x in got] == ["k2", "f1", "k3", "f2", "p1"]
+    items = [{"item_id": i, "tags": tags, "popularity": p} for i, (tags, p) in spec.items()]
+    index = TagIndex.build(items, c)
+    rows = index.candidates({"king glory": 1.0, "funny": 1.0}, [0], cap=6)
+    assert [items[r]["item_id"] for r in rows.tolist()] == ["k2", "f1", "k3", "f2"]

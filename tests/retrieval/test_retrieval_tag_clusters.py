@@ -139,10 +139,18 @@ def test_items_matching_more_interests_come_first_then_the_popular(
     assert [c.score for c in everything.candidates[:len(both)]] == [2.0] * len(both)
     one = ids[len(both):]
     assert one and all(c.score == 1.0 for c in everything.candidates[len(both):])
-    # popularity breaks ties inside each group
+    # inside each group the two clusters take turns (an item's place in its best matched
+    # cluster's popularity order), popularity breaking ties (services/retrieval/sources/tags.py)
+    place: dict[str, int] = {}
+    for cluster in ("thriller", "sci-fi"):
+        for k, row in enumerate(state.tag_rows[cluster].tolist()):
+            item = state.item_ids[row]
+            place[item] = min(place.get(item, k), k)
     for group in (ids[:len(both)], one):
-        assert [popularity[i] for i in group] == sorted((popularity[i] for i in group),
-                                                        reverse=True)
+        keys = [(place[i], -popularity[i]) for i in group]
+        assert keys == sorted(keys)
+    # the first two single matches: one of each cluster, whatever their popularity
+    assert {"sci-fi" in tags_of[i] for i in one[:2]} == {True, False}
 
     # a small cap keeps the items matching both even when neither cluster's most popular
     # `cap` items hold them
