@@ -122,8 +122,14 @@ class RolloutFollower:
         """Read the key; load its version when it differs from the one serving."""
         async with self._lock:
             target = await self._redis.get(self.keys.active)
-            self.target = target
             serving = self._serving()
+            if target is None and serving:
+                # nothing promoted yet: what this replica was started with becomes the active
+                # version (first one wins), so that every replica agrees and a later promotion
+                # can be rolled back to it
+                await self._redis.set(self.keys.active, serving, nx=True)
+                target = await self._redis.get(self.keys.active)
+            self.target = target
             self._mark(serving)
             if target is None or target == serving:
                 self.error = None

@@ -76,15 +76,26 @@ def test_promote_and_rollback_reach_every_replica_under_load(
             ("127.0.0.1", redis_port), timeout=1).close() is None, "redis", 20)
         load_bundle(settings, "v1", progress=False)
         urls: dict[str, str] = {}
+
+        def start(name: str, service: str, extra: dict[str, str] | None = None) -> None:
+            port = free_port()
+            c.start(name, [vidrec_executable(), "serve", service, "--port", str(port)],
+                    {**env, **(extra or {})})
+            urls[name] = f"http://127.0.0.1:{port}"
+
+        def ready(names: list[str]) -> None:  # started together, waited for together
+            for name in names:
+                wait_until(lambda n=name: c._alive(n) and httpx.get(
+                    f"{urls[n]}/readyz", timeout=2).status_code == 200, name, 120)
+
         for i in (1, 2):
-            for service in ("retrieval", "ranking"):
-                c.serve(service)
-                urls[f"{service}{i}"] = c.urls.pop(service)
-                c.procs[f"{service}{i}"] = c.procs.pop(service)
-            c.serve("gateway", {"VIDREC_RETRIEVAL_URL": urls[f"retrieval{i}"],
-                                "VIDREC_RANKING_URL": urls[f"ranking{i}"]})
-            urls[f"gateway{i}"] = c.urls.pop("gateway")
-            c.procs[f"gateway{i}"] = c.procs.pop("gateway")
+            start(f"retrieval{i}", "retrieval")
+            start(f"ranking{i}", "ranking")
+        ready(["retrieval1", "ranking1", "retrieval2", "ranking2"])
+        for i in (1, 2):
+            start(f"gateway{i}", "gateway", {"VIDREC_RETRIEVAL_URL": urls[f"retrieval{i}"],
+                                             "VIDREC_RANKING_URL": urls[f"ranking{i}"]})
+        ready(["gateway1", "gateway2"])
         assert set(_versions(urls).values()) == {"v1"}
         users = sorted(Bundle(artifacts / "v1").users())[:20]
 

@@ -260,7 +260,7 @@ class Gateway:
         remote retrieval and ranking replicas follow by themselves."""
         for service in (self.retrieval, self.ranking):
             reload = getattr(service, "reload", None)
-            if reload is not None:
+            if reload is not None and not getattr(service, "base_url", None):
                 await reload(version)
         catalog = await asyncio.to_thread(Catalog.from_bundle,
                                           Bundle.open(self.settings.artifacts_dir, version))
