@@ -48,6 +48,23 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=None)
     s.add_argument("--workers", type=int, default=1)
 
+    r = sub.add_parser("retrain", help="Build a candidate bundle from the base dataset + the "
+                       "event log + items upserted while serving, and gate it against the "
+                       "serving bundle (docs/learning_loop.md).")
+    r.add_argument("--dataset", required=True, help="The base dataset (as for `vidrec build`).")
+    r.add_argument("--serving", default=None,
+                   help="The bundle to compare against and warm-start from (default: the "
+                   "active one in Redis, else VIDREC_BUNDLE).")
+    r.add_argument("--cold", action="store_true", help="Train from scratch (no warm start).")
+    r.add_argument("--epochs", type=int, default=None, help="Override training epochs.")
+    r.add_argument("--train-minutes", type=float, default=None,
+                   help="Stop training after this many minutes (best epoch kept).")
+    r.add_argument("--version", default=None, help="Bundle folder name.")
+    r.add_argument("--tolerance", type=float, default=None,
+                   help="Gate tolerance on NDCG@10 (default: VIDREC_PROMOTION_TOLERANCE).")
+    r.add_argument("--promote", action="store_true",
+                   help="Promote the candidate when the gate passes.")
+
     pr = sub.add_parser("promote", help="Make a bundle the active one on every replica "
                         "(refused when its promotion gate said no, unless --force).")
     pr.add_argument("bundle", help="Bundle folder, or a version under the artifacts dir.")
@@ -91,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
 
         serve(settings, args.service, args.host, args.port or DEFAULT_PORTS[args.service],
               workers=args.workers)
+    elif args.command == "retrain":
+        from offline.retrain import run_retrain
+
+        run_retrain(settings, args.dataset, serving=args.serving, warm_start=not args.cold,
+                    epochs=args.epochs, train_minutes=args.train_minutes, version=args.version,
+                    tolerance=args.tolerance, promote=args.promote)
     elif args.command in ("promote", "rollback"):
         from shared.rollout_cli import promote_command, rollback_command
 

@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     rollout_retry_s: float = Field(30.0, gt=0, description="A version that failed to load is "
                                    "tried again after this long.")
 
+    promotion_tolerance: float = Field(
+        0.002, description="`vidrec retrain`'s gate: promote when the candidate's NDCG@10 on "
+        "the held-out newest events is at least the serving bundle's minus this (absolute).")
+
     # --- overload and hostile input (shared/admission.py, shared/server.py, docs/capacity.md)
     max_in_flight: int = Field(
         8, ge=1, description="Gateway: most requests served at once; more are refused with 503 "
