@@ -1,14 +1,14 @@
 """Datasets for bench/learning_loop.py, in the custom format (shared/data/custom.py), cut from
-MicroLens-50k per user, oldest first:
+a dataset (MicroLens-50k by default) per user, oldest first:
 
     base/       every interaction except each user's last two   -> bundle A (`vidrec build`)
     scratch/    every interaction except each user's last one    -> the from-scratch bundle
     replay.csv  each user's second-to-last interaction            -> POST /v1/events
     heldout.csv each user's last interaction                      -> the evaluation target
 
-Positions stand in for timestamps (MicroLens has none), so the order is the file's order.
+Positions stand in for timestamps (MicroLens has none), so the order is the dataset's order.
 
-    python -m bench.learning_loop_data OUT_DIR
+    python -m bench.learning_loop_data OUT_DIR [DATASET [SAMPLE_USERS]]
 """
 
 from __future__ import annotations
@@ -21,8 +21,11 @@ from shared.data import load_dataset
 from shared.settings import get_settings
 
 
-def prepare(out: Path) -> dict:
-    ds = load_dataset("microlens-50k", get_settings().data_dir)
+def prepare(out: Path, dataset: str = "microlens-50k", sample_users: int | None = None,
+            seed: int = 42) -> dict:
+    ds = load_dataset(dataset, get_settings().data_dir)
+    if sample_users:
+        ds = ds.sample_users(sample_users, seed)
     out.mkdir(parents=True, exist_ok=True)
     users = {u: s for u, s in ds.sequences.items() if len(s) >= 3}
     for name, drop in (("base", 2), ("scratch", 1)):
@@ -50,4 +53,5 @@ def prepare(out: Path) -> dict:
 
 
 if __name__ == "__main__":
-    print(prepare(Path(sys.argv[1])))
+    print(prepare(Path(sys.argv[1]), *sys.argv[2:3],
+                  *(int(a) for a in sys.argv[3:4])))
