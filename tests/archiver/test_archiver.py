@@ -115,6 +115,15 @@ def test_sigkill_mid_batch_loses_and_duplicates_nothing(tmp_path: Path,
         assert set(ids) == {f"e{k}" for k in range(3500)}
         metrics = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
         assert 'vidrec_archiver_lag_entries{stream="events"} 0.0' in metrics
+        # the documented query (docs/learning_loop.md) reads the log with no vidrec code
+        import duckdb
+
+        rows = duckdb.sql(f"""
+            SELECT day, type, count(*) AS events, count(DISTINCT user_id) AS users
+            FROM read_parquet('{tmp_path}/log/events/*/*.parquet', hive_partitioning = true)
+            GROUP BY day, type ORDER BY day, type""").fetchall()
+        assert sum(r[2] for r in rows) == 3500
+        assert {r[1] for r in rows} == {"view", "like", "complete", "skip"}
     finally:
         proc.stop()
         client.close()
