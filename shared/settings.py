@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     event_dedupe_ttl_s: int = 7 * 24 * 3600
     events_stream: str = "events"
     events_stream_maxlen: int = 10_000_000
+    events_batch_script: bool = Field(
+        True, description="Record a batch of events in one Lua call (one per cluster slot) "
+        "instead of one per event (docs/feature_store.md).")
 
     # --- service topology (empty URL = run that part in-process) ------------------------
     retrieval_url: str | None = None
