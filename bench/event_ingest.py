@@ -80,6 +80,7 @@ def one_run(batch_script: bool, bundle: Path, seconds: float, batch: int, tmp: P
            "VIDREC_STATE_DIR": str(tmp / "state"), "VIDREC_USE_GPU": "false",
            "VIDREC_EVENTS_BATCH_SCRIPT": "true" if batch_script else "false",
            "VIDREC_ROLLOUT_FOLLOW": "false", "VIDREC_ARCHIVE_BATCH": "5000",
+           "VIDREC_ADMIN_TOKEN": "bench-ingest",
            "VIDREC_MAX_BODY_BYTES": str(8 << 20), "PYTHONUNBUFFERED": "1"}
     procs = [subprocess.Popen(["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1",
                                "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",

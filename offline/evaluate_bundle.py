@@ -14,7 +14,8 @@ from offline.report import metrics_document, write_reports
 from offline.split import Split, leave_one_out
 from offline.tag_eval import metrics_line
 from offline.two_stage import BundleModels, candidates_per_request, two_stage_fn
-from shared.bundle import Bundle, resolve_bundle
+from services.retrieval.sources.ann import user_vectors
+from shared.bundle import FIRST_ITEM_INDEX, Bundle, resolve_bundle
 from shared.data import load_dataset
 from shared.settings import Settings
 from shared.tags import TagClusters
@@ -23,14 +24,16 @@ from shared.tags import TagClusters
 def compute_metrics(bundle: Bundle, split: Split, dataset_name: str, settings: Settings,
                     ) -> dict:
     content = bundle.content_embeddings()
-    models = BundleModels(bundle, threads=settings.ort_intra_threads)
+    models = BundleModels(bundle, settings)
+    state = models.state
     item_vectors = bundle.item_vectors()
     results = {
         "popularity": evaluate(split, "test", baselines.popularity_fn(split)),
         "content_ann": evaluate(split, "test", baselines.content_ann_fn(split, "test", content)),
         "item_knn": evaluate(split, "test", baselines.item_knn_fn(split, "test")),
-        "ranker_only": evaluate(split, "test", lambda users: models.user_vectors(
-            [split.history(u, "test") for u in users]) @ item_vectors.T),
+        "ranker_only": evaluate(split, "test", lambda users: user_vectors(state, [
+            (split.history(u, "test") - FIRST_ITEM_INDEX)[-state.max_history:] for u in users])
+            @ item_vectors.T),
     }
     hits: dict[str, list[float]] = {}
     results["two_stage"] = evaluate(split, "test",
@@ -39,8 +42,7 @@ def compute_metrics(bundle: Bundle, split: Split, dataset_name: str, settings: S
     # Which candidate source earns its place: each one's own recall of the test item.
     (bundle.path / "retrieval.json").write_text(json.dumps({
         "recall_of_test_item": recall,
-        "caps": {"ann": settings.candidates_ann, "content": settings.candidates_content,
-                 "popular": settings.candidates_popular}}, indent=2) + "\n")
+        "caps": settings.candidate_caps}, indent=2) + "\n")
     doc = metrics_document(dataset_name, len(split.evaluable("test")), results,
                            recall.get("union", 0.0), candidates_per_request(settings))
     clusters = TagClusters.load(bundle.path)

@@ -11,10 +11,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from services.ranking.batch import ItemTable, ModelInputs, pack, plan_batches
 from services.ranking.errors import ModelSchemaMismatch, RankerLoadError, ScoreCountMismatch
@@ -26,20 +24,14 @@ from shared.bundle import (
     BundleError,
     files_bytes,
 )
+from shared.onnx_graphs import RANKER, GraphMismatch, Session
+from shared.onnx_session import SessionLoadError, make_session
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
-RANKER_FILE = "ranker.onnx"
-OUTPUT_NAME = "scores"
-# name -> (rank, onnx type, symbolic meaning of each axis)
-INPUT_SPEC: dict[str, tuple[str, tuple[str, ...]]] = {
-    "hist_ids": ("tensor(int64)", ("B", "L")),
-    "hist_content": ("tensor(float)", ("B", "L", "E")),
-    "cand_ids": ("tensor(int64)", ("B", "C")),
-    "cand_content": ("tensor(float)", ("B", "C", "E")),
-}
-OUTPUT_SPEC: tuple[str, tuple[str, ...]] = ("tensor(float)", ("B", "C"))
+RANKER_FILE = RANKER.file
+OUTPUT_NAME = RANKER.output_names[0]
 # Padded cells (users x candidates) per model run; bigger requests run in several batches so
 # that one request of 256 users x 5000 candidates cannot allocate gigabytes of inputs.
 MAX_BATCH_CELLS = 16_384
@@ -56,52 +48,17 @@ class RankerInfo:
     items: int
 
 
-def check_io(inputs: Sequence[ort.NodeArg], outputs: Sequence[ort.NodeArg], *,
-             content_dim: int, max_history: int) -> None:
-    """Raise ModelSchemaMismatch listing every way the model's I/O differs from what we feed.
+def check_io(session: Session, *, content_dim: int, max_history: int) -> None:
+    """Raise ModelSchemaMismatch listing every way the model's I/O differs from its spec
+    (shared/onnx_graphs.py: RANKER).
 
     Axes the scorer varies per call (B, C) must be dynamic; L may be dynamic or exactly
     max_history (histories are then padded to it); E must match the content embeddings.
     """
-    fixed = {"E": content_dim, "L": max_history}
-    problems: list[str] = []
-
-    def check_arg(kind: str, arg: ort.NodeArg, dtype: str, axes: tuple[str, ...]) -> None:
-        if arg.type != dtype:
-            problems.append(f"{kind} {arg.name!r} has type {arg.type}, expected {dtype}")
-        shape = list(arg.shape)
-        if len(shape) != len(axes):
-            problems.append(f"{kind} {arg.name!r} has rank {len(shape)} ({shape}), "
-                            f"expected rank {len(axes)} [{', '.join(axes)}]")
-            return
-        for axis, (label, dim) in enumerate(zip(axes, shape, strict=True)):
-            if not isinstance(dim, int):
-                continue  # symbolic or unknown: anything goes
-            if label in fixed and dim != fixed[label]:
-                problems.append(f"{kind} {arg.name!r} axis {axis} ({label}) is {dim}, "
-                                f"expected {fixed[label]}")
-            elif label not in fixed:
-                problems.append(f"{kind} {arg.name!r} axis {axis} ({label}) is fixed at {dim}, "
-                                "expected a dynamic axis")
-
-    by_name = {a.name: a for a in inputs}
-    missing = sorted(set(INPUT_SPEC) - set(by_name))
-    unexpected = sorted(set(by_name) - set(INPUT_SPEC))
-    if missing:
-        problems.append(f"missing input(s) {missing}")
-    if unexpected:
-        problems.append(f"unexpected input(s) {unexpected}")
-    for name, (dtype, axes) in INPUT_SPEC.items():
-        if name in by_name:
-            check_arg("input", by_name[name], dtype, axes)
-
-    out_names = [o.name for o in outputs]
-    if out_names != [OUTPUT_NAME]:
-        problems.append(f"outputs are {out_names}, expected [{OUTPUT_NAME!r}]")
-    elif outputs:
-        check_arg("output", outputs[0], *OUTPUT_SPEC)
-    if problems:
-        raise ModelSchemaMismatch("; ".join(problems))
+    try:
+        RANKER.check(session, fixed={"E": content_dim, "L": max_history})
+    except GraphMismatch as exc:
+        raise ModelSchemaMismatch(str(exc)) from None
 
 
 def check_model_json(info: Mapping, *, items: int, content_dim: int, item_dim: int) -> int:
@@ -126,35 +83,15 @@ def check_model_json(info: Mapping, *, items: int, content_dim: int, item_dim: i
             problems.append(f"model.json has no {key!r}")
     graph = (info.get("graphs") or {}).get(RANKER_FILE)
     if graph is not None:
-        if list(graph.get("inputs", [])) != list(INPUT_SPEC):
+        if list(graph.get("inputs", [])) != RANKER.input_names:
             problems.append(f"model.json lists {RANKER_FILE} inputs {graph.get('inputs')}, "
-                            f"the scorer feeds {list(INPUT_SPEC)}")
+                            f"the scorer feeds {RANKER.input_names}")
         if list(graph.get("outputs", [])) != [OUTPUT_NAME]:
             problems.append(f"model.json lists {RANKER_FILE} outputs {graph.get('outputs')}, "
                             f"the scorer reads [{OUTPUT_NAME!r}]")
     if problems:
         raise ModelSchemaMismatch("; ".join(problems))
     return int(max_history)  # type: ignore[arg-type]
-
-
-def make_session(path: Path, settings: Settings) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = settings.ort_intra_threads
-    opts.inter_op_num_threads = settings.ort_inter_threads
-    if settings.ort_inter_threads > 1:  # inter-op threads only matter in parallel mode
-        opts.execution_mode = ort.ExecutionMode.ORT_PARALLEL
-    # Sleeping (not spinning) worker threads: in one process retrieval and Redis I/O share the
-    # same cores, and spinning threads starve them.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    providers = ["CPUExecutionProvider"]
-    if settings.use_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-    except Exception as exc:  # onnxruntime raises its own (untyped) errors
-        raise RankerLoadError(f"{path}: onnxruntime cannot load it: {exc}") from exc
 
 
 class OnnxRanker:
@@ -180,10 +117,12 @@ class OnnxRanker:
                                                 content_dim=self.table.dim, item_dim=item_dim)
         except ModelSchemaMismatch as exc:
             raise ModelSchemaMismatch(f"bundle {bundle.path}: {exc}") from None
-        self.session = make_session(model_path, settings)
         try:
-            check_io(self.session.get_inputs(), self.session.get_outputs(),
-                     content_dim=self.table.dim, max_history=self.max_history)
+            self.session = make_session(model_path, settings)
+        except SessionLoadError as exc:
+            raise RankerLoadError(str(exc)) from exc
+        try:
+            check_io(self.session, content_dim=self.table.dim, max_history=self.max_history)
         except ModelSchemaMismatch as exc:
             raise ModelSchemaMismatch(f"{model_path}: {exc}") from None
         hist_axis = next(a.shape for a in self.session.get_inputs() if a.name == "hist_ids")
@@ -246,7 +185,7 @@ class OnnxRanker:
 
     def run(self, inputs: ModelInputs) -> np.ndarray:
         """The model on packed inputs; a result that is not [B, C] is a typed failure."""
-        (scores,) = self.session.run([OUTPUT_NAME], inputs.feeds())
+        scores = RANKER.run(self.session, **inputs.feeds())[OUTPUT_NAME]
         if scores.shape != inputs.cand_ids.shape:
             raise ScoreCountMismatch(f"ranker {self.version} returned scores of shape "
                                      f"{scores.shape} for candidates {inputs.cand_ids.shape}")

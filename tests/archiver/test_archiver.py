@@ -50,6 +50,7 @@ def anyio_backend() -> str:
 def _env(tmp: Path, redis_url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIDREC_")}
     env.update({"VIDREC_REDIS_URL": redis_url, "VIDREC_KEY_PREFIX": PREFIX,
+                "VIDREC_ENVIRONMENT": "development",
                 "VIDREC_EVENT_LOG": str(tmp / "log"), "VIDREC_ARCHIVE_CONSUMER": "arch-1",
                 "VIDREC_ARCHIVE_BLOCK_MS": "100", "VIDREC_ARCHIVE_CLAIM_IDLE_S": "1",
                 **extra})

@@ -1,52 +1,11 @@
-"""items: title, tags and availability of the best candidates (and of the watched items that
-explain them), in one feature-store call.
-
-Only the head of the ranked list is looked up: the answer is k items, and fetching metadata
-for every candidate (hundreds) would cost more than the rest of the request. Candidates past
-the head are dropped here, except the best few matching the request's `interests` (they may
-take reserved places, select.py). With tag filters in the request the whole list is looked up,
-since those may remove most of it.
-"""
+"""items: title, tags and availability of the candidates left after the head cut (head.py),
+and of the watched items that explain them, in one feature-store call."""
 
 from __future__ import annotations
 
 from services.gateway.catalog import Catalog
-from services.gateway.pipeline.context import RecContext, RecRequest
-from shared.contracts import Candidate, FeatureStoreAPI
-
-HEAD_PER_K = 3  # 3k: diversity reached past rank 3k in <1% of MicroLens requests
-MIN_HEAD = 30
-
-
-def head_limit(request: RecRequest) -> int | None:
-    """How many of the best candidates are looked at; None: all of them."""
-    if request.include_tags or request.exclude_tags:
-        return None
-    return max(HEAD_PER_K * request.k, MIN_HEAD)
-
-
-def interest_quota(request: RecRequest) -> int:
-    """Places kept for items matching `interests` (a quarter of the list)."""
-    return max(1, request.k // 4) if request.interests else 0
-
-
-def matches_interests(candidate: Candidate, interests: frozenset[str]) -> bool:
-    """`interests`: the clusters the request's interests resolved to."""
-    return bool(interests) and any(t in interests for t in candidate.matched_tags)
-
-
-def keep_head(ctx: RecContext) -> None:
-    """Candidates (best first) cut to the head, plus the best interest matches behind it."""
-    limit = head_limit(ctx.request)
-    cands = ctx.candidates
-    if limit is None or len(cands) <= limit:
-        return
-    head, rest = cands[:limit], cands[limit:]
-    quota = interest_quota(ctx.request)
-    if quota:
-        interests = ctx.interests
-        head += [c for c in rest if matches_interests(c, interests)][:2 * quota]
-    ctx.candidates = head
+from services.gateway.pipeline.context import RecContext
+from shared.contracts import FeatureStoreAPI
 
 
 def wanted_ids(ctx: RecContext) -> list[str]:
@@ -63,7 +22,6 @@ class ItemMetaStage:
         self.catalog = catalog
 
     async def run(self, ctx: RecContext) -> None:
-        keep_head(ctx)
         ids = wanted_ids(ctx)
         found = dict(await self.feature_store.item_meta(ids)) if ids else {}
         # Items the store does not know (e.g. upserted through this gateway while the store
@@ -75,6 +33,5 @@ class ItemMetaStage:
         ctx.meta = found
 
     def fallback(self, ctx: RecContext) -> None:
-        keep_head(ctx)
         known = self.catalog.meta
         ctx.meta = {i: known[i] for i in wanted_ids(ctx) if i in known}

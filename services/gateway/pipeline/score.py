@@ -1,9 +1,7 @@
-"""score: the ranker gives every candidate a score, in the same order; candidates are then
-ordered best first."""
+"""score: the ranker gives every candidate a score, in the same order (the sort step orders
+them, order.py)."""
 
 from __future__ import annotations
-
-import numpy as np
 
 from services.gateway.pipeline.context import RecContext
 from services.gateway.pipeline.stage import ScoreMismatch
@@ -33,11 +31,7 @@ class Score:
         if len(scores) != 1 or len(scores[0]) != len(ids):
             got = len(scores[0]) if len(scores) == 1 else f"{len(scores)} lists of"
             raise ScoreMismatch(f"ranker returned {got} scores for {len(ids)} candidates")
-        row = scores[0]
-        ctx.scores = dict(zip(ids, row, strict=True))
-        best_first = np.argsort(-np.asarray(row, dtype=np.float64), kind="stable")
-        cands = ctx.candidates
-        ctx.candidates = [cands[i] for i in best_first.tolist()]
+        ctx.scores = dict(zip(ids, scores[0], strict=True))
         ctx.ranked = True
         ctx.model_version = self.model_version = version
 
