@@ -85,11 +85,13 @@ def test_sigkill_mid_batch_loses_and_duplicates_nothing(tmp_path: Path,
     server = redis_servers("--appendonly", "yes", "--appendfsync", "always")
     client = redis.Redis(port=server.port, decode_responses=True)
     stream = Keys(PREFIX).events
-    for k in range(3000):
-        client.xadd(stream, stream_fields(_event(k)))
-        if k % 100 == 7:  # a client retry after a failure between XADD and its marker
-            client.xadd(stream, stream_fields(_event(k)))
-    env = _env(tmp_path, server.url, VIDREC_ARCHIVE_BATCH="400")
+    pipe = client.pipeline(transaction=False)
+    for k in range(1200):
+        pipe.xadd(stream, stream_fields(_event(k)))
+        if k % 50 == 7:  # a client retry after a failure between XADD and its marker
+            pipe.xadd(stream, stream_fields(_event(k)))
+    pipe.execute()
+    env = _env(tmp_path, server.url, VIDREC_ARCHIVE_BATCH="150")
 
     # 1. killed after its first batch is durably written, before the acknowledgement
     proc, _ = _archiver(tmp_path, {**env, "VIDREC_ARCHIVE_PAUSE_BEFORE_ACK_S": "30"}, 1)
@@ -100,11 +102,11 @@ def test_sigkill_mid_batch_loses_and_duplicates_nothing(tmp_path: Path,
 
     # 2. restarted, killed again at an arbitrary moment while it works through the backlog
     proc, _ = _archiver(tmp_path, env, 2)
-    wait_for(lambda: client.xinfo_groups(stream)[0]["entries-read"] >= 1200, "archiving",
+    wait_for(lambda: client.xinfo_groups(stream)[0]["entries-read"] >= 500, "archiving",
              proc, 60)
     proc.proc.kill()
     proc.stop()
-    for k in range(3000, 3500):  # and events keep arriving while it is down
+    for k in range(1200, 1400):  # and events keep arriving while it is down
         client.xadd(stream, stream_fields(_event(k)))
 
     # 3. restarted: it finishes its pending batch first, then the rest
@@ -113,7 +115,7 @@ def test_sigkill_mid_batch_loses_and_duplicates_nothing(tmp_path: Path,
         wait_for(lambda: _caught_up(client, stream), "archiver caught up", proc, 60)
         ids = _logged_ids(tmp_path / "log")
         assert len(ids) == len(set(ids)), "an event is in the log twice"
-        assert set(ids) == {f"e{k}" for k in range(3500)}
+        assert set(ids) == {f"e{k}" for k in range(1400)}
         metrics = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
         assert 'vidrec_archiver_lag_entries{stream="events"} 0.0' in metrics
         # the documented query (docs/learning_loop.md) reads the log with no vidrec code
@@ -123,7 +125,7 @@ def test_sigkill_mid_batch_loses_and_duplicates_nothing(tmp_path: Path,
             SELECT day, type, count(*) AS events, count(DISTINCT user_id) AS users
             FROM read_parquet('{tmp_path}/log/events/*/*.parquet', hive_partitioning = true)
             GROUP BY day, type ORDER BY day, type""").fetchall()
-        assert sum(r[2] for r in rows) == 3500
+        assert sum(r[2] for r in rows) == 1400
         assert {r[1] for r in rows} == {"view", "like", "complete", "skip"}
     finally:
         proc.stop()
@@ -162,12 +164,12 @@ def test_every_2xx_event_is_logged_across_a_redis_restart(tmp_path: Path,
         wait_for(lambda: http_ok(f"http://127.0.0.1:{fs_port}/readyz"), "feature store", fs, 60)
         sender = threading.Thread(target=send)
         sender.start()
-        wait_for(lambda: len(accepted) >= 400, "events accepted", fs, 30)
+        wait_for(lambda: len(accepted) >= 200, "events accepted", fs, 60)
         server.stop(kill=True)  # a crash: only the AOF survives
         time.sleep(0.5)
         server.start()
         n = len(accepted)
-        wait_for(lambda: len(accepted) >= n + 400, "events accepted after the restart", fs, 30)
+        wait_for(lambda: len(accepted) >= n + 200, "events accepted after the restart", fs, 60)
         stop.set()
         sender.join(10)
         client = redis.Redis(port=server.port, decode_responses=True)
