@@ -243,6 +243,8 @@ def main() -> None:
     ap.add_argument("--sample-users", type=int, default=None)
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--train-minutes", type=float, default=None)
+    ap.add_argument("--retrain-epochs", type=int, default=None,
+                    help="Epochs of the warm-started retrain (default: --epochs).")
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--content-cache", type=Path, default=None,
                     help="A content-*.npy of the same items in the same order (e.g. from "
@@ -275,6 +277,8 @@ def main() -> None:
            "VIDREC_TIMEOUT_ITEMS_S": "1", "PYTHONUNBUFFERED": "1"}
     train = [*(["--epochs", str(args.epochs)] if args.epochs else []),
              *(["--train-minutes", str(args.train_minutes)] if args.train_minutes else [])]
+    warm_train = train if args.retrain_epochs is None else [
+        "--epochs", str(args.retrain_epochs), *(train[2:] if args.epochs else train)]
     vidrec = str(BIN / "vidrec")
     wall: dict[str, float] = {}
     wall["build_A"] = _run([vidrec, "build", "--dataset", str(data_dir / "base"), "--version",
@@ -300,7 +304,8 @@ def main() -> None:
             if line.startswith("vidrec_archiver_") and "_bucket" not in line][:20]
         procs.stop(server)
         wall["retrain_B_warm"] = _run([vidrec, "retrain", "--dataset", str(data_dir / "base"),
-                                       "--serving", "loop-A", "--version", "loop-B", *train],
+                                       "--serving", "loop-A", "--version", "loop-B",
+                                       *warm_train],
                                       env, run / "retrain-B.log")
         wall["retrain_scratch_cold"] = _run(
             [vidrec, "retrain", "--dataset", str(data_dir / "base"), "--serving", "loop-A",

@@ -22,6 +22,7 @@ from offline.evaluate import target_ranks
 from offline.metrics import summarise
 from offline.split import Split
 from offline.two_stage import BundleModels, two_stage_fn
+from services.retrieval.sources.ann import user_vectors
 from shared.bundle import FIRST_ITEM_INDEX, Bundle
 from shared.settings import Settings
 
@@ -53,14 +54,17 @@ def holdout_split(bundle: Bundle, data: RetrainData) -> tuple[Split, int]:
 
 def holdout_metrics(bundle: Bundle, data: RetrainData, settings: Settings) -> dict:
     split, missing = holdout_split(bundle, data)
-    models = BundleModels(bundle, threads=settings.ort_intra_threads)
+    models = BundleModels(bundle, settings)
+    state = models.state
     users = split.evaluable("test")
     misses = np.full(missing, -1, np.int64)
     item_vectors = bundle.item_vectors()
     out = {}
+    # the same two score functions as the build's evaluation (offline/evaluate_bundle.py)
     for name, fn in (("two_stage", two_stage_fn(models, split, "test", settings)),
-                     ("ranker_only", lambda us: models.user_vectors(
-                         [split.history(u, "test") for u in us]) @ item_vectors.T)):
+                     ("ranker_only", lambda us: user_vectors(state, [
+                         (split.history(u, "test") - FIRST_ITEM_INDEX)[-state.max_history:]
+                         for u in us]) @ item_vectors.T)):
         ranks = target_ranks(split, "test", fn, users) if len(users) else np.empty(0, np.int64)
         out[name] = {k: round(v, 5) for k, v in summarise(np.concatenate([ranks, misses])).items()}
     out["users"] = len(split.users)
