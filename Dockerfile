@@ -61,7 +61,7 @@ RUN --mount=type=bind,from=wheels,source=/wheels,target=/wheels \
     pip install --no-cache-dir --find-links /wheels "$(ls /dist/*.whl)[build,encoder]" \
     && groupadd --system --gid 10001 vidrec \
     && useradd --system --uid 10001 --gid vidrec --no-create-home --shell /usr/sbin/nologin vidrec \
-    && mkdir -p /var/lib/vidrec/artifacts /var/lib/vidrec/state /data \
+    && mkdir -p /var/lib/vidrec/artifacts /var/lib/vidrec/state /var/lib/vidrec/event-log /data \
     && chown -R 10001:10001 /var/lib/vidrec /data
 WORKDIR /var/lib/vidrec
 USER 10001:10001
@@ -94,11 +94,11 @@ RUN pip install --no-cache-dir /dist/*.whl \
     && rm -rf /dist \
     && groupadd --system --gid 10001 vidrec \
     && useradd --system --uid 10001 --gid vidrec --no-create-home --shell /usr/sbin/nologin vidrec \
-    && mkdir -p /var/lib/vidrec/artifacts /var/lib/vidrec/state /data \
+    && mkdir -p /var/lib/vidrec/artifacts /var/lib/vidrec/state /var/lib/vidrec/event-log /data \
     && chown -R 10001:10001 /var/lib/vidrec /data
 WORKDIR /var/lib/vidrec
 USER 10001:10001
-EXPOSE 8000 8001 8002 8003
+EXPOSE 8000 8001 8002 8003 8004
 # The probe reads the server's own command line (PID 1) for its service and port, so one
 # image checks whichever service it runs. tests/deploy runs this exact command.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
@@ -125,11 +125,11 @@ RUN --mount=type=bind,from=wheels,source=/wheels,target=/wheels \
         -depth -type d -name tests -exec rm -rf {} + \
     && groupadd --system --gid 10001 vidrec \
     && useradd --system --uid 10001 --gid vidrec --no-create-home --shell /usr/sbin/nologin vidrec \
-    && mkdir -p /var/lib/vidrec/artifacts /var/lib/vidrec/state /data \
+    && mkdir -p /var/lib/vidrec/artifacts /var/lib/vidrec/state /var/lib/vidrec/event-log /data \
     && chown -R 10001:10001 /var/lib/vidrec /data
 WORKDIR /var/lib/vidrec
 USER 10001:10001
-EXPOSE 8000 8001 8002 8003
+EXPOSE 8000 8001 8002 8003 8004
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request as u, vidrec_cli as c; a = open(sys.argv[1] if len(sys.argv) > 1 else '/proc/1/cmdline').read().split('\\0'); s = next((x for x in a if x in c.SERVICES), 'all'); p = a[a.index('--port') + 1] if '--port' in a else c.DEFAULT_PORTS[s]; u.urlopen(f'http://127.0.0.1:{p}/healthz', timeout=4)"]
 ENTRYPOINT ["vidrec"]

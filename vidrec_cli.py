@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-SERVICES = ("all", "gateway", "retrieval", "ranking", "feature-store")
+SERVICES = ("all", "gateway", "retrieval", "ranking", "feature-store", "archiver")
 DEFAULT_PORTS = {"all": 8000, "gateway": 8000, "retrieval": 8001, "ranking": 8002,
-                 "feature-store": 8003}
+                 "feature-store": 8003, "archiver": 8004}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,6 +60,35 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=None)
     s.add_argument("--workers", type=int, default=1)
+
+    r = sub.add_parser("retrain", help="Build a candidate bundle from the base dataset + the "
+                       "event log + items upserted while serving, and gate it against the "
+                       "serving bundle (docs/learning_loop.md).")
+    r.add_argument("--dataset", required=True, help="The base dataset (as for `vidrec build`).")
+    r.add_argument("--serving", default=None,
+                   help="The bundle to compare against and warm-start from (default: the "
+                   "active one in Redis, else VIDREC_BUNDLE).")
+    r.add_argument("--cold", action="store_true", help="Train from scratch (no warm start).")
+    r.add_argument("--epochs", type=int, default=None, help="Override training epochs.")
+    r.add_argument("--train-minutes", type=float, default=None,
+                   help="Stop training after this many minutes (best epoch kept).")
+    r.add_argument("--version", default=None, help="Bundle folder name.")
+    r.add_argument("--tolerance", type=float, default=None,
+                   help="Gate tolerance on NDCG@10 (default: VIDREC_PROMOTION_TOLERANCE).")
+    r.add_argument("--promote", action="store_true",
+                   help="Promote the candidate when the gate passes.")
+
+    pr = sub.add_parser("promote", help="Make a bundle the active one on every replica "
+                        "(refused when its promotion gate said no, unless --force).")
+    pr.add_argument("bundle", help="Bundle folder, or a version under the artifacts dir.")
+    pr.add_argument("--force", action="store_true",
+                    help="Promote even when promotion.json says the gate refused it.")
+    sub.add_parser("rollback", help="Make the previously active bundle active again.")
+
+    a = sub.add_parser("archive", help="Copy the events and impressions streams into the event "
+                       "log (Parquet, docs/learning_loop.md); serves /metrics on --port.")
+    a.add_argument("--host", default="127.0.0.1")
+    a.add_argument("--port", type=int, default=DEFAULT_PORTS["archiver"])
     return p
 
 
@@ -98,6 +127,22 @@ def main(argv: list[str] | None = None) -> int:
 
         serve(settings, args.service, args.host, args.port or DEFAULT_PORTS[args.service],
               workers=args.workers)
+    elif args.command == "retrain":
+        from offline.retrain import run_retrain
+
+        run_retrain(settings, args.dataset, serving=args.serving, warm_start=not args.cold,
+                    epochs=args.epochs, train_minutes=args.train_minutes, version=args.version,
+                    tolerance=args.tolerance, promote=args.promote)
+    elif args.command in ("promote", "rollback"):
+        from shared.rollout_cli import promote_command, rollback_command
+
+        if args.command == "promote":
+            return promote_command(settings, args.bundle, force=args.force)
+        return rollback_command(settings)
+    elif args.command == "archive":
+        from services.gateway.serve import serve
+
+        serve(settings, "archiver", args.host, args.port)
     return 0
 
 

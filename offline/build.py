@@ -60,11 +60,15 @@ class Steps:
         print(f"[build] {name} done in {self.seconds[name]:.1f} s", flush=True)
 
 
-def run_build(settings: Settings, dataset: str, sample_users: int | None = None,
+def run_build(settings: Settings, dataset: str | Dataset, sample_users: int | None = None,
               epochs: int | None = None, train_minutes: float | None = None,
               version: str | None = None, train_users: int | None = None,
-              eval_users: int | None = None, tag_clusters: bool = True) -> Path:
-    """train_users: train on a random sample of this many users (the catalogue, users.json
+              eval_users: int | None = None, tag_clusters: bool = True,
+              warm_start: Bundle | None = None, extra_manifest: dict | None = None,
+              point_latest_link: bool = True) -> Path:
+    """`dataset`: a name/folder, or a Dataset already assembled (`vidrec retrain`);
+    `warm_start`: a bundle whose weights the training starts from (offline/warm_start.py).
+    train_users: train on a random sample of this many users (the catalogue, users.json
     and evaluation keep every user); eval_users: evaluate on a sample of the test users;
     tag_clusters=False skips the tag clusters. All three are for catalogues too large to
     train, cluster or evaluate in full on the build machine (bench/scale.py)."""
@@ -73,7 +77,9 @@ def run_build(settings: Settings, dataset: str, sample_users: int | None = None,
     steps = Steps()
     artifacts = Path(settings.artifacts_dir)
     with steps.step("load_dataset"):
-        ds = load_dataset(dataset, settings.data_dir)
+        ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset,
+                                                                       settings.data_dir)
+        dataset = dataset.name if isinstance(dataset, Dataset) else dataset
         if sample_users:
             ds = ds.sample_users(sample_users, settings.seed)
     version = version or f"{ds.name}-{datetime.now(UTC):%Y%m%dT%H%M%S}"
@@ -97,8 +103,16 @@ def run_build(settings: Settings, dataset: str, sample_users: int | None = None,
         train_cfg.epochs = epochs
     if train_minutes is not None:
         train_cfg.max_minutes = train_minutes
+    init_state, warm_facts = None, None
+    if warm_start is not None:
+        from offline.warm_start import warm_state
+
+        init_state, warm_facts = warm_state(warm_start, split.item_ids,
+                                            SequentialRanker(model_cfg).state_dict())
+        print(f"[build] warm start from {warm_start.version}: {warm_facts}", flush=True)
     with steps.step("train_ranker"):
-        model, train_facts = train_ranker(train_split, content, model_cfg, train_cfg)
+        model, train_facts = train_ranker(train_split, content, model_cfg, train_cfg,
+                                          init_state)
     if train_cfg.refit and train_split.evaluable("valid").size:
         # The validation run chose the epoch count; the final model also learns from each
         # user's validation item (the most recent data), and the test item stays unseen.
@@ -108,7 +122,7 @@ def run_build(settings: Settings, dataset: str, sample_users: int | None = None,
             refit_cfg = replace(train_cfg, epochs=best_epoch, max_minutes=(
                 train_minutes if train_minutes is not None else float("inf")))
             model, refit_facts = train_ranker(train_split.with_validation_in_train(), content,
-                                              model_cfg, refit_cfg)
+                                              model_cfg, refit_cfg, init_state)
             train_facts = {"validation_run": train_facts, "refit": refit_facts,
                            "refit_epochs": best_epoch}
             split = split.with_validation_in_train()  # baselines then fit on the same data
@@ -152,15 +166,17 @@ def run_build(settings: Settings, dataset: str, sample_users: int | None = None,
         "candidates": settings.candidate_caps,
         "libraries": _library_versions(), "python": platform.python_version(),
         "step_seconds": steps.seconds, "build_seconds": round(sum(steps.seconds.values()), 2),
+        **({"warm_start": warm_facts} if warm_facts else {}), **(extra_manifest or {}),
     }
     manifest["files"] = {p.name: sha256(p) for p in sorted(work.iterdir()) if p.is_file()}
     (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     final = artifacts / version
     shutil.rmtree(final, ignore_errors=True)
     work.rename(final)
-    point_latest(artifacts, version)
-    print(f"[build] bundle {final} ({manifest['build_seconds']:.0f} s); "
-          f"artifacts/latest -> {version}", flush=True)
+    if point_latest_link:
+        point_latest(artifacts, version)
+    print(f"[build] bundle {final} ({manifest['build_seconds']:.0f} s)"
+          + (f"; artifacts/latest -> {version}" if point_latest_link else ""), flush=True)
     return final
 
 

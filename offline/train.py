@@ -125,12 +125,16 @@ def softmax_loss(model: SequentialRanker, users: torch.Tensor, targets: torch.Te
 
 
 def train_ranker(split: Split, content: np.ndarray, model_cfg: RankerConfig,
-                 cfg: TrainConfig) -> tuple[SequentialRanker, dict]:
+                 cfg: TrainConfig, init_state: dict | None = None,
+                 ) -> tuple[SequentialRanker, dict]:
+    """`init_state`: starting weights (a warm start, offline/warm_start.py)."""
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed)
     model = SequentialRanker(model_cfg)
+    if init_state is not None:
+        model.load_state_dict(init_state)
     table = content_table(content)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     windows = training_windows(split, model_cfg.max_history)

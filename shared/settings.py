@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     event_dedupe_ttl_s: int = Field(7 * 24 * 3600, ge=1)
     events_stream: str = Field("events", min_length=1)
     events_stream_maxlen: int = Field(10_000_000, ge=1)
+    events_batch_script: bool = Field(
+        True, description="Record a batch of events in one Lua call (one per cluster slot) "
+        "instead of one per event (docs/feature_store.md).")
 
     # --- service topology (empty URL = run that part in-process) ------------------------
     retrieval_url: str | None = None
@@ -84,6 +87,34 @@ class Settings(BaseSettings):
                                   description="How long an answer stays attributable.")
     attribution_window_s: float = Field(
         1800.0, gt=0, description="A play within this long of its impression counts for CTR@k.")
+
+    # --- the learning loop: event log, rollout (docs/learning_loop.md) -------------------
+    event_log: str = Field(
+        ".state/event-log", description="Where `vidrec archive` writes the event log: a local "
+        "folder, or a URI pyarrow's filesystems open (s3://bucket/prefix, gs://…, hdfs://…).")
+    archive_batch: int = Field(2000, ge=1, description="Stream entries per archived batch.")
+    archive_block_ms: int = Field(500, ge=1, description="How long a read waits for new "
+                                  "entries.")
+    archive_claim_idle_s: float = Field(60.0, gt=0, description="Entries another archiver "
+                                        "left unacknowledged this long are taken over.")
+    archive_consumer: str | None = Field(
+        None, description="Consumer name in the group (default: the host name). Keep it "
+        "stable across restarts: a restarted archiver first finishes its own pending batch.")
+    archive_pause_before_ack_s: float = Field(
+        0.0, ge=0, description="Failure tests only: wait this long between writing a batch "
+        "and acknowledging it.")
+
+    rollout_follow: bool = Field(
+        True, description="Gateway, retrieval, ranking: serve the bundle the active-version key "
+        "in Redis names, and /admin/reload makes every replica follow (docs/learning_loop.md).")
+    rollout_check_s: float = Field(5.0, gt=0, description="How often the key is read besides "
+                                   "the pub/sub notice.")
+    rollout_retry_s: float = Field(30.0, gt=0, description="A version that failed to load is "
+                                   "tried again after this long.")
+
+    promotion_tolerance: float = Field(
+        0.002, description="`vidrec retrain`'s gate: promote when the candidate's NDCG@10 on "
+        "the held-out newest events is at least the serving bundle's minus this (absolute).")
 
     # --- overload and hostile input (shared/admission.py, shared/server.py, docs/capacity.md)
     max_in_flight: int = Field(

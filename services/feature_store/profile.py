@@ -65,6 +65,46 @@ def import_profile(tag_lists: Iterable[list[str]]) -> dict[str, float]:
     return profile
 
 
+# The state change of one new event, shared by both scripts (a Lua function).
+_APPLY_LUA = f"""
+local function apply(k_hist, k_seen, k_tags, k_ref, entry, cap, item, weight, t_arg,
+                     half_life, tags)
+  if entry ~= '' then
+    redis.call('RPUSH', k_hist, entry)
+    redis.call('LTRIM', k_hist, -tonumber(cap), -1)
+  end
+  redis.call('SADD', k_seen, item)
+  if weight == 0 or #tags == 0 then return end
+  local t = tonumber(t_arg)
+  local ref = tonumber(redis.call('GET', k_ref))
+  if not ref then
+    ref = t
+    redis.call('SET', k_ref, t_arg)
+  end
+  local e = (t - ref) / half_life
+  if e > {REBASE_HALF_LIVES} then
+    local scale = 2 ^ (-e)
+    local flat = redis.call('HGETALL', k_tags)
+    for i = 1, #flat, 2 do
+      local w = tonumber(flat[i + 1]) * scale
+      if math.abs(w) < {PRUNE_BELOW} then
+        redis.call('HDEL', k_tags, flat[i])
+      else
+        redis.call('HSET', k_tags, flat[i], string.format('%.17g', w))
+      end
+    end
+    redis.call('SET', k_ref, t_arg)
+    e = 0
+  end
+  local inc = weight * 2 ^ e
+  if math.abs(inc) < {PRUNE_BELOW} then return end
+  inc = string.format('%.17g', inc)
+  for _, tag in ipairs(tags) do
+    redis.call('HINCRBYFLOAT', k_tags, tag, inc)
+  end
+end
+"""
+
 # One event, applied atomically; all KEYS share the user's hash tag (one cluster slot).
 # KEYS: dedupe, hist, seen, tags, tagref
 # ARGV: dedupe_ttl_s, history entry ("" = none), history_cap, item_id, weight, t, half_life_s,
@@ -72,44 +112,60 @@ def import_profile(tag_lists: Iterable[list[str]]) -> dict[str, float]:
 # Returns false for a new event (the marker is now "pending" until the stream append is
 # confirmed), else the marker's value: "pending" (applied, stream append not confirmed) or
 # "done".
-RECORD_EVENT_LUA = f"""
+RECORD_EVENT_LUA = _APPLY_LUA + """
 local state = redis.call('GET', KEYS[1])
 if state then return state end
 redis.call('SET', KEYS[1], 'pending', 'EX', ARGV[1])
-if ARGV[2] ~= '' then
-  redis.call('RPUSH', KEYS[2], ARGV[2])
-  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1)
-end
-redis.call('SADD', KEYS[3], ARGV[4])
-local weight = tonumber(ARGV[5])
-if weight == 0 or #ARGV < 8 then return false end
-local t = tonumber(ARGV[6])
-local half_life = tonumber(ARGV[7])
-local ref = tonumber(redis.call('GET', KEYS[5]))
-if not ref then
-  ref = t
-  redis.call('SET', KEYS[5], ARGV[6])
-end
-local e = (t - ref) / half_life
-if e > {REBASE_HALF_LIVES} then
-  local scale = 2 ^ (-e)
-  local flat = redis.call('HGETALL', KEYS[4])
-  for i = 1, #flat, 2 do
-    local w = tonumber(flat[i + 1]) * scale
-    if math.abs(w) < {PRUNE_BELOW} then
-      redis.call('HDEL', KEYS[4], flat[i])
-    else
-      redis.call('HSET', KEYS[4], flat[i], string.format('%.17g', w))
-    end
-  end
-  redis.call('SET', KEYS[5], ARGV[6])
-  e = 0
-end
-local inc = weight * 2 ^ e
-if math.abs(inc) < {PRUNE_BELOW} then return false end
-inc = string.format('%.17g', inc)
-for i = 8, #ARGV do
-  redis.call('HINCRBYFLOAT', KEYS[4], ARGV[i], inc)
-end
+local tags = {}
+for i = 8, #ARGV do tags[#tags + 1] = ARGV[i] end
+apply(KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]),
+      ARGV[6], tonumber(ARGV[7]), tags)
 return false
+"""
+
+# A batch of events in one call (services/feature_store/batch.py). KEYS: 5 per event as above,
+# then the stream when ARGV[1] == '1' (a single Redis: the stream joins the script, and each
+# appended event's marker becomes "done" in the same run; on a cluster the stream lives in
+# another slot and the caller appends it, as for the single-event script).
+# ARGV: stream?, dedupe_ttl_s, history_cap, half_life_s, stream_maxlen, then per event:
+#       entry, item_id, weight, t, n_tags, tag..., n_fields, field, value, ...
+# Returns per event "" (new) or the marker's previous value ("pending" or "done"); with the
+# stream, a "pending" replay is appended now and becomes "done" too.
+RECORD_BATCH_LUA = _APPLY_LUA + """
+local with_stream = ARGV[1] == '1'
+local stream = with_stream and KEYS[#KEYS] or nil
+local ttl, cap, half_life, maxlen = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local n = (#KEYS - (with_stream and 1 or 0)) / 5
+local out = {}
+local queued = {}
+local a = 6
+for i = 0, n - 1 do
+  local k = 5 * i
+  local entry, item, weight, t = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3]
+  local n_tags = tonumber(ARGV[a + 4])
+  local tags = {}
+  for j = 1, n_tags do tags[j] = ARGV[a + 4 + j] end
+  a = a + 5 + n_tags
+  local n_fields = tonumber(ARGV[a])
+  local fields = {}
+  for j = 1, n_fields do fields[j] = ARGV[a + j] end
+  a = a + 1 + n_fields
+  local state = redis.call('GET', KEYS[k + 1])
+  if state then
+    out[i + 1] = state
+  else
+    out[i + 1] = ''
+    redis.call('SET', KEYS[k + 1], 'pending', 'EX', ttl)
+    apply(KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], entry, cap, item, weight, t,
+          half_life, tags)
+  end
+  if with_stream and state ~= 'done' then queued[#queued + 1] = {KEYS[k + 1], fields} end
+end
+-- every state first, then the stream: an XADD that fails stops here and leaves the rest
+-- "pending", which the caller's retry appends (the same contract as the per-event script)
+for _, q in ipairs(queued) do
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(q[2]))
+  redis.call('SET', q[1], 'done', 'XX', 'KEEPTTL')
+end
+return out
 """

@@ -32,6 +32,7 @@ from shared.experiments import (
     ExperimentsConfig,
 )
 from shared.http_client import ErrorFactory, Failed, ServiceClient
+from shared.rollout import RolloutFollower
 from shared.settings import Settings
 
 log = logging.getLogger("vidrec.gateway")
@@ -85,6 +86,7 @@ class Gateway:
     experiments: ExperimentsRegistry = field(init=False)
     arms: Arms = field(default_factory=Arms)
     ledger: Ledger | None = None  # set by start(): impressions and per-arm counters in Redis
+    rollout: RolloutFollower | None = None  # set by start(): follows the active bundle
     # HTTP clients of arms' own deployments (experiments), by URL
     _arm_clients: dict[str, Any] = field(default_factory=dict)
 
@@ -150,6 +152,11 @@ class Gateway:
         self.ledger.start()
         await self.experiments.start()
         self.closers.insert(0, self.experiments.close)
+        if s.rollout_follow:
+            self.rollout = RolloutFollower(s, "gateway", self.follow,
+                                           lambda: self.catalog.version or None)
+            self.rollout.start()
+            self.closers.insert(0, self.rollout.close)
 
     def _bundle_exists(self, version: str) -> bool:
         try:
@@ -265,7 +272,20 @@ class Gateway:
             raise InvalidRequest("bundle", f"gateway: {exc}") from exc
         self.swap_catalog(catalog)
         out["bundle"] = catalog.version
+        if self.rollout is not None and catalog.version:
+            await self.rollout.announce(catalog.version)  # every replica follows
         return out
+
+    async def follow(self, version: str) -> None:
+        """The active bundle changed (shared/rollout.py): the parts in this process swap it in;
+        remote retrieval and ranking replicas follow by themselves."""
+        for service in (self.retrieval, self.ranking):
+            reload = getattr(service, "reload", None)
+            if reload is not None and not getattr(service, "base_url", None):
+                await reload(version)
+        catalog = await asyncio.to_thread(Catalog.from_bundle,
+                                          Bundle.open(self.settings.artifacts_dir, version))
+        self.swap_catalog(catalog)
 
     async def _reload_remote(self, base_url: str, version: str | None) -> str:
         answer = await self._admin_call(base_url, "POST", "/admin/reload", {"bundle": version})
@@ -283,7 +303,8 @@ class Gateway:
                                        (self.feature_store, self.retrieval, self.ranking)))
         state = dict(zip(("feature_store", "retrieval", "ranking"), parts, strict=True))
         return {"ready": all(parts), **state, "bundle": self.catalog.version,
-                "experiments": self.experiments.status()}
+                "experiments": self.experiments.status(),
+                "rollout": self.rollout.status() if self.rollout else None}
 
     async def close(self) -> None:
         if self.ledger is not None:

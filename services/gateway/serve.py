@@ -34,8 +34,12 @@ def build_app(settings: Settings, service: str) -> FastAPI:
         from services.feature_store.app import create_app as feature_store_app
 
         return feature_store_app(settings)
-    raise ValueError(f"unknown service {service!r}; use all, gateway, retrieval, ranking or "
-                     "feature-store")
+    if service == "archiver":
+        from services.archiver.app import create_app as archiver_app
+
+        return archiver_app(settings)
+    raise ValueError(f"unknown service {service!r}; use all, gateway, retrieval, ranking, "
+                     "feature-store or archiver")
 
 
 def fit_ort_threads(settings: Settings, workers: int) -> Settings:

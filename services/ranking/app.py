@@ -34,6 +34,7 @@ from shared.errors import InvalidRequest, invalid_request_response
 from shared.experiments import bundles_to_serve
 from shared.observability import add_ops_routes
 from shared.openapi import document_errors, error_response
+from shared.rollout import announce, following, rollout_status
 from shared.settings import Settings
 
 
@@ -59,7 +60,12 @@ def create_app(settings: Settings, service: RankingService | None = None) -> Fas
                 await svc.reload()
                 await svc.serve_bundles(bundles_to_serve(settings.experiments_file))
             app.state.ranking = svc
-            yield
+            if service is None:  # its own process: follow the active bundle
+                async with following(app, settings, "ranking", svc.reload,
+                                     lambda: svc.info.version if svc.info else None):
+                    yield
+            else:
+                yield
         finally:
             if service is None:
                 svc.close()
@@ -87,12 +93,14 @@ def create_app(settings: Settings, service: RankingService | None = None) -> Fas
         return ScoreResponse(scores=scores, model_version=version)
 
     @app.post("/admin/reload", tags=["admin"], dependencies=[admin])
-    async def reload(svc: Service, body: ReloadRequest | None = None) -> ReloadResponse:
+    async def reload(svc: Service, request: Request,
+                     body: ReloadRequest | None = None) -> ReloadResponse:
         try:
             version = await svc.reload(body.bundle if body else None)
         except RankerLoadError as exc:
             current = svc.info.version if svc.info else None
             raise InvalidRequest("bundle", f"{exc} (still serving {current})") from exc
+        await announce(request.app, version)  # every replica follows
         return ReloadResponse(bundle=version)
 
     @app.put("/admin/bundles", tags=["admin"], dependencies=[admin])
@@ -109,6 +117,7 @@ def create_app(settings: Settings, service: RankingService | None = None) -> Fas
         if info is None:
             return {"ready": False, "service": "ranking", "model_version": None}
         return {"ready": True, "service": "ranking", "model_version": info.version,
+                "rollout": rollout_status(app),
                 "provider": "CUDA" if info.provider == "CUDAExecutionProvider" else "CPU",
                 "intra_threads": info.intra_threads, "inter_threads": info.inter_threads,
                 "max_history": info.max_history, "content_dim": info.content_dim,

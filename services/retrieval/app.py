@@ -42,6 +42,7 @@ from shared.errors import invalid_request_response
 from shared.experiments import bundles_to_serve
 from shared.observability import add_ops_routes
 from shared.openapi import document_errors, error_response
+from shared.rollout import announce, following, rollout_status
 from shared.settings import Settings
 
 
@@ -70,7 +71,12 @@ def create_app(settings: Settings, service: RetrievalService | None = None) -> F
                 await svc.reload()
                 await svc.serve_bundles(bundles_to_serve(settings.experiments_file))
             app.state.retrieval = svc
-            yield
+            if service is None:  # its own process: follow the active bundle
+                async with following(app, settings, "retrieval", svc.reload,
+                                     lambda: svc.readiness().get("bundle")):
+                    yield
+            else:
+                yield
         finally:
             if store is not None:
                 await store.aclose()
@@ -131,12 +137,14 @@ def create_app(settings: Settings, service: RetrievalService | None = None) -> F
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
     @app.post("/admin/reload", tags=["admin"], dependencies=[admin])
-    async def reload(svc: Service, body: ReloadRequest | None = None) -> ReloadResponse:
+    async def reload(svc: Service, request: Request,
+                     body: ReloadRequest | None = None) -> ReloadResponse:
         try:
             version = await svc.reload(body.bundle if body else None)
         except BundleError as exc:
             current = svc.readiness().get("bundle")
             raise InvalidRequest("bundle", f"{exc} (still serving {current})") from exc
+        await announce(request.app, version)  # every replica follows
         return ReloadResponse(bundle=version)
 
     @app.put("/admin/bundles", tags=["admin"], dependencies=[admin])
@@ -149,7 +157,9 @@ def create_app(settings: Settings, service: RetrievalService | None = None) -> F
 
     async def readiness() -> dict:
         svc: RetrievalService | None = getattr(app.state, "retrieval", None)
-        return svc.readiness() if svc else {"ready": False, "service": "retrieval"}
+        if svc is None:
+            return {"ready": False, "service": "retrieval"}
+        return {**svc.readiness(), "rollout": rollout_status(app)}
 
     add_ops_routes(app, readiness)
     return app

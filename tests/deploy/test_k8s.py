@@ -9,7 +9,8 @@ from .manifests import OVERLAYS, by_kind, pod_spec, render, render_text
 
 APPS = ("gateway", "retrieval", "ranking", "feature-store")
 AUTOSCALED = {"gateway", "retrieval", "ranking"}
-REDIS_CLIENTS = {"feature-store", "retrieval", "ranking", "vidrec-bundle"}
+REDIS_CLIENTS = {"gateway", "feature-store", "retrieval", "ranking", "archiver", "vidrec-bundle",
+                 "vidrec-retrain"}
 
 
 def test_overlays_exist() -> None:
@@ -98,8 +99,8 @@ def test_secrets_are_referenced_never_committed(overlay: str) -> None:
 def test_only_redis_clients_reach_redis(overlay: str) -> None:
     docs = render(overlay)
     labelled = {d["metadata"]["name"] for d in docs if pod_spec(d) is not None and
-                d["spec"]["template"]["metadata"]["labels"].get("vidrec.io/redis-client")
-                == "true"}
+                (d["spec"].get("template") or d["spec"]["jobTemplate"]["spec"]["template"])
+                ["metadata"]["labels"].get("vidrec.io/redis-client") == "true"}
     assert labelled == REDIS_CLIENTS
     policies = by_kind(docs, "NetworkPolicy")
     if overlay == "external-redis":
@@ -121,19 +122,30 @@ def test_only_redis_clients_reach_redis(overlay: str) -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_bundle_volume_is_shared_read_only(overlay: str) -> None:
     docs = render(overlay)
-    (pvc,) = by_kind(docs, "PersistentVolumeClaim").values()
-    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    pvcs = by_kind(docs, "PersistentVolumeClaim")
+    assert set(pvcs) == {"vidrec-artifacts", "vidrec-event-log"}
+    assert all(p["spec"]["accessModes"] == ["ReadWriteMany"] for p in pvcs.values())
     for name, dep in by_kind(docs, "Deployment").items():
         spec = pod_spec(dep)
         claims = {v["name"]: v["persistentVolumeClaim"] for v in spec["volumes"]
                   if "persistentVolumeClaim" in v}
         (vol, claim), = claims.items()
-        assert claim["claimName"] == pvc["metadata"]["name"] and claim["readOnly"], name
+        if name == "archiver":  # the one writer of the event log; needs no bundle
+            assert claim["claimName"] == "vidrec-event-log" and not claim.get("readOnly")
+            assert not spec.get("initContainers")
+            continue
+        assert claim["claimName"] == "vidrec-artifacts" and claim["readOnly"], name
         assert [c["name"] for c in spec["initContainers"]] == ["wait-for-bundle"], name
     job = by_kind(docs, "Job")["vidrec-bundle"]
     (claim,) = [v["persistentVolumeClaim"] for v in pod_spec(job)["volumes"]
                 if "persistentVolumeClaim" in v]
-    assert claim["claimName"] == pvc["metadata"]["name"] and not claim.get("readOnly")
+    assert claim["claimName"] == "vidrec-artifacts" and not claim.get("readOnly")
+    # retrain writes a bundle and reads the log
+    cron = by_kind(docs, "CronJob")["vidrec-retrain"]
+    claims = {v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"]
+              for v in pod_spec(cron)["volumes"] if "persistentVolumeClaim" in v}
+    assert not claims["vidrec-artifacts"].get("readOnly")
+    assert claims["vidrec-event-log"]["readOnly"] is True
 
 
 def test_gpu_overlay_puts_retrieval_and_ranking_on_gpus() -> None:

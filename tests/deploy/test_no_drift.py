@@ -195,7 +195,8 @@ def test_redis_clients_are_the_same_in_compose_and_k8s() -> None:
                          for c in k8s_containers(overlay)
                          if "VIDREC_REDIS_PASSWORD" in c.env_names and c.is_vidrec}
         assert with_password == labelled, overlay
-    assert in_compose == {"bundle", "feature-store", "retrieval", "ranking"}
+    assert in_compose == {"bundle", "gateway", "feature-store", "retrieval", "ranking",
+                          "archiver", "retrain"}
 
 
 # ---- Dockerfile ----------------------------------------------------------------------------
