@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
         load_bundle(settings, args.bundle or settings.bundle)
     elif args.command == "serve":
-        from services.gateway.serve import serve
+        from services.topology import serve
 
         serve(settings, args.service, args.host, args.port or DEFAULT_PORTS[args.service],
               workers=args.workers)

@@ -49,7 +49,7 @@ def sources_only(**caps: int) -> dict[Source, int]:
 # ---- feature store ------------------------------------------------------------------------
 class HydrateRequest(BaseModel):
     user_id: str
-    history_len: int = 50
+    history_len: int = Field(50, ge=1, le=10_000)
 
 
 class UserState(BaseModel):
