@@ -135,7 +135,7 @@ def add_allow_header(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         if exc.status_code == 405:
             methods: set[str] = set()
-            for route in app.router.routes:
+            for route in _leaf_routes(app.router.routes):
                 match, _ = route.matches(request.scope)
                 if match != Match.NONE:
                     methods.update(getattr(route, "methods", None) or ())
@@ -144,3 +144,17 @@ def add_allow_header(app: FastAPI) -> None:
         return await http_exception_handler(request, exc)
 
     app.add_exception_handler(StarletteHTTPException, handler)
+
+
+def _leaf_routes(routes: Any) -> Any:
+    """The routes that answer requests, through included routers (FastAPI wraps those)."""
+    for route in routes:
+        if hasattr(route, "methods"):
+            yield route
+            continue
+        inner = getattr(route, "routes", None)
+        for attr in ("router", "original_router"):  # fastapi's wrapper of an included router
+            if inner is None:
+                inner = getattr(getattr(route, attr, None), "routes", None)
+        if inner:
+            yield from _leaf_routes(inner)
