@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
         load_bundle(settings, args.bundle or settings.bundle)
     elif args.command == "serve":
-        from services.gateway.serve import serve
+        from services.topology import serve
 
         serve(settings, args.service, args.host, args.port or DEFAULT_PORTS[args.service],
               workers=args.workers)
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             return promote_command(settings, args.bundle, force=args.force)
         return rollback_command(settings)
     elif args.command == "archive":
-        from services.gateway.serve import serve
+        from services.topology import serve
 
         serve(settings, "archiver", args.host, args.port)
     return 0

@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     print_examples(f"http://{args.host}:{args.port}", example_users(bundle), item_id,
                    settings.admin_token)
 
-    from services.gateway.serve import serve
+    from services.topology import serve
 
     try:
         serve(settings, "all", args.host, args.port)

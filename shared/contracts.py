@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field
 # the failures a protocol call raises (shared/errors.py), importable from here with the types
 from shared.errors import BundleNotServed as BundleNotServed
 from shared.errors import ServiceUnavailable as ServiceUnavailable
-from shared.validation import Identifier, Tag
+from shared.validation import Count, Identifier, Number, Tag
 
 EventType = Literal["view", "like", "skip", "complete", "dislike"]
 Source = Literal["ann", "content", "tags", "popular"]
@@ -49,7 +49,7 @@ def sources_only(**caps: int) -> dict[Source, int]:
 # ---- feature store ------------------------------------------------------------------------
 class HydrateRequest(BaseModel):
     user_id: str
-    history_len: int = 50
+    history_len: Count = Field(50, ge=1, le=10_000)
 
 
 class UserState(BaseModel):
@@ -87,12 +87,12 @@ class Event(BaseModel):
     user_id: Identifier
     item_id: Identifier
     type: EventType
-    timestamp: float = Field(description="Unix seconds (the API also accepts ISO 8601).")
-    watch_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    timestamp: Number = Field(description="Unix seconds (the API also accepts ISO 8601).")
+    watch_fraction: Number = Field(0.0, ge=0.0, le=1.0)
     # Attribution (optional): the recommendation answer the item was picked from, and its
     # position there. Events without them still count for the user, not for an experiment.
     request_id: str | None = Field(None, min_length=1, max_length=64)
-    position: int | None = Field(None, ge=0, le=999)
+    position: Count | None = Field(None, ge=0, le=999)
 
 
 class EventBatch(BaseModel):
@@ -122,9 +122,10 @@ class HistoryResponse(BaseModel):
 # ---- retrieval ----------------------------------------------------------------------------
 class RetrievalQuery(BaseModel):
     history: list[str] = Field(default_factory=list, description="Item ids, newest last.")
-    tags: dict[str, float] = Field(default_factory=dict, description="Tag -> weight to match.")
+    tags: dict[str, Number] = Field(default_factory=dict, description="Tag -> weight to match.")
     exclude: list[str] = Field(default_factory=list)
-    caps: dict[Source, int] = Field(default_factory=dict, description="Candidates per source.")
+    caps: dict[Source, Count] = Field(default_factory=dict,
+                                          description="Candidates per source.")
 
 
 class Candidate(BaseModel):

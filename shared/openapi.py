@@ -120,3 +120,41 @@ def _ensure_validation_schemas(schema: dict[str, Any]) -> None:
         "title": "HTTPValidationError", "type": "object",
         "properties": {"detail": {"title": "Detail", "type": "array",
                                   "items": {"$ref": "#/components/schemas/ValidationError"}}}})
+
+
+def add_allow_header(app: FastAPI) -> None:
+    """A 405 lists every method the path has in `Allow` (RFC 9110), not only those of the first
+    route that matched it: GET, PUT and DELETE of /v1/items/{id} are three routes."""
+    from fastapi.exception_handlers import http_exception_handler
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Match
+
+    async def handler(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 405:
+            methods: set[str] = set()
+            for route in _leaf_routes(app.router.routes):
+                match, _ = route.matches(request.scope)
+                if match != Match.NONE:
+                    methods.update(getattr(route, "methods", None) or ())
+            if methods:
+                exc.headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(methods))}
+        return await http_exception_handler(request, exc)
+
+    app.add_exception_handler(StarletteHTTPException, handler)
+
+
+def _leaf_routes(routes: Any) -> Any:
+    """The routes that answer requests, through included routers (FastAPI wraps those)."""
+    for route in routes:
+        if hasattr(route, "methods"):
+            yield route
+            continue
+        inner = getattr(route, "routes", None)
+        for attr in ("router", "original_router"):  # fastapi's wrapper of an included router
+            if inner is None:
+                inner = getattr(getattr(route, attr, None), "routes", None)
+        if inner:
+            yield from _leaf_routes(inner)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator, Field, StringConstraints
+from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints
 
 MAX_ID_LENGTH = 200
 MAX_TAG_QUERY_LENGTH = 1000  # one ?tags= value, which may hold several comma-separated tags
@@ -32,6 +32,17 @@ def no_control_characters(value: str) -> str:
                          f"at position {match.start()})")
     return value
 
+
+def not_a_boolean(value: object) -> object:
+    """JSON true/false is not a number (pydantic's lax mode would read it as 1/0); strings of
+    digits still are, as values read back from Redis are strings."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true/false")
+    return value
+
+
+Count = Annotated[int, BeforeValidator(not_a_boolean)]
+Number = Annotated[float, BeforeValidator(not_a_boolean)]
 
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH),
                        AfterValidator(no_control_characters), _DOCUMENTED]

@@ -34,7 +34,7 @@ from shared.contracts import (
 )
 from shared.errors import unprocessable
 from shared.observability import add_ops_routes
-from shared.openapi import document_errors
+from shared.openapi import add_allow_header, document_errors, error_response
 from shared.settings import Settings
 
 
@@ -49,6 +49,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="vidrec feature store", lifespan=lifespan)
     document_errors(app)  # every status each route can answer (shared/openapi.py)
+    add_allow_header(app)
     add_admission(app, settings, "feature_store")
 
     def store() -> FeatureStore:
@@ -74,7 +75,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def events(batch: EventBatch) -> EventBatchResult:
         return EventBatchResult(results=await store().record_events(batch.events))
 
-    @app.get("/v1/users/{user_id:path}/history")  # ids may hold "/"
+    # ids may hold "/"; an empty one matches no route (404)
+    @app.get("/v1/users/{user_id:path}/history", responses={404: error_response(404)})
     async def history(user_id: str,
                       limit: Annotated[int, Query(ge=1, le=10_000)] = 50) -> HistoryResponse:
         return HistoryResponse(user_id=user_id, items=await store().history(user_id, limit))

@@ -32,7 +32,7 @@ from services.gateway.shed import popular_answer
 from shared.admission import add_admission
 from shared.contracts import FeatureStoreAPI, RankingAPI, RetrievalAPI
 from shared.observability import add_ops_routes
-from shared.openapi import document_errors
+from shared.openapi import add_allow_header, document_errors
 from shared.settings import Settings
 
 log = logging.getLogger("vidrec.gateway")
@@ -92,6 +92,7 @@ def create_app(settings: Settings, feature_store: FeatureStoreAPI | None = None,
     add_ops_routes(app, readiness)
     # every status each route can answer (shared/openapi.py), and the event bodies' schemas
     document_errors(app, extend=_event_body_schemas)
+    add_allow_header(app)
     return app
 
 

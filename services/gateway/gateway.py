@@ -112,8 +112,8 @@ class Gateway:
         if url is None:
             return None
         if url not in self._arm_clients:
-            from services.gateway.transport import transport_for
             from services.gateway.wiring import CLIENT_TIMEOUT_S
+            from shared.http_transport import transport_for
 
             if kind == "retrieval":
                 from services.retrieval.client import RetrievalClient

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pydantic import BaseModel, Field, field_validator
 
 from shared.contracts import Event, EventType, ItemMeta
-from shared.validation import Identifier
+from shared.validation import Count, Identifier, Number
 
 
 class RecommendedItem(BaseModel):
@@ -40,13 +40,13 @@ class EventIn(BaseModel):
     user_id: Identifier
     item_id: Identifier
     type: EventType
-    timestamp: float | datetime = Field(
+    timestamp: Number | datetime = Field(
         examples=[1700000000, "2024-05-01T12:00:00Z"],
         description="Unix seconds or ISO 8601 (without a zone it is read as UTC).")
-    watch_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    watch_fraction: Number = Field(0.0, ge=0.0, le=1.0)
     request_id: str | None = Field(None, min_length=1, max_length=64,
                                    description="`request_id` of the answer that showed the item.")
-    position: int | None = Field(None, ge=0, le=999,
+    position: Count | None = Field(None, ge=0, le=999,
                                  description="0-based position of the item in that answer.")
 
     @field_validator("timestamp")

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from services.gateway.transport import transport_for
 from shared.contracts import FeatureStoreAPI, RankingAPI, RetrievalAPI
+from shared.http_transport import transport_for
 from shared.settings import Settings
 
 # The request path enforces its own, much shorter, per-stage limits (pipeline/config.py); this

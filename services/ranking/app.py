@@ -33,7 +33,7 @@ from shared.contracts import (
 from shared.errors import InvalidRequest, invalid_request_response
 from shared.experiments import bundles_to_serve
 from shared.observability import add_ops_routes
-from shared.openapi import document_errors, error_response
+from shared.openapi import add_allow_header, document_errors, error_response
 from shared.rollout import announce, following, rollout_status
 from shared.settings import Settings
 
@@ -74,6 +74,7 @@ def create_app(settings: Settings, service: RankingService | None = None) -> Fas
 
     app = FastAPI(title="vidrec ranking", lifespan=lifespan)
     document_errors(app)  # every status each route can answer (shared/openapi.py)
+    add_allow_header(app)
     add_admission(app, settings, "ranking")
     app.state.settings = settings
     admin = Admin

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -35,6 +34,7 @@ from services.retrieval.retrieve import retrieve_batch
 from services.retrieval.similar import MAX_SIMILAR, similar_items
 from services.retrieval.sources.popular import most_popular
 from services.retrieval.state import RetrievalState, load_state
+from services.retrieval.writes import apply_overlay, apply_put, check_item_id, validated_embedding
 from shared.bundle import Bundle, resolve_bundle
 from shared.contracts import (
     BundleNotServed,
@@ -53,7 +53,6 @@ from shared.text import item_text
 
 log = logging.getLogger(__name__)
 SERVICE = "retrieval"
-MAX_ITEM_ID = 200
 
 
 class ItemStore(Protocol):
@@ -261,7 +260,7 @@ class RetrievalService:
 
     # ---- catalogue changes --------------------------------------------------------------
     async def upsert_item(self, item_id: str, item: ItemUpsert) -> ItemMeta:
-        _check_item_id(item_id)
+        check_item_id(item_id)
         tags = list(dict.fromkeys(t for t in map(normalise_tag, item.tags) if t))
         state = self.state
         with timed(SERVICE, "tag_clusters"):  # new tags are embedded: off the event loop
@@ -325,62 +324,3 @@ class RetrievalService:
             raise MetadataNotStored(
                 f"item {item_id!r}: change applied to retrieval and saved, but the feature "
                 f"store did not record its metadata ({exc}); repeat the call") from exc
-
-
-# ---- applying changes to a state ----------------------------------------------------------
-def validated_embedding(values: list[float], dim: int) -> np.ndarray:
-    if len(values) != dim:
-        raise InvalidRequest("embedding", f"expected {dim} numbers (the bundle's content "
-                             f"embedding size), got {len(values)}")
-    vec = np.asarray(values, dtype=np.float32)
-    norm = float(np.linalg.norm(vec)) if np.isfinite(vec).all() else math.nan
-    if not math.isfinite(norm) or norm == 0.0:
-        raise InvalidRequest("embedding", "must be finite and not all zeros")
-    return vec / norm  # content embeddings are L2-normalised in every bundle
-
-
-def apply_put(state: RetrievalState, entry: OverlayItem, embedding: np.ndarray) -> int:
-    item_id = entry.meta.item_id
-    index = state.bundle_model_index(item_id)  # its own id embedding if trained on, else 1
-    vector = state.learned_vectors(np.array([index]), embedding[None])[0]
-    return state.add_item(item_id, entry.meta.title, entry.meta.tags, embedding, vector, index)
-
-
-def apply_overlay(state: RetrievalState, entries: list[OverlayItem]) -> None:
-    """Replay changes (newest per item, oldest first) onto a freshly loaded state."""
-    for entry in entries:
-        item_id = entry.meta.item_id
-        if not entry.meta.available:
-            row = state.row_of.get(item_id)
-            if row is not None:
-                state.kill(row)
-                state.overlay_applied += 1
-            continue
-        embedding = _replay_embedding(state, entry)
-        if embedding is None:
-            note = (f"overlay item {item_id!r} skipped: no usable embedding for content dim "
-                    f"{state.content_dim} and no text encoder")
-            log.warning("retrieval: %s", note)
-            state.notes.append(note)
-            continue
-        apply_put(state, entry, embedding)
-        state.overlay_applied += 1
-
-
-def _replay_embedding(state: RetrievalState, entry: OverlayItem) -> np.ndarray | None:
-    if entry.embedding is not None and len(entry.embedding) == state.content_dim:
-        try:
-            return validated_embedding(entry.embedding, state.content_dim)
-        except InvalidRequest:
-            pass
-    if state.text_encoder is None:
-        return None
-    # A bundle with another encoder (or an entry without an embedding): recompute from text.
-    return state.text_encoder.encode([item_text(entry.meta.title, entry.meta.tags)])[0]
-
-
-def _check_item_id(item_id: str) -> None:
-    if not item_id or len(item_id) > MAX_ITEM_ID or item_id != item_id.strip():
-        raise InvalidRequest("item_id", f"must be 1..{MAX_ITEM_ID} characters without "
-                             "leading or trailing spaces")
-

@@ -107,7 +107,7 @@ def settings_env() -> frozenset[str]:
 def routes(service: str) -> frozenset[tuple[str, str]]:
     """(METHOD, path) of the app `vidrec serve <service>` runs, from the app factories:
     the top-level routes plus everything in the OpenAPI schema (included routers)."""
-    from services.gateway.serve import build_app
+    from services.topology import build_app
     from shared.settings import Settings
 
     app = build_app(Settings(_env_file=None), service)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.gateway.serve import build_app, fit_ort_threads
+from services.topology import build_app, fit_ort_threads
 from shared.settings import Settings
 
 

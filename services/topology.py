@@ -1,6 +1,7 @@
-"""`vidrec serve [all|gateway|retrieval|ranking|feature-store]`: run one app under uvicorn
-(uvloop + httptools). "all" is the gateway with every part in-process; a single name runs that
-service's own app, and the gateway alone reaches the others through VIDREC_*_URL."""
+"""The serving topology: `vidrec serve [all|gateway|retrieval|ranking|feature-store]` runs one
+app under uvicorn (uvloop + httptools). "all" is the gateway with every part in-process; a
+single name runs that service's own app, and the gateway alone reaches the others through
+VIDREC_*_URL."""
 
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ def serve(settings: Settings, service: str, host: str, port: int, workers: int =
     if workers > 1:
         os.environ[SERVICE_ENV] = service
         os.environ["VIDREC_ORT_INTRA_THREADS"] = str(settings.ort_intra_threads)  # for workers
-        uvicorn.run("services.gateway.serve:worker_app", factory=True, workers=workers,
+        uvicorn.run("services.topology:worker_app", factory=True, workers=workers,
                     **common)
     else:
         uvicorn.run(build_app(settings, service), **common)

@@ -15,7 +15,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
-from services.gateway.transport import LeanTransport, transport_for
+from shared.http_transport import LeanTransport, transport_for
 
 KEEP_ALIVE_S = 1
 
