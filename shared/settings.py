@@ -49,6 +49,9 @@ class Settings(BaseSettings):
 
     # --- request path -------------------------------------------------------------------
     history_len: int = 50
+    candidate_ranker: bool = Field(True, description=(
+        "Build: train the candidate-aware ranker (second stage); off: ranker.onnx is the "
+        "tower's score (the serving fallback)."))
     candidates_ann: int = 300
     candidates_content: int = 100
     candidates_tags: int = 50

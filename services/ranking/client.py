@@ -30,7 +30,13 @@ class RankingClient:
 
     async def score(self, requests: list[ScoreItem],
                     bundle: str | None = None) -> tuple[list[list[float]], str]:
-        body = ScoreRequest(requests=requests, bundle=bundle).model_dump_json()
+        answer = await self.score_detailed(requests, bundle)
+        return answer.scores, answer.model_version
+
+    async def score_detailed(self, requests: list[ScoreItem], bundle: str | None = None,
+                             features: bool = False) -> ScoreResponse:
+        body = ScoreRequest(requests=requests, bundle=bundle,
+                            features=features).model_dump_json(exclude_none=True)
         response = await self._send("POST", "/v1/score", content=body,
                                     headers={"content-type": "application/json"})
         try:
@@ -42,7 +48,7 @@ class RankingClient:
                 for s, r in zip(answer.scores, requests, strict=True)):
             raise ScoreCountMismatch(f"ranking at {self.base_url}: scores do not line up "
                                      "with the candidates")
-        return answer.scores, answer.model_version
+        return answer
 
     async def ready(self) -> bool:
         return await is_ready(self._http)

@@ -52,6 +52,8 @@ def keep_head(ctx: RecContext) -> None:
 def wanted_ids(ctx: RecContext) -> list[str]:
     ids = dict.fromkeys(c.item_id for c in ctx.candidates)
     ids.update(dict.fromkeys(c.nearest_history for c in ctx.candidates if c.nearest_history))
+    ids.update(dict.fromkeys(ctx.attended[c.item_id] for c in ctx.candidates
+                             if c.item_id in ctx.attended))
     return list(ids)
 
 

@@ -1,0 +1,121 @@
+"""Two-stage evaluation from a bundle's own files, side by side in one run:
+
+    retrieval_only  the retrieval tower's order (user_vec . item_vec) over the candidate set
+    two_stage       the bundle's ranker.onnx over the same set, fed by the same feature module
+                    the ranking service uses (shared/ranker_features.py); with a bundle that
+                    has no candidate ranker this is the tower again (the serving fallback)
+
+Candidates come from the bundle's tower and statistics as retrieval assembles them
+(offline/ranker_data.py). Everything outside the set counts as not recommended; ties break by
+bundle row, as the full-ranking evaluation does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from offline.metrics import summarise
+from offline.ranker_data import Example, candidate_examples
+from offline.ranker_stage import recall_report
+from offline.ranker_train import candidate_ranks
+from offline.split import Split
+from offline.train import left_pad
+from shared import ranker_features
+from shared.bundle import FIRST_ITEM_INDEX, Bundle
+from shared.settings import Settings
+
+
+def bundle_caps(settings: Settings) -> dict[str, int]:
+    return {"ann": settings.candidates_ann, "content": settings.candidates_content,
+            "tags": settings.candidates_tags, "popular": settings.candidates_popular}
+
+
+def item_tag_keys(bundle_dir: Path, item_tags: list[list[str]]) -> list[list[str]]:
+    """Per bundle row, the tag clusters the tag profile counts (the tags, without clusters)."""
+    from shared.tags import TagClusters
+
+    clusters = TagClusters.load(bundle_dir)
+    return [clusters.clusters(tags) if clusters.enabled else list(dict.fromkeys(tags))
+            for tags in item_tags]
+
+
+class BundleRanker:
+    """ranker.onnx of a bundle, fed the way the ranking service feeds it."""
+
+    def __init__(self, bundle: Bundle, threads: int = 2) -> None:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(bundle.file("ranker.onnx")), opts,
+                                            ["CPUExecutionProvider"])
+        self.candidate = "cand_features" in {i.name for i in self.session.get_inputs()}
+        content = bundle.content_embeddings()
+        self.table = np.vstack([np.zeros((FIRST_ITEM_INDEX, content.shape[1]), np.float32),
+                                content])
+        self.max_history = bundle.max_history
+
+    def score(self, examples: list[Example], feats: list[np.ndarray] | None) -> list[np.ndarray]:
+        hist = left_pad([e.history + FIRST_ITEM_INDEX for e in examples], self.max_history)
+        width = max(len(e.rows) for e in examples)
+        cand = np.zeros((len(examples), width), np.int64)
+        for b, e in enumerate(examples):
+            cand[b, :len(e.rows)] = e.rows + FIRST_ITEM_INDEX
+        feeds = {"hist_ids": hist, "hist_content": self.table[hist], "cand_ids": cand,
+                 "cand_content": self.table[cand]}
+        if self.candidate:
+            fx = np.zeros((*cand.shape, ranker_features.NUM_FEATURES), np.float32)
+            for b, f in enumerate(feats or []):
+                fx[b, :len(f)] = f
+            feeds["cand_features"] = fx
+        scores = self.session.run(["scores"], feeds)[0]
+        return [scores[b, :len(e.rows)] for b, e in enumerate(examples)]
+
+
+def two_stage_metrics(bundle: Bundle, split: Split, settings: Settings, user_vectors,
+                      batch: int = 64) -> tuple[dict[str, dict], dict]:
+    """({"retrieval_only": metrics, "two_stage": metrics}, candidate recall facts) on test.
+
+    user_vectors: histories (model indices) -> tower user vectors (the bundle's ONNX encoder).
+    """
+    content = bundle.content_embeddings()
+    stats_path = bundle.path / ranker_features.STATS_FILE
+    if stats_path.is_file():
+        stats = ranker_features.ItemStats.load(stats_path, content)
+    else:  # a bundle without a candidate ranker: the window statistics from its split
+        stats = ranker_features.ItemStats.from_sequences(
+            [s - FIRST_ITEM_INDEX for s in split.train],
+            item_tag_keys(bundle.path, [it.get("tags", []) for it in bundle.items]), content)
+    items = bundle.item_vectors()
+    users = split.evaluable("test")
+    histories = [split.history(u, "test") for u in users]
+    keep = [i for i, h in enumerate(histories) if len(h)]
+    users, histories = users[keep], [histories[i] for i in keep]
+    ranker = BundleRanker(bundle, settings.ort_intra_threads)
+    tower, two = [], []
+    examples_all: list[Example] = []
+    for s in range(0, len(users), 2048):
+        hs = histories[s:s + 2048]
+        uv = user_vectors(hs)
+        ex = candidate_examples(items, uv, stats, [h - FIRST_ITEM_INDEX for h in hs],
+                                split.test[users[s:s + 2048]] - FIRST_ITEM_INDEX,
+                                users[s:s + 2048], bundle_caps(settings))
+        for b in range(0, len(ex), batch):
+            part = ex[b:b + batch]
+            feats = ([ranker_features.build(stats, e.history, e.rows, e.source, e.rank, e.score)
+                      for e in part] if ranker.candidate else None)
+            two += ranker.score(part, feats)
+        for i, e in enumerate(ex):
+            tower.append(items[e.rows] @ uv[i])
+        examples_all += [Example(e.user, e.history[:0], e.rows, e.source, e.rank, e.score,
+                                 e.target) for e in ex]  # histories dropped: memory
+    # every evaluable test user counts; users without a history are misses here
+    pad = np.full(len(split.evaluable("test")) - len(users), -1, np.int64)
+    results = {
+        "retrieval_only": summarise(np.concatenate([candidate_ranks(examples_all, tower), pad])),
+        "two_stage": summarise(np.concatenate([candidate_ranks(examples_all, two), pad])),
+    }
+    recall = recall_report(examples_all)
+    recall["ranker"] = "candidate" if ranker.candidate else "tower (no candidate ranker)"
+    return results, recall
