@@ -130,6 +130,9 @@ def run_build(settings: Settings, dataset: str, sample_users: int | None = None,
         parity = check_parity(model, work, _parity_batches(split, table))
         if cand_ranker is not None:  # ranker.onnx becomes the candidate ranker
             parity["ranker.onnx"] = _export_candidate_ranker(cand_ranker, work, split, table)
+            torch.save({"config": cand_ranker.cfg.to_dict(),
+                        "tower": cand_ranker.tower.cfg.to_dict(),
+                        "state_dict": cand_ranker.state_dict()}, work / "candidate_ranker.pt")
             tags = item_tag_keys(work, [list(it.tags) for it in ds.items])
             stats_for(split.train, tags, content).save(work / ranker_features.STATS_FILE)
     with steps.step("faiss_index"):

@@ -23,7 +23,7 @@ from services.gateway.pipeline.retrieve import Retrieve, query_tags
 from services.gateway.pipeline.score import Score
 from services.gateway.pipeline.select import Select, diversify, reserve
 from services.gateway.pipeline.stage import Pipeline, ScoreMismatch, Step
-from shared.contracts import Candidate, ItemMeta, ScoreItem, UserState
+from shared.contracts import Candidate, ItemMeta, ScoreItem, ScoreResponse, UserState
 from shared.observability import DEGRADED, FILTERED
 
 
@@ -171,6 +171,10 @@ class WrongLengthRanker:
     async def score(self, requests: list[ScoreItem]) -> tuple[list[list[float]], str]:
         return [[0.5] * (len(requests[0].candidates) - 1)], "v-test"
 
+    async def score_detailed(self, requests: list[ScoreItem]) -> ScoreResponse:
+        scores, version = await self.score(requests)
+        return ScoreResponse(scores=scores, model_version=version, ranker="candidate")
+
     async def ready(self) -> bool:
         return True
 
@@ -194,6 +198,10 @@ class ReversingRanker:
     async def score(self, requests: list[ScoreItem]) -> tuple[list[list[float]], str]:
         n = len(requests[0].candidates)
         return [[float(i) for i in range(n)]], "v-new"
+
+    async def score_detailed(self, requests: list[ScoreItem]) -> ScoreResponse:
+        scores, version = await self.score(requests)
+        return ScoreResponse(scores=scores, model_version=version, ranker="candidate")
 
     async def ready(self) -> bool:
         return True

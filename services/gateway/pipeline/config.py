@@ -50,7 +50,7 @@ def recommendation_pipeline(settings: Settings, feature_store: FeatureStoreAPI,
         # Ranker down or answering the wrong shape -> keep the retrieval order and scores.
         Step(Score(ranking, catalog.version, bundle, enabled=ranker), settings.timeout_score_s),
         # Item meta down -> titles and tags from the bundle's items.json.
-        Step(ItemMetaStage(feature_store, catalog), settings.timeout_items_s),
+        Step(ItemMetaStage(feature_store, catalog, settings.max_per_tag), settings.timeout_items_s),
         Step(FilterStage("filter", [UnavailableFilter(), IncludeTagsFilter(),
                                     ExcludeTagsFilter()]), fail_open=False),
         # Pure computation: a failure here is a bug and fails the request.

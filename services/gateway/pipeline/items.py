@@ -10,6 +10,8 @@ since those may remove most of it.
 
 from __future__ import annotations
 
+from collections import Counter
+
 from services.gateway.catalog import Catalog
 from services.gateway.pipeline.context import RecContext, RecRequest
 from shared.contracts import Candidate, FeatureStoreAPI
@@ -35,8 +37,11 @@ def matches_interests(candidate: Candidate, interests: frozenset[str]) -> bool:
     return bool(interests) and any(t in interests for t in candidate.matched_tags)
 
 
-def keep_head(ctx: RecContext) -> None:
-    """Candidates (best first) cut to the head, plus the best interest matches behind it."""
+def keep_head(ctx: RecContext, catalog: Catalog | None = None, max_per_tag: int = 0) -> None:
+    """Candidates (best first) cut to the head, plus the best interest matches behind it,
+    plus (with the catalog's tags) the best items behind it that the diversity cap of select
+    would pick: a ranker that puts one taste's items first (tag affinity is one of the
+    candidate ranker's features) must not leave select nothing but one cluster to choose from."""
     limit = head_limit(ctx.request)
     cands = ctx.candidates
     if limit is None or len(cands) <= limit:
@@ -46,7 +51,30 @@ def keep_head(ctx: RecContext) -> None:
     if quota:
         interests = ctx.interests
         head += [c for c in rest if matches_interests(c, interests)][:2 * quota]
+    if catalog is not None and max_per_tag > 0:
+        taken = {c.item_id for c in head}
+        head += [c for c in diverse_picks(cands, ctx.request.k, max_per_tag, catalog)
+                 if c.item_id not in taken]
     ctx.candidates = head
+
+
+def diverse_picks(ranked: list[Candidate], k: int, max_per_tag: int,
+                  catalog: Catalog) -> list[Candidate]:
+    """The first k items, best first, with no tag cluster more than max_per_tag times (the
+    bundle's tags; an item the catalog does not know counts as untagged)."""
+    per_tag: Counter[str] = Counter()
+    chosen: list[Candidate] = []
+    meta = catalog.meta
+    for c in ranked:
+        if len(chosen) == k:
+            break
+        item = meta.get(c.item_id)
+        keys = item.tag_keys if item is not None else []
+        if any(per_tag[t] >= max_per_tag for t in keys):
+            continue
+        chosen.append(c)
+        per_tag.update(keys)
+    return chosen
 
 
 def wanted_ids(ctx: RecContext) -> list[str]:
@@ -60,12 +88,14 @@ def wanted_ids(ctx: RecContext) -> list[str]:
 class ItemMetaStage:
     name = "items"
 
-    def __init__(self, feature_store: FeatureStoreAPI, catalog: Catalog) -> None:
+    def __init__(self, feature_store: FeatureStoreAPI, catalog: Catalog,
+                 max_per_tag: int = 0) -> None:
         self.feature_store = feature_store
         self.catalog = catalog
+        self.max_per_tag = max_per_tag  # select's diversity cap (settings.max_per_tag)
 
     async def run(self, ctx: RecContext) -> None:
-        keep_head(ctx)
+        keep_head(ctx, self.catalog, self.max_per_tag)
         ids = wanted_ids(ctx)
         found = dict(await self.feature_store.item_meta(ids)) if ids else {}
         # Items the store does not know (e.g. upserted through this gateway while the store
@@ -77,6 +107,6 @@ class ItemMetaStage:
         ctx.meta = found
 
     def fallback(self, ctx: RecContext) -> None:
-        keep_head(ctx)
+        keep_head(ctx, self.catalog, self.max_per_tag)
         known = self.catalog.meta
         ctx.meta = {i: known[i] for i in wanted_ids(ctx) if i in known}
