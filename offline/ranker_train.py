@@ -33,10 +33,12 @@ class RankerTrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     patience: int = 2
-    max_minutes: float = 6.0
+    max_minutes: float = 4.0
     eval_batch: int = 64
     seed: int = 42
     min_steps_per_epoch: int = 30
+    keep: int = 256            # candidates kept per training example (memory): target + others
+    valid_users: int = 3000    # validation users sampled for early stopping
 
 
 def features_of(examples: list[Example], stats: ranker_features.ItemStats) -> list[np.ndarray]:
@@ -124,6 +126,34 @@ def tower_scores(tower: SequentialRanker, tables: Tables, examples: list[Example
     return out
 
 
+def sample_columns(e: Example, pos: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """The target's column, the tower's own best candidate (ann rank 0: the per-user centring
+    of the tower score then sees the same maximum as at serving time) and n random others."""
+    fixed = [pos] + [int(i) for i in np.flatnonzero((e.source == 0) & (e.rank == 0))
+                     if i != pos]
+    others = np.setdiff1d(np.arange(len(e.rows)), fixed)
+    if len(others) > n - len(fixed) + 1:
+        others = rng.choice(others, n - len(fixed) + 1, replace=False)
+    return np.concatenate([fixed, others]).astype(np.int64)
+
+
+def trim(examples: list[Example], keep: int, seed: int) -> list[Example]:
+    """Training examples whose candidates hold the target, cut to `keep` candidates each
+    (sample_columns; union order kept): the features of every candidate of 50,000 users would
+    not fit in memory, and a listwise step samples from them anyway."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for e in examples:
+        at = np.flatnonzero(e.rows == e.target)
+        if not len(at):
+            continue
+        cols = np.sort(sample_columns(e, int(at[0]), keep, rng)) if len(e.rows) > keep \
+            else np.arange(len(e.rows))
+        out.append(Example(e.user, e.history, e.rows[cols], e.source[cols], e.rank[cols],
+                           e.score[cols], e.target))
+    return out
+
+
 def train_candidate_ranker(tower: SequentialRanker, table: torch.Tensor,
                            train: list[Example], train_feats: list[np.ndarray],
                            valid: list[Example], valid_feats: list[np.ndarray],
@@ -160,10 +190,7 @@ def train_candidate_ranker(tower: SequentialRanker, table: torch.Tensor,
             cols = []
             for e in ex:
                 pos = int(np.flatnonzero(e.rows == e.target)[0])
-                others = np.delete(np.arange(len(e.rows)), pos)
-                if len(others) > tcfg.negatives:
-                    others = rng.choice(others, tcfg.negatives, replace=False)
-                cols.append(np.concatenate([[pos], others]))
+                cols.append(sample_columns(e, pos, tcfg.negatives, rng))
             hist, cand, fx = _pack(ex, [train_feats[i] for i in idx], tower.cfg.max_history,
                                    cols)
             scores, _ = _scores(model, tables, hist, cand, fx)
