@@ -19,7 +19,6 @@ import onnxruntime as ort
 
 from offline.metrics import summarise
 from offline.ranker_data import Example, candidate_examples
-from offline.ranker_stage import recall_report
 from offline.ranker_train import candidate_ranks
 from offline.split import Split
 from offline.train import left_pad
@@ -93,29 +92,34 @@ def two_stage_metrics(bundle: Bundle, split: Split, settings: Settings, user_vec
     keep = [i for i, h in enumerate(histories) if len(h)]
     users, histories = users[keep], [histories[i] for i in keep]
     ranker = BundleRanker(bundle, settings.ort_intra_threads)
-    tower, two = [], []
-    examples_all: list[Example] = []
+    tower_ranks, two_ranks, hit_source, sizes = [], [], [], []
     for s in range(0, len(users), 2048):
         hs = histories[s:s + 2048]
         uv = user_vectors(hs)
         ex = candidate_examples(items, uv, stats, [h - FIRST_ITEM_INDEX for h in hs],
                                 split.test[users[s:s + 2048]] - FIRST_ITEM_INDEX,
                                 users[s:s + 2048], bundle_caps(settings))
+        two = []
         for b in range(0, len(ex), batch):
             part = ex[b:b + batch]
             feats = ([ranker_features.build(stats, e.history, e.rows, e.source, e.rank, e.score)
                       for e in part] if ranker.candidate else None)
             two += ranker.score(part, feats)
-        for i, e in enumerate(ex):
-            tower.append(items[e.rows] @ uv[i])
-        examples_all += [Example(e.user, e.history[:0], e.rows, e.source, e.rank, e.score,
-                                 e.target) for e in ex]  # histories dropped: memory
+        tower = [items[e.rows] @ uv[i] for i, e in enumerate(ex)]
+        tower_ranks.append(candidate_ranks(ex, tower))
+        two_ranks.append(candidate_ranks(ex, two))
+        for e in ex:
+            at = np.flatnonzero(e.rows == e.target)
+            hit_source.append(int(e.source[at[0]]) if len(at) else -1)
+            sizes.append(len(e.rows))
     # every evaluable test user counts; users without a history are misses here
-    pad = np.full(len(split.evaluable("test")) - len(users), -1, np.int64)
-    results = {
-        "retrieval_only": summarise(np.concatenate([candidate_ranks(examples_all, tower), pad])),
-        "two_stage": summarise(np.concatenate([candidate_ranks(examples_all, two), pad])),
-    }
-    recall = recall_report(examples_all)
-    recall["ranker"] = "candidate" if ranker.candidate else "tower (no candidate ranker)"
+    pad = [np.full(len(split.evaluable("test")) - len(users), -1, np.int64)]
+    results = {"retrieval_only": summarise(np.concatenate(tower_ranks + pad)),
+               "two_stage": summarise(np.concatenate(two_ranks + pad))}
+    hits = np.array(hit_source)
+    recall = {"union": round(float((hits >= 0).mean()), 5) if len(hits) else 0.0,
+              "mean_candidates": round(float(np.mean(sizes)), 1) if sizes else 0.0,
+              "by_source": {name: round(float((hits == i).mean()), 5) if len(hits) else 0.0
+                            for i, name in enumerate(ranker_features.SOURCES)},
+              "ranker": "candidate" if ranker.candidate else "tower (no candidate ranker)"}
     return results, recall
