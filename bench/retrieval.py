@@ -27,6 +27,8 @@ import onnxruntime as ort
 
 from services.retrieval import retrieve as stages
 from services.retrieval.service import RetrievalService
+from services.retrieval.sources import BY_NAME, SOURCES
+from services.retrieval.sources.ann import user_vectors
 from shared.contracts import ItemUpsert, RetrievalQuery
 from shared.settings import get_settings
 
@@ -95,19 +97,14 @@ def run(service: RetrievalService, settings, repeats: int) -> dict:
     one = queries[:1]
     caps = [stages.resolve_caps(q, service.default_caps, 0) for q in one]
     prepared = [stages.prepare(state, one[0], caps[0])]
-    found = [stages.search_source(state, prepared, "ann")[0],
-             stages.search_source(state, prepared, "content")[0],
-             stages.tag_source(state, prepared[0]),
-             stages.popular_source(state, caps[0]["popular"], prepared[0].blocked,
-                                   prepared[0].n_blocked)]
+    found = [f[0] for f in (s.search(state, prepared) for s in SOURCES)]
     parts = {
         "prepare": lambda: stages.prepare(state, one[0], caps[0]),
-        "ann (query encoder + search)": lambda: stages.search_source(state, prepared, "ann"),
-        "query_encoder only": lambda: stages.user_vectors(state, [prepared[0].hist_rows]),
-        "content": lambda: stages.search_source(state, prepared, "content"),
-        "tags": lambda: stages.tag_source(state, prepared[0]),
-        "popular": lambda: stages.popular_source(state, caps[0]["popular"],
-                                                 prepared[0].blocked, prepared[0].n_blocked),
+        "ann (query encoder + search)": lambda: BY_NAME["ann"].search(state, prepared),
+        "query_encoder only": lambda: user_vectors(state, [prepared[0].hist_rows]),
+        "content": lambda: BY_NAME["content"].search(state, prepared),
+        "tags": lambda: BY_NAME["tags"].search(state, prepared),
+        "popular": lambda: BY_NAME["popular"].search(state, prepared),
         "assemble (union, nearest watched, tags, models)":
             lambda: stages.assemble(state, prepared[0], found),
     }

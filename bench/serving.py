@@ -305,14 +305,13 @@ async def measure_parts(settings, users: list[str], n: int) -> dict:
     """p50/p95 ms of each dependency call the gateway makes, without HTTP or the gateway."""
     from services.gateway.catalog import Catalog
     from services.gateway.pipeline import RecRequest
-    from services.gateway.pipeline.config import candidate_caps
-    from services.gateway.pipeline.items import HEAD_PER_K, MIN_HEAD
+    from services.gateway.pipeline.head import HEAD_PER_K, MIN_HEAD
     from services.gateway.pipeline.retrieve import Retrieve, query_tags
     from services.gateway.wiring import connect
     from shared.contracts import RetrievalQuery, ScoreItem
 
     (fs, retrieval, ranking), closers = await connect(settings, None, None, None)
-    planner = Retrieve(retrieval, candidate_caps(settings), Catalog.empty())
+    planner = Retrieve(retrieval, settings.candidate_caps, Catalog.empty())
     times: dict[str, list[float]] = {"hydrate": [], "retrieve": [], "item_meta": [], "score": []}
     try:
         for i in range(n + 20):

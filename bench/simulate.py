@@ -295,6 +295,7 @@ def run(bundle_path: Path, data_dir: Path, *, users: int, k: int, weights: tuple
                     "VIDREC_KEY_PREFIX": key_prefix, "VIDREC_EXPERIMENTS_FILE": str(exp_file),
                     "VIDREC_STATE_DIR": str(workdir / "state"), "VIDREC_USE_GPU": "false",
                     "PYTHONUNBUFFERED": "1",
+                    "VIDREC_ENVIRONMENT": "development",  # the default admin token: a bench
                     # A busy 2-core machine must not turn answers into degraded fallbacks:
                     # this measures the models, not the time limits.
                     "VIDREC_TIMEOUT_HYDRATE_S": "2", "VIDREC_TIMEOUT_RETRIEVE_S": "2",

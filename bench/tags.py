@@ -102,7 +102,7 @@ def diversity(bundle: Bundle, clusters: TagClusters, settings, n_users: int) -> 
     from services.gateway.pipeline.select import diversify
 
     _, split = bundle_split(bundle, settings)
-    models = BundleModels(bundle, threads=settings.ort_intra_threads)
+    models = BundleModels(bundle, settings)
     users = split.evaluable("test")
     users = np.sort(np.random.default_rng(0).choice(users, min(n_users, len(users)),
                                                     replace=False))

@@ -49,6 +49,7 @@ from shared import ann, ranker_features
 from shared.bundle import FIRST_ITEM_INDEX, Bundle
 from shared.data import Dataset, load_dataset
 from shared.data.download import sha256
+from shared.onnx_graphs import ITEM_ENCODER, MODEL_GRAPHS, QUERY_ENCODER, RANKER
 from shared.settings import Settings
 
 LIBRARIES = ["torch", "onnx", "onnxruntime", "faiss-cpu", "numpy", "sentence-transformers",
@@ -168,8 +169,7 @@ def run_build(settings: Settings, dataset: str, sample_users: int | None = None,
         "model": model_cfg.to_dict(), "training": train_facts, "index": index_facts,
         "candidate_ranker": ranker_facts,
         "onnx_parity_max_abs_diff": parity,
-        "candidates": {"ann": settings.candidates_ann, "content": settings.candidates_content,
-                       "popular": settings.candidates_popular},
+        "candidates": settings.candidate_caps,
         "libraries": _library_versions(), "python": platform.python_version(),
         "step_seconds": steps.seconds, "build_seconds": round(sum(steps.seconds.values()), 2),
     }
@@ -192,29 +192,31 @@ def point_latest(artifacts: Path, version: str) -> None:
     os.replace(tmp, artifacts / "latest")
 
 
-def _export_examples(split: Split, table: torch.Tensor) -> dict[str, tuple]:
+def _export_examples(split: Split, table: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
     hist = torch.from_numpy(left_pad([split.history(u, "test") for u in range(4)], 8))
     cand = torch.arange(FIRST_ITEM_INDEX, FIRST_ITEM_INDEX + 12).repeat(4, 1)
     items = torch.arange(FIRST_ITEM_INDEX, FIRST_ITEM_INDEX + 5)
-    return {"query_encoder.onnx": (hist, table[hist]),
-            "item_encoder.onnx": (items, table[items]),
-            "ranker.onnx": (hist, table[hist], cand, table[cand])}
+    return {QUERY_ENCODER.file: {"hist_ids": hist, "hist_content": table[hist]},
+            ITEM_ENCODER.file: {"item_ids": items, "item_content": table[items]},
+            RANKER.file: {"hist_ids": hist, "hist_content": table[hist], "cand_ids": cand,
+                          "cand_content": table[cand]}}
 
 
-def _parity_batches(split: Split, table: torch.Tensor) -> dict[str, list[tuple]]:
+def _parity_batches(split: Split, table: torch.Tensor,
+                    ) -> dict[str, list[dict[str, torch.Tensor]]]:
     """Real histories of several lengths, real candidates (incl. the unknown index 1)."""
     rng = np.random.default_rng(0)
-    out: dict[str, list[tuple]] = {"query_encoder.onnx": [], "item_encoder.onnx": [],
-                                   "ranker.onnx": []}
+    out: dict[str, list[dict[str, torch.Tensor]]] = {g.file: [] for g in MODEL_GRAPHS}
     for batch, length, cands in ((1, 50, 500), (16, 20, 100), (64, 5, 37)):
         users = rng.choice(len(split.users), size=min(batch, len(split.users)), replace=False)
         hist = torch.from_numpy(left_pad([split.history(u, "test") for u in users], length))
         cand = torch.from_numpy(rng.integers(FIRST_ITEM_INDEX, table.shape[0],
                                              size=(len(users), cands)))
         cand[:, 0] = 1
-        out["query_encoder.onnx"].append((hist, table[hist]))
-        out["ranker.onnx"].append((hist, table[hist], cand, table[cand]))
-        out["item_encoder.onnx"].append((cand[0], table[cand[0]]))
+        out[QUERY_ENCODER.file].append({"hist_ids": hist, "hist_content": table[hist]})
+        out[RANKER.file].append({"hist_ids": hist, "hist_content": table[hist],
+                                 "cand_ids": cand, "cand_content": table[cand]})
+        out[ITEM_ENCODER.file].append({"item_ids": cand[0], "item_content": table[cand[0]]})
     return out
 
 
@@ -278,9 +280,9 @@ def _tag_clusters(settings: Settings, ds: Dataset, work: Path, cache_dir: Path) 
 
 
 def _graph_io(candidate_ranker: bool = False) -> dict:
-    from offline.export import GRAPHS
+    from shared.onnx_graphs import MODEL_GRAPHS
 
-    graphs = {name: {"inputs": spec[1], "outputs": spec[2]} for name, spec in GRAPHS.items()}
+    graphs = {g.file: {"inputs": g.input_names, "outputs": g.output_names} for g in MODEL_GRAPHS}
     if candidate_ranker:
         graphs["ranker.onnx"] = {"inputs": RANKER_INPUTS, "outputs": RANKER_OUTPUTS}
     return graphs

@@ -13,7 +13,8 @@ from offline.report import metrics_document, write_reports
 from offline.split import Split, leave_one_out
 from offline.tag_eval import metrics_line
 from offline.two_stage import BundleModels
-from shared.bundle import Bundle, resolve_bundle
+from services.retrieval.sources.ann import user_vectors
+from shared.bundle import FIRST_ITEM_INDEX, Bundle, resolve_bundle
 from shared.data import load_dataset
 from shared.settings import Settings
 from shared.tags import TagClusters
@@ -22,17 +23,20 @@ from shared.tags import TagClusters
 def compute_metrics(bundle: Bundle, split: Split, dataset_name: str, settings: Settings,
                     ) -> dict:
     content = bundle.content_embeddings()
-    models = BundleModels(bundle, threads=settings.ort_intra_threads)
+    models = BundleModels(bundle, settings)
+    state = models.state
     item_vectors = bundle.item_vectors()
     results = {
         "popularity": evaluate(split, "test", baselines.popularity_fn(split)),
         "content_ann": evaluate(split, "test", baselines.content_ann_fn(split, "test", content)),
         "item_knn": evaluate(split, "test", baselines.item_knn_fn(split, "test")),
-        "ranker_only": evaluate(split, "test", lambda users: models.user_vectors(
-            [split.history(u, "test") for u in users]) @ item_vectors.T),
+        "ranker_only": evaluate(split, "test", lambda users: user_vectors(state, [
+            (split.history(u, "test") - FIRST_ITEM_INDEX)[-state.max_history:] for u in users])
+            @ item_vectors.T),
     }
     # Both stages over the same candidate sets, side by side (offline/ranker_eval.py)
-    staged, recall = two_stage_metrics(bundle, split, settings, models.user_vectors)
+    staged, recall = two_stage_metrics(bundle, split, settings, lambda hs: user_vectors(state, [
+        (h - FIRST_ITEM_INDEX)[-state.max_history:] for h in hs]))
     results.update(staged)
     caps = bundle_caps(settings)
     # Which candidate source earns its place: the share of users whose test item it proposed.

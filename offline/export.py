@@ -7,10 +7,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
 from offline.model import ItemEncoder, QueryEncoder, Scorer, SequentialRanker
+from shared.onnx_graphs import ITEM_ENCODER, MODEL_GRAPHS, QUERY_ENCODER, RANKER
+from shared.onnx_session import make_session
+from shared.settings import Settings
 
 PARITY_TOLERANCE = 1e-4
 OPSET = 17
@@ -20,48 +22,43 @@ class ParityError(RuntimeError):
     """The exported ONNX model disagrees with torch."""
 
 
-GRAPHS = {
-    "query_encoder.onnx": (QueryEncoder, ["hist_ids", "hist_content"], ["user_vec"],
-                           {"hist_ids": {0: "batch", 1: "history"},
-                            "hist_content": {0: "batch", 1: "history"},
-                            "user_vec": {0: "batch"}}),
-    "item_encoder.onnx": (ItemEncoder, ["item_ids", "item_content"], ["item_vec"],
-                          {"item_ids": {0: "items"}, "item_content": {0: "items"},
-                           "item_vec": {0: "items"}}),
-    "ranker.onnx": (Scorer, ["hist_ids", "hist_content", "cand_ids", "cand_content"], ["scores"],
-                    {"hist_ids": {0: "batch", 1: "history"},
-                     "hist_content": {0: "batch", 1: "history"},
-                     "cand_ids": {0: "batch", 1: "candidates"},
-                     "cand_content": {0: "batch", 1: "candidates"},
-                     "scores": {0: "batch", 1: "candidates"}}),
-}
+# Each graph's torch wrapper; names, dtypes and axes come from its spec (shared/onnx_graphs.py).
+WRAPPERS: dict[str, type[torch.nn.Module]] = {QUERY_ENCODER.file: QueryEncoder,
+                                              ITEM_ENCODER.file: ItemEncoder,
+                                              RANKER.file: Scorer}
 
 
-def export_onnx(model: SequentialRanker, out_dir: Path, examples: dict[str, tuple]) -> None:
-    """examples: graph file name -> tuple of example input tensors."""
+def export_onnx(model: SequentialRanker, out_dir: Path,
+                examples: dict[str, dict[str, torch.Tensor]]) -> None:
+    """examples: graph file name -> example input tensors by input name."""
     model.eval()
-    for name, (wrapper, inputs, outputs, axes) in GRAPHS.items():
+    for graph in MODEL_GRAPHS:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(wrapper(model), examples[name], str(out_dir / name),
-                              input_names=inputs, output_names=outputs, dynamic_axes=axes,
-                              opset_version=OPSET, dynamo=False)
+            example = tuple(examples[graph.file][n] for n in graph.input_names)
+            torch.onnx.export(WRAPPERS[graph.file](model), example,
+                              str(out_dir / graph.file), input_names=graph.input_names,
+                              output_names=graph.output_names,
+                              dynamic_axes=graph.dynamic_axes(), opset_version=OPSET,
+                              dynamo=False)
 
 
-def check_parity(model: SequentialRanker, out_dir: Path, batches: dict[str, list[tuple]]
-                 ) -> dict[str, float]:
-    """Run every graph given batches in onnxruntime and torch; raise if they differ."""
+def check_parity(model: SequentialRanker, out_dir: Path,
+                 batches: dict[str, list[dict[str, torch.Tensor]]]) -> dict[str, float]:
+    """Run every graph in onnxruntime and torch on the given real batches; raise if they differ."""
     worst = {}
-    for name, (wrapper, inputs, _, _) in GRAPHS.items():
-        if name not in batches:
+    for graph in MODEL_GRAPHS:
+        name = graph.file
+        if name not in batches:  # a bundle with a candidate ranker: offline/ranker_stage.py
             continue
-        sess = ort.InferenceSession(str(out_dir / name), providers=["CPUExecutionProvider"])
-        module = wrapper(model).eval()
+        sess = make_session(out_dir / name, Settings(use_gpu=False))
+        graph.check(sess)
+        module = WRAPPERS[name](model).eval()
         diff = 0.0
         for batch in batches[name]:
             with torch.no_grad():
-                expected = module(*batch).numpy()
-            got = sess.run(None, {k: v.numpy() for k, v in zip(inputs, batch, strict=True)})[0]
+                expected = module(*(batch[n] for n in graph.input_names)).numpy()
+            (got,) = graph.run(sess, **{k: v.numpy() for k, v in batch.items()}).values()
             diff = max(diff, float(np.max(np.abs(expected - got))))
         worst[name] = diff
         if not diff <= PARITY_TOLERANCE:

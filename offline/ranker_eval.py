@@ -28,8 +28,7 @@ from shared.settings import Settings
 
 
 def bundle_caps(settings: Settings) -> dict[str, int]:
-    return {"ann": settings.candidates_ann, "content": settings.candidates_content,
-            "tags": settings.candidates_tags, "popular": settings.candidates_popular}
+    return dict(settings.candidate_caps)
 
 
 def item_tag_keys(bundle_dir: Path, item_tags: list[list[str]]) -> list[list[str]]:

@@ -16,7 +16,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
 from offline.evaluate import sample_users
@@ -38,16 +37,12 @@ from offline.split import Split
 from offline.train import catalogue_vectors, left_pad, user_vectors
 from shared import ranker_features
 from shared.bundle import FIRST_ITEM_INDEX, UNKNOWN_INDEX
+from shared.onnx_graphs import CANDIDATE_RANKER
+from shared.onnx_session import make_session
+from shared.settings import Settings
 
-RANKER_INPUTS = ["hist_ids", "hist_content", "cand_ids", "cand_content", "cand_features"]
-RANKER_OUTPUTS = ["scores", "attention"]
-RANKER_AXES = {"hist_ids": {0: "batch", 1: "history"},
-               "hist_content": {0: "batch", 1: "history"},
-               "cand_ids": {0: "batch", 1: "candidates"},
-               "cand_content": {0: "batch", 1: "candidates"},
-               "cand_features": {0: "batch", 1: "candidates"},
-               "scores": {0: "batch", 1: "candidates"},
-               "attention": {0: "batch", 1: "candidates", 2: "history"}}
+RANKER_INPUTS = CANDIDATE_RANKER.input_names
+RANKER_OUTPUTS = CANDIDATE_RANKER.output_names
 
 
 def examples_for(tower: SequentialRanker, table: torch.Tensor, stats: ranker_features.ItemStats,
@@ -168,19 +163,22 @@ def export_ranker(model: CandidateRanker, path: Path, example: tuple[torch.Tenso
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(RankerGraph(model), example, str(path), input_names=RANKER_INPUTS,
-                          output_names=RANKER_OUTPUTS, dynamic_axes=RANKER_AXES,
+                          output_names=RANKER_OUTPUTS,
+                          dynamic_axes=CANDIDATE_RANKER.dynamic_axes(),
                           opset_version=OPSET, dynamo=False)
 
 
 def check_ranker_parity(model: CandidateRanker, path: Path,
                         batches: list[tuple[torch.Tensor, ...]]) -> float:
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = make_session(path, Settings(use_gpu=False))
+    CANDIDATE_RANKER.check(sess, fixed={"F": ranker_features.NUM_FEATURES})
     graph = RankerGraph(model).eval()
     worst = 0.0
     for batch in batches:
         with torch.no_grad():
             expected = [t.numpy() for t in graph(*batch)]
-        got = sess.run(None, {k: v.numpy() for k, v in zip(RANKER_INPUTS, batch, strict=True)})
+        got = CANDIDATE_RANKER.run(sess, **{k: v.numpy() for k, v in
+                                            zip(RANKER_INPUTS, batch, strict=True)}).values()
         for e, g in zip(expected, got, strict=True):
             worst = max(worst, float(np.max(np.abs(e - g))))
     if not worst <= PARITY_TOLERANCE:

@@ -21,7 +21,8 @@ import numpy as np
 from offline.metrics import hit_rate, ndcg
 from services.feature_store.profile import import_profile
 from services.gateway.pipeline.retrieve import query_tags
-from services.retrieval.retrieve import Prepared, resolve_tags, tag_source
+from services.retrieval.sources import Prepared
+from services.retrieval.sources.tags import resolve_tags, tag_matches
 from services.retrieval.state import _tag_index
 from shared.tags import TagClusters
 
@@ -63,7 +64,7 @@ class TagIndex:
         weights, resolved = resolve_tags(self, tags)  # type: ignore[arg-type]
         p = Prepared(np.empty(0, np.int64), blocked, len(blocked_rows), {"tags": cap},
                      weights, resolved)
-        rows, _ = tag_source(self, p)  # type: ignore[arg-type]
+        rows, _ = tag_matches(self, p)  # type: ignore[arg-type]
         if len(rows) >= fill:
             return rows
         taken = set(rows.tolist())

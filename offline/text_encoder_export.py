@@ -53,7 +53,7 @@ def export_text_encoder(encoder: str, out_dir: Path,
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from shared.settings import resolve_encoder
+    from shared.settings import Settings, resolve_encoder
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -74,7 +74,7 @@ def export_text_encoder(encoder: str, out_dir: Path,
 
     from shared.text_encoder import OnnxTextEncoder
 
-    got = OnnxTextEncoder(out_dir, intra_threads=2).encode(probe)
+    got = OnnxTextEncoder(out_dir, Settings(ort_intra_threads=2, use_gpu=False)).encode(probe)
     max_diff = float(np.abs(got - expected).max())
     if got.shape != expected.shape or not max_diff <= PARITY_TOLERANCE:
         raise TextEncoderParityError(
@@ -106,16 +106,17 @@ def _save_tokenizer(model, max_seq_length: int, path: Path) -> None:
 def _export_graph(torch, model, path: Path, dim: int, max_seq_length: int) -> None:
     transformer = model[0].auto_model
     wrapped = _PooledEncoder(torch, transformer).eval()
-    names = ["input_ids", "attention_mask", "token_type_ids"]
+    from shared.onnx_graphs import TEXT_ENCODER
+
     ids = torch.tensor([[101, 7592, 2088, 102], [101, 1060, 102, 0]], dtype=torch.int64)
     mask = (ids != 0).to(torch.int64)
     example = (ids, mask, torch.zeros_like(ids))
-    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"embedding": {0: "batch"}}
     with torch.no_grad():
         # The legacy TorchScript exporter traces BERT reliably with dynamic axes; dynamo is the
         # default in recent torch, so ask for the legacy one explicitly.
-        torch.onnx.export(wrapped, example, str(path), input_names=names,
-                          output_names=["embedding"], dynamic_axes=axes,
+        torch.onnx.export(wrapped, example, str(path), input_names=TEXT_ENCODER.input_names,
+                          output_names=TEXT_ENCODER.output_names,
+                          dynamic_axes=TEXT_ENCODER.dynamic_axes(),
                           opset_version=ONNX_OPSET, do_constant_folding=True, dynamo=False)
     import onnx
 

@@ -1,43 +1,50 @@
-"""Two-stage evaluation from a bundle's own files: candidates from the FAISS indexes (learned
-ANN + content ANN + popular, per-source caps from settings), then the ONNX ranker scores them.
-Everything outside the candidate set counts as not recommended."""
+"""Two-stage evaluation from a bundle's own files, through the serving code: the candidates are
+what the retrieval service proposes (services/retrieval/retrieve.py, every registered source,
+per-source caps from settings) for the query the gateway would send (`retrieval_query`: the
+history, the tag profile the feature store imports for it, everything seen excluded); then the
+ONNX ranker scores them. Everything outside the candidate set counts as not recommended."""
 
 from __future__ import annotations
 
-import numpy as np
-import onnxruntime as ort
+from collections.abc import Sequence
 
-from offline.baselines import user_content_queries
+import numpy as np
+
 from offline.evaluate import ScoreFn
 from offline.metrics import candidate_hits
 from offline.split import Split
 from offline.train import left_pad
-from shared import ann
+from services.feature_store.loader import imported_user
+from services.gateway.pipeline.retrieve import retrieval_query
+from services.retrieval.retrieve import prepare, propose, resolve_caps, union
+from services.retrieval.sources import SOURCES
+from services.retrieval.state import RetrievalState, load_state
 from shared.bundle import FIRST_ITEM_INDEX, Bundle
+from shared.onnx_graphs import CANDIDATE_RANKER, RANKER
+from shared.onnx_session import make_session
+from shared.ranker_features import NUM_FEATURES
 from shared.settings import Settings
 
 
 class BundleModels:
-    """The bundle's ONNX graphs and FAISS indexes, loaded once for evaluation."""
+    """What the two stages need of a bundle, loaded once: retrieval's own state (indexes,
+    encoders, tag clusters, popularity; on the CPU) and the ranker."""
 
-    def __init__(self, bundle: Bundle, threads: int = 2) -> None:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        cpu = ["CPUExecutionProvider"]
-        self.query = ort.InferenceSession(str(bundle.file("query_encoder.onnx")), opts, cpu)
-        self.ranker = ort.InferenceSession(str(bundle.file("ranker.onnx")), opts, cpu)
-        self.index_ann = ann.load(bundle.file("index_ann.faiss"))
-        self.index_content = ann.load(bundle.file("index_content.faiss"))
-        self.content = bundle.content_embeddings()
-        self.table = np.vstack([np.zeros((FIRST_ITEM_INDEX, self.content.shape[1]), np.float32),
-                                self.content])
+    def __init__(self, bundle: Bundle, settings: Settings) -> None:
+        cpu = settings.model_copy(update={"use_gpu": False})
+        self.state: RetrievalState = load_state(bundle, cpu)
+        self.ranker = make_session(bundle.file(RANKER.file), cpu)
+        # a candidate ranker (docs/ranker.md) is evaluated by offline/ranker_eval.py; `rank`
+        # below is the tower's score only
+        names = {a.name for a in self.ranker.get_inputs()}
+        graph = CANDIDATE_RANKER if "cand_features" in names else RANKER
+        graph.check(self.ranker, fixed={"F": NUM_FEATURES})
+        content = bundle.content_embeddings()
+        self.table = np.vstack([np.zeros((FIRST_ITEM_INDEX, content.shape[1]), np.float32),
+                                content])
         self.max_history = bundle.max_history
-        self.popular = np.argsort(-np.array([it["popularity"] for it in bundle.items]),
-                                  kind="stable")
-
-    def user_vectors(self, histories: list[np.ndarray]) -> np.ndarray:
-        ids = left_pad(histories, self.max_history)
-        return self.query.run(None, {"hist_ids": ids, "hist_content": self.table[ids]})[0]
+        tags = self.state.clusters if self.state.tag_clusters.enabled else self.state.tags
+        self.tags_of = dict(zip(self.state.item_ids, tags, strict=True))
 
     def rank(self, histories: list[np.ndarray], candidates: list[np.ndarray]) -> list[np.ndarray]:
         hist = left_pad(histories, self.max_history)
@@ -45,36 +52,38 @@ class BundleModels:
         cand = np.zeros((len(candidates), width), np.int64)
         for r, c in enumerate(candidates):
             cand[r, :len(c)] = c
-        scores = self.ranker.run(None, {"hist_ids": hist, "hist_content": self.table[hist],
-                                        "cand_ids": cand, "cand_content": self.table[cand]})[0]
+        scores = RANKER.run(self.ranker, hist_ids=hist, hist_content=self.table[hist],
+                            cand_ids=cand, cand_content=self.table[cand])["scores"]
         return [scores[r, :len(c)] for r, c in enumerate(candidates)]
+
+
+def candidates_for(models: BundleModels, sequences: Sequence[Sequence[str]], settings: Settings,
+                   by_source: dict[str, list[np.ndarray]] | None = None) -> list[np.ndarray]:
+    """Per user (their whole sequence of item ids, oldest first, as `vidrec load` imports it):
+    the retrieval service's candidates as bundle rows, in its order. by_source, when given,
+    also receives each source's own proposals per user."""
+    state, caps = models.state, settings.candidate_caps
+    queries = [retrieval_query(imported_user("offline", list(seq), models.tags_of,
+                                             settings.history_len), caps)
+               for seq in sequences]
+    batch = [prepare(state, q, resolve_caps(q, caps, i)) for i, q in enumerate(queries)]
+    out = []
+    for found in propose(state, batch):
+        if by_source is not None:
+            for source, (rows, _) in zip(SOURCES, found, strict=True):
+                by_source.setdefault(source.name, []).append(rows)
+        out.append(union(found)[0])
+    return out
 
 
 def candidate_rows(models: BundleModels, split: Split, which: str, users: np.ndarray,
                    settings: Settings, by_source: dict[str, list[np.ndarray]] | None = None,
                    ) -> list[np.ndarray]:
-    """Per user: the union of each source's top items (bundle rows), seen items removed.
-    by_source, when given, also receives each source's own list per user."""
-    histories = [split.history(u, which) for u in users]
-    seen = [set((h - FIRST_ITEM_INDEX).tolist()) for h in histories]
-    over = max((len(s) for s in seen), default=0)  # fetch extra so removals keep the caps full
-    _, ann_rows = ann.search(models.index_ann, models.user_vectors(histories),
-                             settings.candidates_ann + over)
-    q = user_content_queries(split, which, users, models.content)
-    _, content_rows = ann.search(models.index_content, q, settings.candidates_content + over)
-    popular = models.popular[:settings.candidates_popular + over]
-    out = []
-    for r in range(len(users)):
-        merged: dict[int, None] = {}
-        for name, rows, cap in (("ann", ann_rows[r], settings.candidates_ann),
-                                ("content", content_rows[r], settings.candidates_content),
-                                ("popular", popular, settings.candidates_popular)):
-            kept = [x for x in rows.tolist() if x >= 0 and x not in seen[r]][:cap]
-            merged.update(dict.fromkeys(kept))
-            if by_source is not None:
-                by_source.setdefault(name, []).append(np.asarray(kept, np.int64))
-        out.append(np.fromiter(merged, np.int64))
-    return out
+    """candidates_for the split's users, with their history before the `which` target."""
+    ids = models.state.item_ids
+    sequences = [[ids[r] for r in (split.history(u, which) - FIRST_ITEM_INDEX).tolist()]
+                 for u in users]
+    return candidates_for(models, sequences, settings, by_source)
 
 
 def two_stage_fn(models: BundleModels, split: Split, which: str, settings: Settings,
@@ -92,13 +101,14 @@ def two_stage_fn(models: BundleModels, split: Split, which: str, settings: Setti
                 hits.setdefault(name, []).extend(candidate_hits(lists, wanted).tolist())
         histories = [split.history(u, which) for u in users]
         scores = np.full((len(users), split.num_items), -np.inf, np.float32)
-        for r, (c, s) in enumerate(zip(rows, models.rank(histories,
-                                       [c + FIRST_ITEM_INDEX for c in rows]), strict=True)):
-            scores[r, c] = s
+        ranked = models.rank(histories, [c + FIRST_ITEM_INDEX for c in rows])
+        for r, (c, s) in enumerate(zip(rows, ranked, strict=True)):
+            if len(c):
+                scores[r, c] = s
         return scores
 
     return score
 
 
 def candidates_per_request(settings: Settings) -> int:
-    return (settings.candidates_ann + settings.candidates_content + settings.candidates_popular)
+    return sum(settings.candidate_caps.values())

@@ -18,24 +18,32 @@ alone). The pydantic models below are also the JSON bodies of the internal HTTP 
                    POST /admin/reload      (admin)             -> {"bundle": version}
                    PUT  /admin/bundles     BundlesRequest (admin) -> BundlesResponse
 
-Errors: a client raises `ServiceUnavailable` when the service cannot be reached, times out or
-answers 5xx; the gateway's stage policy turns that into a degraded answer.
+Errors (shared/errors.py): a client raises `ServiceUnavailable` when the service cannot be
+reached, times out or answers 5xx; the gateway's stage policy turns that into a degraded answer.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import Literal, Protocol, get_args
 
 from pydantic import BaseModel, Field, model_validator
 
+# the failures a protocol call raises (shared/errors.py), importable from here with the types
+from shared.errors import BundleNotServed as BundleNotServed
+from shared.errors import ServiceUnavailable as ServiceUnavailable
 from shared.validation import Identifier, Tag
 
 EventType = Literal["view", "like", "skip", "complete", "dislike"]
 Source = Literal["ann", "content", "tags", "popular"]
 
 
-class ServiceUnavailable(RuntimeError):
-    """A dependency could not answer (connection refused, timeout, 5xx)."""
+def sources_only(**caps: int) -> dict[Source, int]:
+    """Caps that ask only the named sources, e.g. `sources_only(tags=20)`: every other source
+    gets 0. A name that is not a source is a programming error (KeyError)."""
+    unknown = set(caps) - set(get_args(Source))
+    if unknown:
+        raise KeyError(f"not a candidate source: {sorted(unknown)}")
+    return {name: caps.get(name, 0) for name in get_args(Source)}
 
 
 # ---- feature store ------------------------------------------------------------------------
@@ -209,10 +217,6 @@ class ScoreResponse(BaseModel):
 
 
 # ---- bundles served side by side (experiments) ------------------------------------------------
-class BundleNotServed(ServiceUnavailable):
-    """A request named a bundle version the service does not hold (HTTP 409 on the wire)."""
-
-
 class BundlesRequest(BaseModel):
     bundles: list[str] = Field(max_length=16, description="Versions to hold besides the main "
                                "one; any other extra version is dropped.")

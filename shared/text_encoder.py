@@ -10,10 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from tokenizers import Tokenizer
 
-ONNX_FILE = "text_encoder.onnx"
+from shared.onnx_graphs import TEXT_ENCODER, GraphMismatch
+from shared.onnx_session import make_session
+from shared.settings import Settings
+
+ONNX_FILE = TEXT_ENCODER.file
 TOKENIZER_FILE = "tokenizer.json"
 BATCH_SIZE = 32
 
@@ -23,22 +26,21 @@ class TextEncoderMissing(FileNotFoundError):
 
 
 class OnnxTextEncoder:
-    def __init__(self, bundle_dir: Path, intra_threads: int = 1, inter_threads: int = 1,
-                 providers: list[str] | None = None) -> None:
+    def __init__(self, bundle_dir: Path, settings: Settings | None = None) -> None:
+        """`settings`: threads and GPU as for every session (shared/onnx_session.py); without
+        them one CPU thread."""
         bundle_dir = Path(bundle_dir)
         onnx_path, tok_path = bundle_dir / ONNX_FILE, bundle_dir / TOKENIZER_FILE
         for p in (onnx_path, tok_path):
             if not p.is_file():
                 raise TextEncoderMissing(f"{p}: missing (bundle built without a text encoder)")
         self._tokenizer = Tokenizer.from_file(str(tok_path))
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = intra_threads
-        opts.inter_op_num_threads = inter_threads
-        # Serving shares the cores with FAISS and other requests: idle pool threads must sleep.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session = ort.InferenceSession(str(onnx_path), opts,
-                                             providers=providers or ["CPUExecutionProvider"])
-        self._inputs = {i.name for i in self._session.get_inputs()}
+        settings = settings or Settings(ort_intra_threads=1, ort_inter_threads=1, use_gpu=False)
+        self._session = make_session(onnx_path, settings)
+        try:
+            TEXT_ENCODER.check(self._session)
+        except GraphMismatch as exc:
+            raise GraphMismatch(f"{onnx_path}: {exc}") from None
         meta = self._session.get_modelmeta().custom_metadata_map
         out_shape = self._session.get_outputs()[0].shape
         self.dim = int(meta.get("dim") or out_shape[-1])
@@ -56,10 +58,9 @@ class OnnxTextEncoder:
 
     def _run(self, texts: list[str]) -> np.ndarray:
         encodings = self._tokenizer.encode_batch(texts)
-        feeds = {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
-        }
-        feeds = {k: v for k, v in feeds.items() if k in self._inputs}
-        return self._session.run(None, feeds)[0]
+        return TEXT_ENCODER.run(
+            self._session,
+            input_ids=np.array([e.ids for e in encodings], dtype=np.int64),
+            attention_mask=np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            token_type_ids=np.array([e.type_ids for e in encodings], dtype=np.int64),
+        )["embedding"]

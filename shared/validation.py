@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator, StringConstraints
+from pydantic import AfterValidator, Field, StringConstraints
 
 MAX_ID_LENGTH = 200
 MAX_TAG_QUERY_LENGTH = 1000  # one ?tags= value, which may hold several comma-separated tags
@@ -18,6 +18,11 @@ MAX_LIST_PARAMS = 100  # repeated query parameters (?exclude=a&exclude=b ...)
 
 # C0 and C1 control characters, DEL, and the Unicode line/paragraph separators.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+# The same rule for the OpenAPI documents, so a client (or schemathesis) knows what is refused.
+NO_CONTROL_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$"
+_DOCUMENTED = Field(json_schema_extra={"pattern": NO_CONTROL_PATTERN})
 
 
 def no_control_characters(value: str) -> str:
@@ -29,8 +34,8 @@ def no_control_characters(value: str) -> str:
 
 
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH),
-                       AfterValidator(no_control_characters)]
+                       AfterValidator(no_control_characters), _DOCUMENTED]
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TAG_LENGTH),
-                AfterValidator(no_control_characters)]
+                AfterValidator(no_control_characters), _DOCUMENTED]
 TagQuery = Annotated[str, StringConstraints(max_length=MAX_TAG_QUERY_LENGTH),
-                     AfterValidator(no_control_characters)]
+                     AfterValidator(no_control_characters), _DOCUMENTED]

@@ -13,11 +13,14 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# The services refuse the default admin token outside a development setting (shared/settings.py);
+# tests (and the servers they start, which inherit this) are one.
+os.environ.setdefault("VIDREC_ENVIRONMENT", "development")
 DATA_DIR = Path(os.environ.get("VIDREC_DATA_DIR", REPO.parent / "shared" / "datasets"))
 SMALL_DATASET = "ml-latest-small"
 SMALL_USERS = 120
 SMALL_EPOCHS = 3
-BUNDLE_FORMAT = 7
+BUNDLE_FORMAT = 8
 
 
 def _bundle_key() -> str:

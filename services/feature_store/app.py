@@ -32,7 +32,9 @@ from shared.contracts import (
     ServiceUnavailable,
     UserState,
 )
+from shared.errors import unprocessable
 from shared.observability import add_ops_routes
+from shared.openapi import document_errors
 from shared.settings import Settings
 
 
@@ -46,6 +48,7 @@ def create_app(settings: Settings) -> FastAPI:
             await app.state.store.aclose()
 
     app = FastAPI(title="vidrec feature store", lifespan=lifespan)
+    document_errors(app)  # every status each route can answer (shared/openapi.py)
     add_admission(app, settings, "feature_store")
 
     def store() -> FeatureStore:
@@ -53,7 +56,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(UnknownItems)
     async def unknown_items(_: Request, exc: UnknownItems) -> JSONResponse:
-        return JSONResponse(status_code=422, content={"detail": exc.to_detail()})
+        return unprocessable(exc.to_detail())
 
     @app.exception_handler(ServiceUnavailable)
     async def unavailable(_: Request, exc: ServiceUnavailable) -> JSONResponse:

@@ -1,14 +1,15 @@
 """FeatureStoreAPI over HTTP, for a gateway that runs apart from the feature store.
 
 Errors are the same as in-process (FeatureStore), so callers need not know the topology:
-    connection refused / timeout / 5xx  -> shared.contracts.ServiceUnavailable
+    connection refused / timeout / 5xx  -> ServiceUnavailable (shared/http_client.py)
     422 for unknown item ids            -> services.feature_store.errors.UnknownItems
-    any other 4xx                       -> httpx.HTTPStatusError (a bug in the caller)
+    401 / 403                           -> AdminRejected
+    any other 4xx                       -> ServiceUnavailable naming the status
 """
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -26,39 +27,30 @@ from shared.contracts import (
     ItemMeta,
     ItemMetaRequest,
     ItemMetaResponse,
-    ServiceUnavailable,
     UserState,
 )
-from shared.http_client import is_ready, request
+from shared.http_client import ErrorFactory, Failed, ServiceClient
 
 M = TypeVar("M", bound=BaseModel)
 
 
-class FeatureStoreClient:
+def _unknown_items(f: Failed) -> Exception | None:
+    return UnknownItems.from_detail(f.detail)
+
+
+class FeatureStoreClient(ServiceClient):
+    SERVICE = "feature store"
+    STATUS_ERRORS: ClassVar[dict[int, ErrorFactory]] = {422: _unknown_items}
+
     def __init__(self, base_url: str, timeout_s: float = 1.0, *,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
-        # one client for the process: keep-alive connections are reused across requests
-        self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), timeout=timeout_s, transport=transport,
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20))
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
+        super().__init__(base_url, timeout_s, transport=transport,
+                         limits=httpx.Limits(max_connections=100, max_keepalive_connections=20))
 
     async def _call(self, method: str, path: str, model: type[M], *,
                     body: BaseModel | None = None, params: dict | None = None) -> M:
-        resp = await request(
-            self._http, method, path, f"feature store {path}", params=params,
-            content=None if body is None else body.model_dump_json(),
-            headers=None if body is None else {"content-type": "application/json"})
-        if resp.status_code >= 500:
-            raise ServiceUnavailable(f"feature store {path}: HTTP {resp.status_code}")
-        if resp.status_code == 422:
-            unknown = UnknownItems.from_detail(resp.json().get("detail"))
-            if unknown is not None:
-                raise unknown
-        resp.raise_for_status()
-        return model.model_validate_json(resp.content)
+        response = await self.send(method, path, body=body, params=params)
+        return self.parse(model, response)
 
     async def hydrate(self, user_id: str, history_len: int) -> UserState:
         return await self._call("POST", "/v1/hydrate", UserState,
@@ -81,5 +73,3 @@ class FeatureStoreClient:
                                 HistoryResponse, params={"limit": limit})
         return resp.items
 
-    async def ready(self) -> bool:
-        return await is_ready(self._http)

@@ -21,7 +21,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.contracts import ServiceUnavailable
+from shared.errors import ServiceUnavailable, validation_error
 
 
 class UnknownItems(ValueError):
@@ -38,8 +38,8 @@ class UnknownItems(ValueError):
 
     def to_detail(self) -> list[dict]:
         """The 422 body's `detail`, shaped like FastAPI's own validation errors."""
-        return [{"loc": ["body", "events", i, "item_id"], "msg": "unknown item id",
-                 "type": "unknown_item", "input": item_id} for i, item_id in self.bad]
+        return [validation_error(["body", "events", i, "item_id"], "unknown item id",
+                                 "unknown_item", item_id) for i, item_id in self.bad]
 
     @classmethod
     def from_detail(cls, detail: object) -> UnknownItems | None:

@@ -10,7 +10,7 @@ items so a deletion survives a reload.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import TypeVar
@@ -21,7 +21,7 @@ from services.feature_store.codec import OverlayItem, pack_history, pack_item, u
 from services.feature_store.keys import Keys
 from services.feature_store.profile import import_profile
 from shared.bundle import Bundle
-from shared.contracts import ItemMeta
+from shared.contracts import ItemMeta, UserState
 from shared.redis_conn import make_redis_sync
 from shared.settings import Settings
 from shared.tags import TagClusters
@@ -113,6 +113,16 @@ def write_items(r, keys: Keys, items: list[dict], progress: bool = True) -> int:
             pipe.set(keys.item(meta.item_id), pack_item(meta))
         pipe.execute()
     return len(overlay)
+
+
+def imported_user(user_id: str, seq: list[str], tags_of: Mapping[str, Sequence[str]],
+                  history_len: int) -> UserState:
+    """What hydrate answers for a user right after `write_users` imported `seq` (its tag
+    profile before any decay): the newest `history_len` items, the profile, everything seen.
+    The offline two-stage evaluation asks retrieval with this, as the gateway would."""
+    return UserState(user_id=user_id, known=bool(seq), history=seq[-history_len:],
+                     tag_profile=import_profile(tags_of.get(i, ()) for i in seq),
+                     seen=list(dict.fromkeys(seq)))
 
 
 def write_users(r, keys: Keys, users: dict[str, list[str]], tags_of: dict[str, list[str]],

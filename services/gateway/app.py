@@ -11,7 +11,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.openapi.utils import get_openapi
 
 from services.gateway.console_stats import StatsWindow, sampling
 from services.gateway.errors import add_error_handlers
@@ -33,6 +32,7 @@ from services.gateway.shed import popular_answer
 from shared.admission import add_admission
 from shared.contracts import FeatureStoreAPI, RankingAPI, RetrievalAPI
 from shared.observability import add_ops_routes
+from shared.openapi import document_errors
 from shared.settings import Settings
 
 log = logging.getLogger("vidrec.gateway")
@@ -47,6 +47,7 @@ it at `/` and watch it at `/console`."""
 def create_app(settings: Settings, feature_store: FeatureStoreAPI | None = None,
                retrieval: RetrievalAPI | None = None,
                ranking: RankingAPI | None = None) -> FastAPI:
+    settings.check_serving("gateway")  # refuses the default admin token outside development
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from services.gateway.wiring import connect
@@ -70,6 +71,7 @@ def create_app(settings: Settings, feature_store: FeatureStoreAPI | None = None,
             await gateway.close()
 
     app = FastAPI(title="vidrec", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings  # the admin check reads the token here (shared/admin.py)
     app.state.stats = StatsWindow(settings.console_sample_s, settings.console_window_s)
     add_admission(app, settings, "gateway", degraded=popular_answer)  # before CORS: inside it
     if settings.cors_origins:
@@ -88,23 +90,15 @@ def create_app(settings: Settings, feature_store: FeatureStoreAPI | None = None,
         return await gateway.readiness() if gateway else {"ready": False}
 
     add_ops_routes(app, readiness)
-    _document_event_bodies(app)
+    # every status each route can answer (shared/openapi.py), and the event bodies' schemas
+    document_errors(app, extend=_event_body_schemas)
     return app
 
 
-def _document_event_bodies(app: FastAPI) -> None:
+def _event_body_schemas(schema: dict) -> None:
     """POST /v1/events parses its body itself (for precise 422s); add its schemas to /docs."""
-
-    def openapi() -> dict:
-        if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version,
-                                 description=app.description, routes=app.routes)
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in (EventIn, EventBatchIn):
-                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                components.update(body.pop("$defs", {}))
-                components[model.__name__] = body
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in (EventIn, EventBatchIn):
+        body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(body.pop("$defs", {}))
+        components[model.__name__] = body

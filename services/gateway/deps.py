@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Depends, Request
 
 from services.gateway.gateway import Gateway
+from shared.admin import Admin as SharedAdmin
 from shared.data.types import normalise_tag
 
 
@@ -19,18 +18,8 @@ async def get_gateway(request: Request) -> Gateway:
 
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
-_bearer = HTTPBearer(auto_error=False, description="settings.admin_token (VIDREC_ADMIN_TOKEN)")
-
-
-async def require_admin(gateway: GatewayDep,
-                  creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
-    token = gateway.settings.admin_token
-    if creds is None or not secrets.compare_digest(creds.credentials.encode(), token.encode()):
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "admin bearer token required",
-                            headers={"WWW-Authenticate": "Bearer"})
-
-
-Admin = Depends(require_admin)
+# the admin check shared by every service (401 without a token, 403 with a wrong one)
+Admin = SharedAdmin
 
 
 def parse_tags(values: list[str] | None) -> list[str]:

@@ -13,9 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-import httpx
+from typing import Any, ClassVar
 
 from services.gateway.catalog import Catalog
 from services.gateway.experiments.assignment import Assignment, assign, forced
@@ -23,20 +21,37 @@ from services.gateway.experiments.ledger import ARM_REQUESTS, ARM_SECONDS, Answe
 from services.gateway.experiments.registry import ExperimentsRegistry
 from services.gateway.pipeline import RecContext, RecRequest, recommendation_pipeline
 from services.gateway.pipeline.stage import Pipeline
+from services.ranking.errors import RankerLoadError
 from shared.bundle import Bundle, BundleError, resolve_bundle
 from shared.contracts import FeatureStoreAPI, RankingAPI, RetrievalAPI, ServiceUnavailable
+from shared.errors import InvalidRequest
 from shared.experiments import (
     DEFAULT_CTR_K,
     ArmConfig,
     Experiment,
     ExperimentsConfig,
 )
+from shared.http_client import ErrorFactory, Failed, ServiceClient
 from shared.settings import Settings
 
 log = logging.getLogger("vidrec.gateway")
 
 READY_TIMEOUT_S = 1.0
 RELOAD_TIMEOUT_S = 300.0
+# what loading a bundle in-process raises when the bundle cannot be served
+BUNDLE_ERRORS: tuple[type[Exception], ...] = (BundleError, RankerLoadError)
+
+
+def _bundle_refused(f: Failed) -> Exception:
+    return InvalidRequest("bundle", f"{f.where}: {f.detail}")
+
+
+class AdminClient(ServiceClient):
+    """The admin routes of a remote retrieval or ranking service: a bundle it refuses (422)
+    is the caller's InvalidRequest, not an outage."""
+
+    SERVICE = "admin"
+    STATUS_ERRORS: ClassVar[dict[int, ErrorFactory]] = {422: _bundle_refused}
 
 
 @dataclass(frozen=True)
@@ -237,11 +252,17 @@ class Gateway:
         out: dict[str, Any] = {}
         for name, service in (("retrieval", self.retrieval), ("ranking", self.ranking)):
             reload = getattr(service, "reload", None)
-            if reload is not None:
-                out[name] = await reload(version)
-            elif getattr(service, "base_url", None):  # an HTTP client without reload()
-                out[name] = await self._reload_remote(service.base_url, version)
-        catalog = await asyncio.to_thread(load_catalog, self.settings, version)
+            try:
+                if reload is not None:
+                    out[name] = await reload(version)
+                elif getattr(service, "base_url", None):  # an HTTP client without reload()
+                    out[name] = await self._reload_remote(service.base_url, version)
+            except BUNDLE_ERRORS as exc:  # in-process: the bundle cannot be served
+                raise InvalidRequest("bundle", f"{name}: {exc}") from exc
+        try:
+            catalog = await asyncio.to_thread(load_catalog, self.settings, version)
+        except BundleError as exc:
+            raise InvalidRequest("bundle", f"gateway: {exc}") from exc
         self.swap_catalog(catalog)
         out["bundle"] = catalog.version
         return out
@@ -251,16 +272,11 @@ class Gateway:
         return str(answer["bundle"])
 
     async def _admin_call(self, base_url: str, method: str, path: str, body: dict) -> Any:
-        async with httpx.AsyncClient(base_url=base_url, timeout=RELOAD_TIMEOUT_S) as http:
-            try:
-                r = await http.request(method, path, json=body, headers={
-                    "authorization": f"Bearer {self.settings.admin_token}"})
-            except httpx.TransportError as exc:
-                raise ServiceUnavailable(f"{path} at {base_url}: {exc!r}") from exc
-        if r.status_code != 200:
-            raise ServiceUnavailable(f"{path} at {base_url}: HTTP {r.status_code} "
-                                     f"{r.text[:300]}")
-        return r.json()
+        client = AdminClient(base_url, RELOAD_TIMEOUT_S, admin_token=self.settings.admin_token)
+        try:
+            return (await client.send(method, path, json=body, admin=True)).json()
+        finally:
+            await client.aclose()
 
     async def readiness(self) -> dict[str, Any]:
         parts = await asyncio.gather(*(_ready(s) for s in

@@ -14,11 +14,12 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi.responses import JSONResponse
 
 from services.ranking.errors import RankerLoadError
 from services.ranking.new_items import RedisOverlayContent
 from services.ranking.service import RankingService
-from shared.admin import ReloadRequest, ReloadResponse, require_admin
+from shared.admin import Admin, ReloadRequest, ReloadResponse
 from shared.admission import add_admission
 from shared.bundle import BundleError
 from shared.contracts import (
@@ -29,8 +30,10 @@ from shared.contracts import (
     ScoreResponse,
     ServiceUnavailable,
 )
+from shared.errors import InvalidRequest, invalid_request_response
 from shared.experiments import bundles_to_serve
 from shared.observability import add_ops_routes
+from shared.openapi import document_errors, error_response
 from shared.settings import Settings
 
 
@@ -45,6 +48,7 @@ Service = Annotated[RankingService, Depends(_service)]
 
 def create_app(settings: Settings, service: RankingService | None = None) -> FastAPI:
     """The ranking app. Pass `service` to share one already created (single-process serving)."""
+    settings.check_serving("ranking")  # refuses the default admin token outside development
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -63,10 +67,16 @@ def create_app(settings: Settings, service: RankingService | None = None) -> Fas
                 await new_items.aclose()
 
     app = FastAPI(title="vidrec ranking", lifespan=lifespan)
+    document_errors(app)  # every status each route can answer (shared/openapi.py)
     add_admission(app, settings, "ranking")
-    admin = Depends(require_admin(settings))
+    app.state.settings = settings
+    admin = Admin
 
-    @app.post("/v1/score", tags=["ranking"])
+    @app.exception_handler(InvalidRequest)
+    async def invalid(request: Request, exc: InvalidRequest) -> JSONResponse:
+        return invalid_request_response(exc)
+
+    @app.post("/v1/score", tags=["ranking"], responses={409: error_response(409)})
     async def score(body: ScoreRequest, svc: Service) -> ScoreResponse:
         try:
             answer = await svc.score_detailed(body.requests, body.bundle, body.features)
@@ -82,8 +92,7 @@ def create_app(settings: Settings, service: RankingService | None = None) -> Fas
             version = await svc.reload(body.bundle if body else None)
         except RankerLoadError as exc:
             current = svc.info.version if svc.info else None
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                                f"{exc} (still serving {current})") from exc
+            raise InvalidRequest("bundle", f"{exc} (still serving {current})") from exc
         return ReloadResponse(bundle=version)
 
     @app.put("/admin/bundles", tags=["admin"], dependencies=[admin])
@@ -92,7 +101,7 @@ def create_app(settings: Settings, service: RankingService | None = None) -> Fas
         try:
             return BundlesResponse(**await svc.serve_bundles(body.bundles))
         except (RankerLoadError, BundleError) as exc:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+            raise InvalidRequest("bundles", str(exc)) from exc
 
     async def readiness() -> dict:
         svc: RankingService | None = getattr(app.state, "ranking", None)

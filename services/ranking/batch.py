@@ -9,26 +9,29 @@ per candidate.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from itertools import repeat
 
 import numpy as np
 
 from shared.bundle import FIRST_ITEM_INDEX, PAD_INDEX, UNKNOWN_INDEX
+from shared.onnx_graphs import RANKER
 
 MISSING = -1  # row of an item id the bundle does not hold
 
 
 @dataclass(frozen=True)
 class ModelInputs:
+    """ranker.onnx's inputs: one field per input of its spec (shared/onnx_graphs.py, RANKER),
+    named alike; `feeds` checks names, dtypes and ranks against it."""
+
     hist_ids: np.ndarray  # int64 [B, L]
     hist_content: np.ndarray  # float32 [B, L, E]
     cand_ids: np.ndarray  # int64 [B, C]
     cand_content: np.ndarray  # float32 [B, C, E]
 
     def feeds(self) -> dict[str, np.ndarray]:
-        return {"hist_ids": self.hist_ids, "hist_content": self.hist_content,
-                "cand_ids": self.cand_ids, "cand_content": self.cand_content}
+        return RANKER.feeds({f.name: getattr(self, f.name) for f in fields(self)})
 
 
 class ItemTable:

@@ -1,5 +1,10 @@
 """`OnnxRanker`: a bundle's ranker.onnx in an onnxruntime session, scoring many users per call.
 
+ranker.onnx is the candidate ranker (shared/onnx_graphs.py CANDIDATE_RANKER: it also reads
+per-candidate features, built here by shared/ranker_features.py from exactly what is packed,
+and answers its attention over the history), or in a bundle without one the tower's score
+(RANKER): `info.kind` says which.
+
 At start-up the model's declared inputs and outputs are checked against what `batch.pack`
 feeds (names, ranks, dtypes, the content dim E of content_embeddings.npy, max_history and the
 dims in model.json); any disagreement raises `ModelSchemaMismatch` naming it, so a wrong
@@ -11,10 +16,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from services.ranking.batch import ItemTable, ModelInputs, pack, plan_batches
 from services.ranking.errors import ModelSchemaMismatch, RankerLoadError, ScoreCountMismatch
@@ -26,27 +29,16 @@ from shared.bundle import (
     BundleError,
     files_bytes,
 )
+from shared.onnx_graphs import CANDIDATE_RANKER, RANKER, Graph, GraphMismatch, Session
+from shared.onnx_session import SessionLoadError, make_session
 from shared.ranker_features import NUM_FEATURES, SOURCES, STATS_FILE, ItemStats, union_ranks
 from shared.ranker_features import build as build_features
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
-RANKER_FILE = "ranker.onnx"
-OUTPUT_NAME = "scores"
-ATTENTION_NAME = "attention"  # candidate ranker: each candidate's weights over the history
-# name -> (rank, onnx type, symbolic meaning of each axis)
-INPUT_SPEC: dict[str, tuple[str, tuple[str, ...]]] = {
-    "hist_ids": ("tensor(int64)", ("B", "L")),
-    "hist_content": ("tensor(float)", ("B", "L", "E")),
-    "cand_ids": ("tensor(int64)", ("B", "C")),
-    "cand_content": ("tensor(float)", ("B", "C", "E")),
-}
-OUTPUT_SPEC: tuple[str, tuple[str, ...]] = ("tensor(float)", ("B", "C"))
-# The candidate ranker (offline/ranker_model.py) reads per-candidate features as well and
-# also answers its attention; a bundle whose ranker.onnx lacks them serves the tower's score.
-FEATURES_SPEC: tuple[str, tuple[str, ...]] = ("tensor(float)", ("B", "C", "F"))
-ATTENTION_SPEC: tuple[str, tuple[str, ...]] = ("tensor(float)", ("B", "C", "L"))
+RANKER_FILE = RANKER.file
+OUTPUT_NAME = RANKER.output_names[0]
 # Padded cells (users x candidates) per model run; bigger requests run in several batches so
 # that one request of 256 users x 5000 candidates cannot allocate gigabytes of inputs.
 MAX_BATCH_CELLS = 16_384
@@ -65,60 +57,24 @@ class RankerInfo:
     kind: str = "tower"  # "candidate": the candidate-aware ranker; "tower": its score only
 
 
-def check_io(inputs: Sequence[ort.NodeArg], outputs: Sequence[ort.NodeArg], *,
-             content_dim: int, max_history: int, num_features: int | None = None) -> None:
-    """Raise ModelSchemaMismatch listing every way the model's I/O differs from what we feed.
+def graph_of(session: Session) -> Graph:
+    """CANDIDATE_RANKER when the graph reads candidate features, else RANKER (the tower)."""
+    names = {a.name for a in session.get_inputs()}
+    return CANDIDATE_RANKER if "cand_features" in names else RANKER
+
+
+def check_io(session: Session, *, content_dim: int, max_history: int) -> None:
+    """Raise ModelSchemaMismatch listing every way the model's I/O differs from its spec
+    (shared/onnx_graphs.py: CANDIDATE_RANKER or RANKER).
 
     Axes the scorer varies per call (B, C) must be dynamic; L may be dynamic or exactly
     max_history (histories are then padded to it); E must match the content embeddings.
     """
-    fixed = {"E": content_dim, "L": max_history, "F": num_features}
-    spec = dict(INPUT_SPEC)
-    out_spec = {OUTPUT_NAME: OUTPUT_SPEC}
-    if num_features is not None:
-        spec["cand_features"] = FEATURES_SPEC
-        out_spec[ATTENTION_NAME] = ATTENTION_SPEC
-    problems: list[str] = []
-
-    def check_arg(kind: str, arg: ort.NodeArg, dtype: str, axes: tuple[str, ...]) -> None:
-        if arg.type != dtype:
-            problems.append(f"{kind} {arg.name!r} has type {arg.type}, expected {dtype}")
-        shape = list(arg.shape)
-        if len(shape) != len(axes):
-            problems.append(f"{kind} {arg.name!r} has rank {len(shape)} ({shape}), "
-                            f"expected rank {len(axes)} [{', '.join(axes)}]")
-            return
-        for axis, (label, dim) in enumerate(zip(axes, shape, strict=True)):
-            if not isinstance(dim, int):
-                continue  # symbolic or unknown: anything goes
-            if label == "L" and kind == "output":
-                continue  # attention's history axis follows the batch's padding
-            if label in fixed and dim != fixed[label]:
-                problems.append(f"{kind} {arg.name!r} axis {axis} ({label}) is {dim}, "
-                                f"expected {fixed[label]}")
-            elif label not in fixed:
-                problems.append(f"{kind} {arg.name!r} axis {axis} ({label}) is fixed at {dim}, "
-                                "expected a dynamic axis")
-
-    by_name = {a.name: a for a in inputs}
-    missing = sorted(set(spec) - set(by_name))
-    unexpected = sorted(set(by_name) - set(spec))
-    if missing:
-        problems.append(f"missing input(s) {missing}")
-    if unexpected:
-        problems.append(f"unexpected input(s) {unexpected}")
-    for name, (dtype, axes) in spec.items():
-        if name in by_name:
-            check_arg("input", by_name[name], dtype, axes)
-
-    out_names = [o.name for o in outputs]
-    if out_names != list(out_spec):
-        problems.append(f"outputs are {out_names}, expected {list(out_spec)}")
-    else:
-        for out in outputs:
-            check_arg("output", out, *out_spec[out.name])
-    if problems:
-        raise ModelSchemaMismatch("; ".join(problems))
+    try:
+        graph_of(session).check(session, fixed={"E": content_dim, "L": max_history,
+                                                 "F": NUM_FEATURES})
+    except GraphMismatch as exc:
+        raise ModelSchemaMismatch(str(exc)) from None
 
 
 def check_model_json(info: Mapping, *, items: int, content_dim: int, item_dim: int) -> int:
@@ -143,38 +99,16 @@ def check_model_json(info: Mapping, *, items: int, content_dim: int, item_dim: i
             problems.append(f"model.json has no {key!r}")
     graph = (info.get("graphs") or {}).get(RANKER_FILE)
     if graph is not None:
-        candidate = "cand_features" in graph.get("inputs", [])
-        inputs = [*INPUT_SPEC, "cand_features"] if candidate else list(INPUT_SPEC)
-        outputs = [OUTPUT_NAME, ATTENTION_NAME] if candidate else [OUTPUT_NAME]
-        if list(graph.get("inputs", [])) != inputs:
+        spec = CANDIDATE_RANKER if "cand_features" in graph.get("inputs", []) else RANKER
+        if list(graph.get("inputs", [])) != spec.input_names:
             problems.append(f"model.json lists {RANKER_FILE} inputs {graph.get('inputs')}, "
-                            f"the scorer feeds {inputs}")
-        if list(graph.get("outputs", [])) != outputs:
+                            f"the scorer feeds {spec.input_names}")
+        if list(graph.get("outputs", [])) != spec.output_names:
             problems.append(f"model.json lists {RANKER_FILE} outputs {graph.get('outputs')}, "
-                            f"the scorer reads {outputs}")
+                            f"the scorer reads {spec.output_names}")
     if problems:
         raise ModelSchemaMismatch("; ".join(problems))
     return int(max_history)  # type: ignore[arg-type]
-
-
-def make_session(path: Path, settings: Settings) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = settings.ort_intra_threads
-    opts.inter_op_num_threads = settings.ort_inter_threads
-    if settings.ort_inter_threads > 1:  # inter-op threads only matter in parallel mode
-        opts.execution_mode = ort.ExecutionMode.ORT_PARALLEL
-    # Sleeping (not spinning) worker threads: in one process retrieval and Redis I/O share the
-    # same cores, and spinning threads starve them.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    providers = ["CPUExecutionProvider"]
-    if settings.use_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-    except Exception as exc:  # onnxruntime raises its own (untyped) errors
-        raise RankerLoadError(f"{path}: onnxruntime cannot load it: {exc}") from exc
 
 
 class OnnxRanker:
@@ -200,12 +134,14 @@ class OnnxRanker:
                                                 content_dim=self.table.dim, item_dim=item_dim)
         except ModelSchemaMismatch as exc:
             raise ModelSchemaMismatch(f"bundle {bundle.path}: {exc}") from None
-        self.session = make_session(model_path, settings)
+        try:
+            self.session = make_session(model_path, settings)
+        except SessionLoadError as exc:
+            raise RankerLoadError(str(exc)) from exc
+        self.graph = graph_of(self.session)
         self.stats = self._candidate_stats(bundle, content)
         try:
-            check_io(self.session.get_inputs(), self.session.get_outputs(),
-                     content_dim=self.table.dim, max_history=self.max_history,
-                     num_features=NUM_FEATURES if self.stats is not None else None)
+            check_io(self.session, content_dim=self.table.dim, max_history=self.max_history)
         except ModelSchemaMismatch as exc:
             raise ModelSchemaMismatch(f"{model_path}: {exc}") from None
         hist_axis = next(a.shape for a in self.session.get_inputs() if a.name == "hist_ids")
@@ -219,7 +155,7 @@ class OnnxRanker:
 
     def _candidate_stats(self, bundle: Bundle, content: np.ndarray) -> ItemStats | None:
         """The feature statistics of a candidate ranker (None: ranker.onnx is the tower)."""
-        if "cand_features" not in {a.name for a in self.session.get_inputs()}:
+        if self.graph is not CANDIDATE_RANKER:
             return None
         try:
             return ItemStats.load(bundle.file(STATS_FILE), content)
@@ -296,9 +232,9 @@ class OnnxRanker:
                     self.stats, inputs, row, lengths[u], sources[u] if sources else None)
             scores, attention = self.run_candidate(inputs, feats)
             top = attention.argmax(axis=-1)  # [B, C] history position
+            ids = self.table.item_ids
             for row, u in enumerate(users):
                 hist = inputs.hist_ids[row]
-                ids = self.table.item_ids
                 attended = [ids[hist[p] - FIRST_ITEM_INDEX] if hist[p] >= FIRST_ITEM_INDEX
                             else None for p in top[row, : lengths[u]].tolist()]
                 out[u] = Scored(scores[row, : lengths[u]], attended,
@@ -307,7 +243,7 @@ class OnnxRanker:
 
     def run(self, inputs: ModelInputs) -> np.ndarray:
         """The model on packed inputs; a result that is not [B, C] is a typed failure."""
-        (scores,) = self.session.run([OUTPUT_NAME], inputs.feeds())
+        scores = RANKER.run(self.session, **inputs.feeds())[OUTPUT_NAME]
         if scores.shape != inputs.cand_ids.shape:
             raise ScoreCountMismatch(f"ranker {self.version} returned scores of shape "
                                      f"{scores.shape} for candidates {inputs.cand_ids.shape}")
@@ -315,8 +251,8 @@ class OnnxRanker:
 
     def run_candidate(self, inputs: ModelInputs, feats: np.ndarray,
                       ) -> tuple[np.ndarray, np.ndarray]:
-        scores, attention = self.session.run([OUTPUT_NAME, ATTENTION_NAME],
-                                             {**inputs.feeds(), "cand_features": feats})
+        out = CANDIDATE_RANKER.run(self.session, **inputs.feeds(), cand_features=feats)
+        scores, attention = out["scores"], out["attention"]
         if scores.shape != inputs.cand_ids.shape:
             raise ScoreCountMismatch(f"ranker {self.version} returned scores of shape "
                                      f"{scores.shape} for candidates {inputs.cand_ids.shape}")
@@ -325,9 +261,9 @@ class OnnxRanker:
 
 @dataclass(frozen=True)
 class Scored:
-    scores: np.ndarray                     # float32 [C]
+    scores: np.ndarray                        # float32 [C]
     attended: list[str | None] | None = None  # per candidate: most-attended history item
-    features: np.ndarray | None = None     # float32 [C, F] (asked for only)
+    features: np.ndarray | None = None        # float32 [C, F] (asked for only)
 
 
 def candidate_features(stats: ItemStats, inputs: ModelInputs, row: int, n: int,

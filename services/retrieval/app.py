@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse
 from services.retrieval.errors import InvalidRequest, ItemNotFound, MetadataNotStored
 from services.retrieval.service import RetrievalService
 from services.retrieval.similar import MAX_SIMILAR
-from shared.admin import ReloadRequest, ReloadResponse, require_admin
+from shared.admin import Admin, ReloadRequest, ReloadResponse
 from shared.admission import add_admission
 from shared.bundle import BundleError
 from shared.contracts import (
@@ -38,8 +38,10 @@ from shared.contracts import (
     ServiceUnavailable,
     SimilarResponse,
 )
+from shared.errors import invalid_request_response
 from shared.experiments import bundles_to_serve
 from shared.observability import add_ops_routes
+from shared.openapi import document_errors, error_response
 from shared.settings import Settings
 
 
@@ -50,16 +52,9 @@ async def _service(request: Request) -> RetrievalService:
 Service = Annotated[RetrievalService, Depends(_service)]
 
 
-def _loc(field: str, where: str) -> list:
-    """'queries[0].caps.ann' -> [where, 'queries', 0, 'caps', 'ann']."""
-    loc: list = [where]
-    for part in field.replace("]", "").replace("[", ".").split("."):
-        loc.append(int(part) if part.isdigit() else part)
-    return loc
-
-
 def create_app(settings: Settings, service: RetrievalService | None = None) -> FastAPI:
     """The retrieval app. Pass `service` to share one already loaded (single-process serving)."""
+    settings.check_serving("retrieval")  # refuses the default admin token outside development
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -81,15 +76,14 @@ def create_app(settings: Settings, service: RetrievalService | None = None) -> F
                 await store.aclose()
 
     app = FastAPI(title="vidrec retrieval", lifespan=lifespan)
+    document_errors(app)  # every status each route can answer (shared/openapi.py)
     add_admission(app, settings, "retrieval")
-    admin = Depends(require_admin(settings))
+    app.state.settings = settings
+    admin = Admin
 
     @app.exception_handler(InvalidRequest)
     async def invalid(request: Request, exc: InvalidRequest) -> JSONResponse:
-        where = "path" if exc.field == "item_id" else "body"
-        return JSONResponse(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, content={
-            "detail": [{"loc": _loc(exc.field, where), "msg": exc.problem,
-                        "type": "value_error"}]})
+        return invalid_request_response(exc)
 
     @app.exception_handler(BundleNotServed)
     async def not_served(request: Request, exc: BundleNotServed) -> JSONResponse:
@@ -102,14 +96,16 @@ def create_app(settings: Settings, service: RetrievalService | None = None) -> F
                             content={"detail": str(exc),
                                      "applied": isinstance(exc, MetadataNotStored)})
 
-    @app.post("/v1/retrieve", tags=["retrieval"], response_model=RetrieveResponse)
+    @app.post("/v1/retrieve", tags=["retrieval"], response_model=RetrieveResponse,
+              responses={409: error_response(409)})
     async def retrieve(body: RetrieveRequest, svc: Service) -> Response:
         results, version = svc.retrieve_now(body.queries, body.bundle)
         # Serialised by pydantic-core directly: no second validation of 100s of candidates.
         return Response(RetrieveResponse(results=results, bundle=version).model_dump_json(),
                         media_type="application/json")
 
-    @app.get("/v1/items/{item_id}/similar", tags=["items"], response_model=SimilarResponse)
+    @app.get("/v1/items/{item_id}/similar", tags=["items"], response_model=SimilarResponse,
+             responses={404: error_response(404)})
     async def similar(item_id: str, svc: Service,
                       k: Annotated[int, Query(ge=1, le=MAX_SIMILAR)] = 10) -> Response:
         try:
@@ -125,6 +121,7 @@ def create_app(settings: Settings, service: RetrievalService | None = None) -> F
         return await svc.upsert_item(item_id, body)
 
     @app.delete("/v1/items/{item_id}", tags=["items"], dependencies=[admin],
+                responses={404: error_response(404)},
                 status_code=status.HTTP_204_NO_CONTENT)
     async def delete(item_id: str, svc: Service) -> Response:
         try:
@@ -139,8 +136,7 @@ def create_app(settings: Settings, service: RetrievalService | None = None) -> F
             version = await svc.reload(body.bundle if body else None)
         except BundleError as exc:
             current = svc.readiness().get("bundle")
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                                f"{exc} (still serving {current})") from exc
+            raise InvalidRequest("bundle", f"{exc} (still serving {current})") from exc
         return ReloadResponse(bundle=version)
 
     @app.put("/admin/bundles", tags=["admin"], dependencies=[admin])
@@ -149,7 +145,7 @@ def create_app(settings: Settings, service: RetrievalService | None = None) -> F
         try:
             return BundlesResponse(**await svc.serve_bundles(body.bundles))
         except BundleError as exc:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+            raise InvalidRequest("bundles", str(exc)) from exc
 
     async def readiness() -> dict:
         svc: RetrievalService | None = getattr(app.state, "retrieval", None)

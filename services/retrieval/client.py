@@ -1,27 +1,22 @@
 """`RetrievalClient`: RetrievalAPI over HTTP, for a gateway that runs apart from retrieval.
 
-One keep-alive `httpx.AsyncClient` is shared by every call. What the service answers maps back to
-the exceptions the in-process RetrievalService raises, so callers handle both alike:
+The base client (shared/http_client.py) maps what the service answers back to the exceptions
+the in-process RetrievalService raises, so callers handle both alike; retrieval adds:
 
-    refused / reset / timed out / 5xx / malformed answer  -> ServiceUnavailable
-        (503 after an applied change whose metadata failed -> MetadataNotStored, a subclass)
-    422 -> InvalidRequest (field from the error's `loc`)    404 on delete/similar -> ItemNotFound
-    401 / 403 -> AdminRejected                               other 4xx -> ServiceUnavailable
+    503 after an applied change whose metadata failed -> MetadataNotStored (a ServiceUnavailable)
+    422 -> InvalidRequest (field from the error's `loc`)
+    404 on delete/similar -> ItemNotFound
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
 from urllib.parse import quote
 
 import httpx
-from pydantic import ValidationError
 
-from services.retrieval.errors import (
-    AdminRejected,
-    InvalidRequest,
-    ItemNotFound,
-    MetadataNotStored,
-)
+from services.retrieval.errors import InvalidRequest, ItemNotFound, MetadataNotStored
+from shared.admin import ReloadResponse
 from shared.contracts import (
     ItemMeta,
     ItemUpsert,
@@ -33,93 +28,67 @@ from shared.contracts import (
     ServiceUnavailable,
     SimilarResponse,
 )
-from shared.http_client import is_ready, request
+from shared.http_client import ErrorFactory, Failed, ServiceClient
 
-JSON = {"content-type": "application/json"}
+RELOAD_TIMEOUT_S = 300.0
 
 
-class RetrievalClient:
+def _invalid(f: Failed) -> Exception | None:
+    detail = f.detail
+    if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+        loc = [str(p) for p in detail[0].get("loc", []) if p not in ("body", "path")]
+        return InvalidRequest(".".join(loc) or "body", str(detail[0].get("msg", detail)))
+    return None
+
+
+def _not_found(f: Failed) -> Exception | None:
+    item_id = f.context.get("item_id")
+    return ItemNotFound(item_id) if item_id is not None else None
+
+
+def _unavailable(f: Failed) -> Exception | None:
+    return MetadataNotStored(f"{f.where}: {f.detail}") if f.body.get("applied") else None
+
+
+class RetrievalClient(ServiceClient):
+    SERVICE = "retrieval"
+    STATUS_ERRORS: ClassVar[dict[int, ErrorFactory]] = {
+        404: _not_found, 422: _invalid, 503: _unavailable}
+
     def __init__(self, base_url: str, timeout_s: float, admin_token: str | None = None,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self.base_url = base_url.rstrip("/")
-        self._admin = {"authorization": f"Bearer {admin_token}"} if admin_token else {}
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url, timeout=timeout_s, transport=transport,
-            limits=httpx.Limits(max_keepalive_connections=32, keepalive_expiry=30.0))
+        super().__init__(base_url, timeout_s, admin_token=admin_token, transport=transport)
         self.last_bundle: str | None = None  # version that answered the latest retrieve
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     async def retrieve(self, queries: list[RetrievalQuery],
                        bundle: str | None = None) -> list[RetrievalResult]:
-        body = RetrieveRequest(queries=queries, bundle=bundle).model_dump_json()
-        response = await self._send("POST", "/v1/retrieve", content=body, headers=JSON)
-        answer = self._parse(RetrieveResponse, response)
+        response = await self.send("POST", "/v1/retrieve",
+                                   body=RetrieveRequest(queries=queries, bundle=bundle))
+        answer = self.parse(RetrieveResponse, response)
         if len(answer.results) != len(queries):
-            raise ServiceUnavailable(f"retrieval at {self.base_url}: {len(answer.results)} "
-                                     f"results for {len(queries)} queries")
+            raise ServiceUnavailable(f"{self.where}: {len(answer.results)} results for "
+                                     f"{len(queries)} queries")
         self.last_bundle = answer.bundle
         return answer.results
 
     async def similar(self, item_id: str, k: int) -> list[Neighbour]:
-        response = await self._send("GET", f"/v1/items/{_quote(item_id)}/similar",
-                                    params={"k": k}, item_id=item_id)
-        return self._parse(SimilarResponse, response).items
+        response = await self.send("GET", f"/v1/items/{_quote(item_id)}/similar",
+                                   params={"k": k}, context={"item_id": item_id})
+        return self.parse(SimilarResponse, response).items
 
     async def upsert_item(self, item_id: str, item: ItemUpsert) -> ItemMeta:
-        response = await self._send("PUT", f"/v1/items/{_quote(item_id)}",
-                                    content=item.model_dump_json(), headers=JSON | self._admin)
-        return self._parse(ItemMeta, response)
+        response = await self.send("PUT", f"/v1/items/{_quote(item_id)}", body=item, admin=True)
+        return self.parse(ItemMeta, response)
 
     async def delete_item(self, item_id: str) -> None:
-        await self._send("DELETE", f"/v1/items/{_quote(item_id)}", headers=self._admin,
-                         item_id=item_id)
+        await self.send("DELETE", f"/v1/items/{_quote(item_id)}", admin=True,
+                        context={"item_id": item_id})
 
     async def reload(self, version: str | None = None) -> str:
-        response = await self._send("POST", "/admin/reload", json={"bundle": version},
-                                    headers=self._admin)
-        return str(response.json()["bundle"])
-
-    async def ready(self) -> bool:
-        return await is_ready(self._http)
-
-    # ---- plumbing -----------------------------------------------------------------------
-    async def _send(self, method: str, url: str, item_id: str | None = None,
-                    **kwargs) -> httpx.Response:
-        where = f"retrieval at {self.base_url}"
-        response = await request(self._http, method, url, where, **kwargs)
-        code = response.status_code
-        if code < 400:
-            return response
-        body = _body(response)
-        detail = body.get("detail", response.text)
-        if code == 503 and body.get("applied"):
-            raise MetadataNotStored(f"{where}: {detail}")
-        if code >= 500:
-            raise ServiceUnavailable(f"{where}: HTTP {code} {str(detail)[:300]}")
-        if code in (401, 403):
-            raise AdminRejected(code, f"{where}: {detail}")
-        if code == 404 and item_id is not None:
-            raise ItemNotFound(item_id)
-        if code == 422 and isinstance(detail, list) and detail and isinstance(detail[0], dict):
-            loc = [str(p) for p in detail[0].get("loc", []) if p not in ("body", "path")]
-            raise InvalidRequest(".".join(loc) or "body", str(detail[0].get("msg", detail)))
-        raise ServiceUnavailable(f"{where}: HTTP {code} {str(detail)[:300]}")
-
-    def _parse(self, model, response: httpx.Response):
-        try:
-            return model.model_validate_json(response.content)
-        except ValidationError as exc:
-            raise ServiceUnavailable(f"retrieval at {self.base_url}: malformed answer") from exc
-
-
-def _body(response: httpx.Response) -> dict:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
+        # loading a whole bundle takes far longer than a request: its own time limit
+        response = await self.send("POST", "/admin/reload", json={"bundle": version},
+                                   admin=True, timeout=RELOAD_TIMEOUT_S)
+        return self.parse(ReloadResponse, response).bundle
 
 
 def _quote(item_id: str) -> str:

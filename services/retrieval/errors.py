@@ -1,12 +1,14 @@
 """Typed failures of the retrieval service (importable without faiss/onnxruntime, for clients).
+The shared ones are defined in shared/errors.py and re-exported here:
 
     ValueError
      +-- InvalidRequest       a query or upsert the service cannot accept; `field` names the
                               bad field (the API answers 422 naming it)
     LookupError
      +-- ItemNotFound         delete of an item id the service never had (404)
-    PermissionError
-     +-- AdminRejected        an admin call without a valid bearer token (401/403)
+    Exception
+     +-- AdminRejected        an admin call without a valid bearer token (401/403); not an
+                              OSError, so never mistaken for an outage
     RuntimeError
      +-- ServiceUnavailable   (shared.contracts) unreachable, timed out or 5xx
           +-- MetadataNotStored  an upsert/delete is applied and persisted by retrieval, but
@@ -16,28 +18,9 @@
 
 from __future__ import annotations
 
-from shared.contracts import ServiceUnavailable
+from shared.errors import AdminRejected, InvalidRequest, ItemNotFound, ServiceUnavailable
 
-
-class InvalidRequest(ValueError):
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
-        self.problem = problem
-
-
-class ItemNotFound(LookupError):
-    def __init__(self, item_id: str) -> None:
-        super().__init__(f"item {item_id!r} is not in the catalogue")
-        self.item_id = item_id
-
-
-class AdminRejected(PermissionError):
-    """The admin token was missing (status 401) or wrong (403)."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
+__all__ = ["AdminRejected", "InvalidRequest", "ItemNotFound", "MetadataNotStored"]
 
 
 class MetadataNotStored(ServiceUnavailable):

@@ -31,16 +31,9 @@ from services.retrieval.errors import (
     MetadataNotStored,
 )
 from services.retrieval.overlay import OverlayLog, merge
-from services.retrieval.retrieve import (
-    SOURCES,
-    assemble,
-    popular_source,
-    prepare,
-    resolve_caps,
-    search_source,
-    tag_source,
-)
+from services.retrieval.retrieve import retrieve_batch
 from services.retrieval.similar import MAX_SIMILAR, similar_items
+from services.retrieval.sources.popular import most_popular
 from services.retrieval.state import RetrievalState, load_state
 from shared.bundle import Bundle, resolve_bundle
 from shared.contracts import (
@@ -82,10 +75,7 @@ class RetrievalService:
         self.item_store = item_store
         self.clock = clock
         self.overlay = OverlayLog(settings.state_dir)
-        self.default_caps = {"ann": settings.candidates_ann,
-                             "content": settings.candidates_content,
-                             "tags": settings.candidates_tags,
-                             "popular": settings.candidates_popular}
+        self.default_caps = settings.candidate_caps
         self._state: RetrievalState | None = None
         # Bundles served side by side for experiment arms: version -> state, or None for a
         # version that is the main bundle under another name (e.g. "latest").
@@ -228,23 +218,8 @@ class RetrievalService:
         """Synchronous: the results and the bundle version that produced them."""
         state = self.state_for(bundle)  # one reference for the whole batch
         with timed(SERVICE, "retrieve"):
-            caps = [resolve_caps(q, self.default_caps, i) for i, q in enumerate(queries)]
-            with timed(SERVICE, "prepare"):
-                prepared = [prepare(state, q, c) for q, c in zip(queries, caps, strict=True)]
-            with timed(SERVICE, "ann"):
-                ann = search_source(state, prepared, "ann")
-            with timed(SERVICE, "content"):
-                content = search_source(state, prepared, "content")
-            with timed(SERVICE, "tags"):
-                tags = [tag_source(state, p) for p in prepared]
-            with timed(SERVICE, "popular"):
-                popular = [popular_source(state, p.caps["popular"], p.blocked, p.n_blocked)
-                           for p in prepared]
-            with timed(SERVICE, "assemble"):
-                results = [assemble(state, p, list(found))
-                           for p, *found in zip(prepared, ann, content, tags, popular,
-                                                strict=True)]
-        for source in SOURCES:
+            results = retrieve_batch(state, queries, self.default_caps)
+        for source in self.default_caps:
             CANDIDATES.labels(source).inc(sum(r.per_source[source] for r in results))
         return results, state.version
 
@@ -269,7 +244,7 @@ class RetrievalService:
         blocked = state.dead.view.copy()
         rows = [r for r in map(state.row_of.get, exclude) if r is not None]
         blocked[rows] = True
-        found, scores = popular_source(state, max(0, n), blocked, len(rows))
+        found, scores = most_popular(state, max(0, n), blocked, len(rows))
         return [Candidate(item_id=state.item_ids[r], source="popular", score=s)
                 for r, s in zip(found.tolist(), scores.tolist(), strict=True)]
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import faiss
 import numpy as np
@@ -23,6 +22,8 @@ import onnxruntime as ort
 
 from shared import ann
 from shared.bundle import FIRST_ITEM_INDEX, UNKNOWN_INDEX, Bundle, BundleError, files_bytes
+from shared.onnx_graphs import ITEM_ENCODER, QUERY_ENCODER, TEXT_ENCODER, Graph, GraphMismatch
+from shared.onnx_session import SessionLoadError, device_of, make_session
 from shared.settings import Settings
 from shared.tags import TagClusters
 from shared.text_encoder import OnnxTextEncoder
@@ -53,19 +54,16 @@ class GrowableRows:
         return self.n - 1
 
 
-def session(path: Path, settings: Settings) -> tuple[ort.InferenceSession, str]:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = settings.ort_intra_threads
-    opts.inter_op_num_threads = settings.ort_inter_threads
-    # Idle pool threads must not spin: right after a run the same request needs the cores for
-    # FAISS and numpy (spinning made a whole retrieval 3x slower with 2 intra-op threads).
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    providers = ["CPUExecutionProvider"]
-    if settings.use_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    sess = ort.InferenceSession(str(path), opts, providers=providers)
-    return sess, "gpu" if sess.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+def encoder_session(bundle: Bundle, graph: Graph, settings: Settings,
+                    fixed: dict[str, int]) -> ort.InferenceSession:
+    """One of the bundle's encoders, checked against its spec (shared/onnx_graphs.py)."""
+    path = bundle.file(graph.file)
+    try:
+        sess = make_session(path, settings)
+        graph.check(sess, fixed)
+    except (SessionLoadError, GraphMismatch) as exc:
+        raise BundleError(f"{path}: {exc}") from exc
+    return sess
 
 
 @dataclass
@@ -136,9 +134,8 @@ class RetrievalState:
 
     # ---- mutations (event loop thread only) -------------------------------------------
     def learned_vectors(self, model_index: np.ndarray, content: np.ndarray) -> np.ndarray:
-        return self.item_encoder.run(None, {
-            "item_ids": np.ascontiguousarray(model_index, dtype=np.int64),
-            "item_content": np.ascontiguousarray(content, dtype=np.float32)})[0]
+        return ITEM_ENCODER.run(self.item_encoder, item_ids=model_index,
+                                item_content=content)["item_vec"]
 
     def add_item(self, item_id: str, title: str, tags: list[str], content: np.ndarray,
                  vector: np.ndarray, model_index: int) -> int:
@@ -215,12 +212,12 @@ def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
         if index.ntotal != n or index.d != rows.shape[1]:
             raise BundleError(f"{bundle.path / name}: {index.ntotal} x {index.d}, expected "
                               f"{n} x {rows.shape[1]}")
-    query_encoder, onnx_device = session(bundle.file("query_encoder.onnx"), settings)
-    item_encoder, _ = session(bundle.file("item_encoder.onnx"), settings)
+    fixed = {"E": content.shape[1], "D": vectors.shape[1]}
+    query_encoder = encoder_session(bundle, QUERY_ENCODER, settings, fixed)
+    item_encoder = encoder_session(bundle, ITEM_ENCODER, settings, fixed)
     text_encoder = None
-    if (bundle.path / "text_encoder.onnx").is_file():
-        text_encoder = OnnxTextEncoder(bundle.path, settings.ort_intra_threads,
-                                       settings.ort_inter_threads)
+    if (bundle.path / TEXT_ENCODER.file).is_file():
+        text_encoder = OnnxTextEncoder(bundle.path, settings)
     bundle_rows = {str(it["item_id"]): r for r, it in enumerate(items)}
     popularity = np.array([float(it.get("popularity", 0.0)) for it in items], np.float32)
     popular_rows = np.argsort(-popularity, kind="stable").astype(np.int64)
@@ -244,7 +241,7 @@ def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
         tag_rows=_tag_index(clusters, popular_rows),
         popular_rows=popular_rows,
         index_ann=index_ann, index_content=index_content, index_kind=kind,
-        faiss_device=faiss_device, onnx_device=onnx_device,
+        faiss_device=faiss_device, onnx_device=device_of(query_encoder),
         query_encoder=query_encoder, item_encoder=item_encoder, text_encoder=text_encoder,
         tag_clusters=tag_clusters, max_history=bundle.max_history,
     )

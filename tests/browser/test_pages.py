@@ -233,7 +233,7 @@ def test_console_shows_readiness_live_charts_and_offline_metrics(
 
 
 def test_console_reload_needs_the_typed_token(page: Page) -> None:
-    page.allowed.append("status of 401")
+    page.allowed.append("status of 403")
     page.open("/console")
     assert ADMIN_TOKEN not in page.driver.page_source  # no secret in the page
     token = page.one("#admin-token")
@@ -241,7 +241,7 @@ def test_console_reload_needs_the_typed_token(page: Page) -> None:
     page.one("#reload-form button").click()
     result = page.one("#admin-result")
     page.wait(lambda d: "failed" in result.text, what="a refused reload")
-    assert "401" in result.text and "admin bearer token required" in result.text
+    assert "403" in result.text and "wrong admin token" in result.text
     token.clear()
     token.send_keys(ADMIN_TOKEN)
     page.one("#reload-form button").click()

@@ -70,7 +70,6 @@ def test_a_history_unknown_to_retrieval_still_gets_a_full_list(gw_settings: Sett
     stage then asks every source (real RetrievalService on the real bundle)."""
     from services.gateway.catalog import Catalog
     from services.gateway.pipeline import RecContext, RecRequest
-    from services.gateway.pipeline.config import candidate_caps
     from services.gateway.pipeline.retrieve import Retrieve
     from services.retrieval.service import RetrievalService
     from shared.contracts import UserState
@@ -78,9 +77,9 @@ def test_a_history_unknown_to_retrieval_still_gets_a_full_list(gw_settings: Sett
     async def go() -> RecContext:
         service = RetrievalService(gw_settings)
         await service.reload()
-        ctx = RecContext(RecRequest("u", k=10), state=UserState(
+        ctx = RecContext(RecRequest("u", k=10), user_state=UserState(
             user_id="u", known=True, history=["gone-1", "gone-2"], seen=["gone-1", "gone-2"]))
-        await Retrieve(service, candidate_caps(gw_settings), Catalog.empty()).run(ctx)
+        await Retrieve(service, gw_settings.candidate_caps, Catalog.empty()).run(ctx)
         return ctx
 
     ctx = asyncio.run(go())
@@ -252,7 +251,7 @@ def test_admin_routes_need_the_token(live: str) -> None:
     body = {"title": "x", "tags": []}
     assert httpx.put(f"{live}/v1/items/x", json=body).status_code == 401
     assert httpx.put(f"{live}/v1/items/x", json=body,
-                     headers={"Authorization": "Bearer wrong"}).status_code == 401
+                     headers={"Authorization": "Bearer wrong"}).status_code == 403
     assert httpx.delete(f"{live}/v1/items/x").status_code == 401
     assert httpx.post(f"{live}/admin/reload").status_code == 401
 
@@ -276,7 +275,8 @@ def test_an_upserted_item_can_be_recommended_then_deleted(admin: dict, live: str
     assert httpx.delete(f"{live}/v1/items/{item_id}", headers=admin).status_code == 204
     body = recs(live, f"new-{uuid.uuid4().hex}", k=5, interests=tag)
     assert item_id not in {it["item_id"] for it in body["items"]}
-    assert httpx.get(f"{live}/v1/items/{item_id}").json()["available"] is False
+    gone = httpx.get(f"{live}/v1/items/{item_id}")  # deleted: 410, not a 200 of a dead item
+    assert gone.status_code == 410 and "was deleted" in gone.json()["detail"]
 
 
 def test_bad_upserts_are_422_naming_the_field(admin: dict, live: str) -> None:

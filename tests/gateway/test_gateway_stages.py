@@ -18,7 +18,9 @@ from services.gateway.pipeline.filters import (
     SeenFilter,
     UnavailableFilter,
 )
-from services.gateway.pipeline.items import ItemMetaStage, keep_head
+from services.gateway.pipeline.head import CutToHead, keep_head
+from services.gateway.pipeline.items import ItemMetaStage
+from services.gateway.pipeline.order import SortByScore
 from services.gateway.pipeline.retrieve import Retrieve, query_tags
 from services.gateway.pipeline.score import Score
 from services.gateway.pipeline.select import Select, diversify, reserve
@@ -46,7 +48,7 @@ def test_filters_report_what_they_removed() -> None:
     ctx = RecContext(RecRequest("u", exclude=frozenset({"b"}),
                                 include_tags=frozenset({"cats", "dogs"}),
                                 exclude_tags=frozenset({"spam"})),
-                     state=UserState(user_id="u", known=True, seen=["a"]))
+                     user_state=UserState(user_id="u", known=True, seen=["a"]))
     ctx.candidates = [cand(i) for i in "abcdefg"]
     ctx.meta = {"a": meta("a", ["cats"]), "b": meta("b", ["cats"]), "c": meta("c", ["cats"]),
                 "d": meta("d", ["cats"], available=False), "e": meta("e", ["birds"]),
@@ -97,16 +99,18 @@ def test_select_keeps_the_order_it_is_given_and_reports_scores() -> None:
     assert [(p.candidate.item_id, p.score) for p in ctx.picks] == [("y", 0.9), ("z", 0.5)]
 
 
-def test_items_fallback_looks_up_the_head_of_the_list_in_the_catalog() -> None:
+def test_the_head_step_then_items_fallback_looks_up_the_head_in_the_catalog() -> None:
     cat = Catalog(version="v", meta={f"i{n}": meta(f"i{n}") for n in range(100)})
     ctx = RecContext(RecRequest("u", k=5))
     ctx.candidates = [cand(f"i{n}", nearest_history="i99" if n == 0 else None)
                       for n in range(90)]
+    run(CutToHead().run(ctx))
     ItemMetaStage(feature_store=None, catalog=cat).fallback(ctx)  # type: ignore[arg-type]
     assert len(ctx.candidates) == 30  # max(3k, 30)
     assert set(ctx.meta) == {f"i{n}" for n in range(30)} | {"i99"}
     ctx = RecContext(RecRequest("u", k=5, exclude_tags=frozenset({"x"})))
     ctx.candidates = [cand(f"i{n}") for n in range(90)]
+    run(CutToHead().run(ctx))
     ItemMetaStage(feature_store=None, catalog=cat).fallback(ctx)  # type: ignore[arg-type]
     assert len(ctx.candidates) == 90  # tag filters may remove most: keep them all
 
@@ -114,7 +118,7 @@ def test_items_fallback_looks_up_the_head_of_the_list_in_the_catalog() -> None:
 # ---- explain --------------------------------------------------------------------------------
 def test_explain_gives_readable_reasons() -> None:
     ctx = RecContext(RecRequest("u", interests=("music",)),
-                     state=UserState(user_id="u", known=True, tag_profile={"cats": 2.0}))
+                     user_state=UserState(user_id="u", known=True, tag_profile={"cats": 2.0}))
     ctx.meta = {"w": meta("w", title="Cat video one")}
     ctx.picks = [
         Pick(cand("a", nearest_history="w"), meta("a", ["cats"]), 1.0),
@@ -202,12 +206,12 @@ class WrongLengthRanker:
 
 
 def test_a_score_count_mismatch_is_typed_and_degrades_to_retrieval_order() -> None:
-    ctx = RecContext(RecRequest("u"), state=UserState(user_id="u", known=True, history=["h"]))
+    ctx = RecContext(RecRequest("u"), user_state=UserState(user_id="u", known=True, history=["h"]))
     ctx.candidates = [cand("a", score=3.0), cand("b", score=2.0)]
     stage = Score(WrongLengthRanker(), model_version="v-old")
     with pytest.raises(ScoreMismatch):
         run(stage.run(ctx))
-    run(Pipeline([Step(stage)]).run(ctx))
+    run(Pipeline([Step(stage), Step(SortByScore(), fail_open=False)]).run(ctx))
     assert ctx.degraded == ["score"]
     assert not ctx.ranked and ctx.scores == {"a": 3.0, "b": 2.0}
     assert [c.item_id for c in ctx.candidates] == ["a", "b"]
@@ -229,10 +233,13 @@ class ReversingRanker:
         return True
 
 
-def test_score_orders_candidates_best_first() -> None:
-    ctx = RecContext(RecRequest("u"), state=UserState(user_id="u", known=True, history=["h"]))
+def test_score_then_sort_orders_candidates_best_first() -> None:
+    ctx = RecContext(RecRequest("u"), user_state=UserState(user_id="u", known=True,
+                                                           history=["h"]))
     ctx.candidates = [cand("a"), cand("b"), cand("c")]
     run(Score(ReversingRanker()).run(ctx))
+    assert [c.item_id for c in ctx.candidates] == ["a", "b", "c"]  # score only scores
+    run(SortByScore().run(ctx))
     assert [c.item_id for c in ctx.candidates] == ["c", "b", "a"]
     assert ctx.ranked and ctx.scores == {"a": 0.0, "b": 1.0, "c": 2.0}
     assert ctx.model_version == "v-new"
@@ -292,3 +299,20 @@ def test_interests_get_a_quarter_of_the_list() -> None:
     assert [c.item_id for c, _ in got] == ["a1", "a2", "c1", "c2"]
     # already enough: unchanged
     assert reserve(got, ranked, k=4, quota=2, interests=frozenset({"cats"})) == got
+
+
+def test_the_config_lists_every_step_with_its_policy() -> None:
+    """pipeline/config.py tells the whole story: the head cut and the sort are steps of their
+    own, stages with a dependency have a time limit and a fallback, pure ones neither."""
+    from services.gateway.pipeline.config import recommendation_pipeline
+    from shared.settings import Settings
+
+    pipeline = recommendation_pipeline(Settings(), None, None, None,  # type: ignore[arg-type]
+                                       Catalog.empty())
+    assert [s.name for s in pipeline.steps] == [
+        "hydrate", "retrieve", "prefilter", "score", "sort", "head", "items", "filter",
+        "select", "explain"]
+    for step in pipeline.steps:
+        io = step.name in ("hydrate", "retrieve", "score", "items")
+        assert step.fail_open is io and (step.timeout_s is not None) is io, step.name
+        assert callable(getattr(step.stage, "fallback", None)) is io, step.name

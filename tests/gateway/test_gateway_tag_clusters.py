@@ -67,7 +67,7 @@ def test_interests_resolved_by_retrieval_get_places_and_reasons() -> None:
     stage = Retrieve(retrieval, {"ann": 10, "content": 0, "tags": 10, "popular": 10},
                      Catalog(version="v", meta={}, tag_clusters=c))
     ctx = RecContext(RecRequest("new", k=4, interests=("football", "funny")),
-                     state=UserState(user_id="new", known=False))
+                     user_state=UserState(user_id="new", known=False))
     asyncio.run(stage.run(ctx))
     assert retrieval.queries[0].tags == {"football": 1.0, "funny": 1.0}
     # `funny` is a cluster itself (absent from resolved_tags); `football` found `soccer`
@@ -83,7 +83,7 @@ def test_interests_resolved_by_retrieval_get_places_and_reasons() -> None:
 
 def test_explanations_name_the_cluster_of_the_users_profile() -> None:
     c = clusters()
-    ctx = RecContext(RecRequest("u"), state=UserState(user_id="u", known=True,
+    ctx = RecContext(RecRequest("u"), user_state=UserState(user_id="u", known=True,
                                                       tag_profile={"king glory": 3.0}))
     ctx.picks = [Pick(cand("a", source="content"), meta("a", ["kinghonor"], c), 1.0)]
     asyncio.run(Explain().run(ctx))

@@ -34,9 +34,11 @@ def _model_and_batches(bundle: Bundle, data_dir: Path):
         users = rng.choice(len(split.users), size=size, replace=False)
         hist = torch.from_numpy(left_pad([split.history(u, "test") for u in users], length))
         cand = torch.from_numpy(rng.integers(FIRST_ITEM_INDEX, table.shape[0], (size, cands)))
-        batches["query_encoder.onnx"].append((hist, table[hist]))
-        batches["ranker.onnx"].append((hist, table[hist], cand, table[cand]))
-        batches["item_encoder.onnx"].append((cand[0], table[cand[0]]))
+        batches["query_encoder.onnx"].append({"hist_ids": hist, "hist_content": table[hist]})
+        batches["ranker.onnx"].append({"hist_ids": hist, "hist_content": table[hist],
+                                       "cand_ids": cand, "cand_content": table[cand]})
+        batches["item_encoder.onnx"].append({"item_ids": cand[0],
+                                             "item_content": table[cand[0]]})
     return model, batches
 
 

@@ -30,7 +30,8 @@ class Pick:
 @dataclass(slots=True)
 class RecContext:
     request: RecRequest
-    state: UserState | None = None
+    # what hydrate read of the user (history, tag profile, seen); None before it ran
+    user_state: UserState | None = None
     candidates: list[Candidate] = field(default_factory=list)
     per_source: dict[str, int] = field(default_factory=dict)
     meta: dict[str, ItemMeta] = field(default_factory=dict)
@@ -56,6 +57,6 @@ class RecContext:
 
     @property
     def user(self) -> UserState:
-        if self.state is None:  # hydrate always sets it (the fallback included)
+        if self.user_state is None:  # hydrate always sets it (the fallback included)
             return UserState(user_id=self.request.user_id, known=False)
-        return self.state
+        return self.user_state

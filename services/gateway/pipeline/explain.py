@@ -42,6 +42,3 @@ class Explain:
         profile = liked.union(ctx.interests)
         for pick in ctx.picks:
             pick.reasons = reasons_for(pick, ctx, profile)
-
-    def fallback(self, ctx: RecContext) -> None:  # pure: cannot fail on a dependency
-        pass

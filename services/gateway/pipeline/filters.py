@@ -115,6 +115,3 @@ class FilterStage:
                 ctx.removed[f.name] = ctx.removed.get(f.name, 0) + len(removed)
                 self._counters[f.name].inc(len(removed))
         ctx.candidates = candidates
-
-    def fallback(self, ctx: RecContext) -> None:  # never reached: filters do no I/O
-        pass

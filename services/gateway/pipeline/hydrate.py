@@ -14,8 +14,8 @@ class Hydrate:
         self.history_len = history_len
 
     async def run(self, ctx: RecContext) -> None:
-        ctx.state = await self.feature_store.hydrate(ctx.request.user_id, self.history_len)
+        ctx.user_state = await self.feature_store.hydrate(ctx.request.user_id, self.history_len)
 
     def fallback(self, ctx: RecContext) -> None:
         # Without Redis we know nothing about the user: answer as for a new user.
-        ctx.state = UserState(user_id=ctx.request.user_id, known=False)
+        ctx.user_state = UserState(user_id=ctx.request.user_id, known=False)

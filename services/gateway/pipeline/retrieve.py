@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from services.gateway.catalog import Catalog
 from services.gateway.pipeline.context import RecContext, RecRequest
-from services.gateway.pipeline.items import head_limit
-from shared.contracts import Candidate, RetrievalAPI, RetrievalQuery, Source
+from services.gateway.pipeline.head import head_limit
+from shared.contracts import (
+    Candidate,
+    RetrievalAPI,
+    RetrievalQuery,
+    Source,
+    UserState,
+    sources_only,
+)
 from shared.observability import CANDIDATES
 
 PROFILE_TAGS = 10  # strongest tag-profile tags sent to the tag source
@@ -20,6 +27,15 @@ def query_tags(tag_profile: dict[str, float], interests: tuple[str, ...]) -> dic
     for tag in interests:
         tags[tag] = 1.0
     return tags
+
+
+def retrieval_query(user: UserState, caps: dict[Source, int], interests: tuple[str, ...] = (),
+                    exclude: frozenset[str] = frozenset()) -> RetrievalQuery:
+    """What the gateway asks retrieval for a user: the history to search with, the tags to
+    match, everything seen (and `exclude`) left out. The offline two-stage evaluation builds
+    its queries here too, so it measures the candidates the service proposes."""
+    return RetrievalQuery(history=user.history, tags=query_tags(user.tag_profile, interests),
+                          exclude=list(set(user.seen).union(exclude)), caps=caps)
 
 
 class Retrieve:
@@ -56,15 +72,13 @@ class Retrieve:
                 or self.catalog.candidate_ranker):  # it may prefer any source's candidate
             return self.caps
         caps = self.caps
-        return {"ann": min(caps.get("ann", 0), head), "content": 0,
-                "tags": caps.get("tags", 0) if request.interests else 0, "popular": 0}
+        return sources_only(ann=min(caps.get("ann", 0), head),
+                            tags=caps.get("tags", 0) if request.interests else 0)
 
     async def run(self, ctx: RecContext) -> None:
         user = ctx.user
         caps = self.caps_for(ctx.request, bool(user.history))
-        query = RetrievalQuery(history=user.history,
-                               tags=query_tags(user.tag_profile, ctx.request.interests),
-                               exclude=list(self._excluded(ctx)), caps=caps)
+        query = retrieval_query(user, caps, ctx.request.interests, ctx.request.exclude)
         (result,) = await self._retrieve(query)
         if len(result.candidates) < ctx.request.k and caps != self.caps:
             # Too few (none of the history is in the catalogue, say): every source, once more.

@@ -1,5 +1,5 @@
-"""score: the ranker gives every candidate a score, in the same order; candidates are then
-ordered best first.
+"""score: the ranker gives every candidate a score, in the same order (the sort step orders
+them, order.py).
 
 The ranker is told which source proposed each candidate and that source's score (the candidate
 ranker's source features). A bundle without a candidate ranker answers with the retrieval
@@ -9,8 +9,6 @@ explanation uses it (explain.py).
 """
 
 from __future__ import annotations
-
-import numpy as np
 
 from services.gateway.pipeline.context import RecContext
 from services.gateway.pipeline.stage import ScoreMismatch
@@ -43,14 +41,11 @@ class Score:
         if len(scores) != 1 or len(scores[0]) != len(ids):
             got = len(scores[0]) if len(scores) == 1 else f"{len(scores)} lists of"
             raise ScoreMismatch(f"ranker returned {got} scores for {len(ids)} candidates")
-        row = scores[0]
-        ctx.scores = dict(zip(ids, row, strict=True))
+        ctx.scores = dict(zip(ids, scores[0], strict=True))
         if answer.attended:
             ctx.attended = {i: a for i, a in zip(ids, answer.attended[0], strict=False) if a}
         if answer.ranker == "tower":
             ctx.degraded.append("ranker")  # the bundle has no candidate ranker
-        best_first = np.argsort(-np.asarray(row, dtype=np.float64), kind="stable")
-        ctx.candidates = [cands[i] for i in best_first.tolist()]
         ctx.ranked = True
         ctx.model_version = self.model_version = version
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter
 
 from services.gateway.pipeline.context import Pick, RecContext
-from services.gateway.pipeline.items import interest_quota
+from services.gateway.pipeline.head import interest_quota
 from shared.contracts import Candidate, ItemMeta
 from shared.tags import TagClusters
 
@@ -81,6 +81,3 @@ class Select:
         chosen = diversify(pairs, request.k, self.max_per_tag, asked.union(interests))
         chosen = reserve(chosen, pairs, request.k, interest_quota(request), interests)
         ctx.picks = [Pick(c, m, float(scores.get(c.item_id, c.score))) for c, m in chosen]
-
-    def fallback(self, ctx: RecContext) -> None:  # pure: cannot fail on a dependency
-        pass

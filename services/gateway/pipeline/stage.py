@@ -13,14 +13,12 @@ import logging
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-import httpx
 from prometheus_client import Counter, Histogram
-from redis.exceptions import RedisError
 
 from services.gateway.pipeline.context import RecContext
-from shared.contracts import ServiceUnavailable
+from shared.errors import DEPENDENCY_ERRORS
 from shared.observability import DEGRADED, STAGE_SECONDS
 
 log = logging.getLogger("vidrec.gateway")
@@ -33,16 +31,23 @@ class ScoreMismatch(StageFailure):
     """The ranker returned a different number of scores than candidates it was given."""
 
 
-# Failures that mean "a dependency is down or slow", expected in production and degraded quietly
-# (RedisError: the in-process feature store talks to Redis directly).
-DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
-    ServiceUnavailable, TimeoutError, OSError, RedisError, httpx.HTTPError, StageFailure)
+# Failures that mean "a dependency is down or slow, or answered unusably": expected in
+# production and degraded quietly (shared/errors.py; RedisError: the in-process feature store
+# talks to Redis directly).
+DEGRADES_QUIETLY: tuple[type[BaseException], ...] = (*DEPENDENCY_ERRORS, StageFailure)
 
 
 class Stage(Protocol):
+    """A pure stage (no I/O: filters, head, sort, select, explain) has only these; a failure
+    there is a bug and fails the request."""
+
     name: str
 
     async def run(self, ctx: RecContext) -> None: ...
+
+
+class DegradableStage(Stage, Protocol):
+    """A stage that calls a dependency, and can leave the context usable without it."""
 
     def fallback(self, ctx: RecContext) -> None: ...
 
@@ -58,6 +63,8 @@ class Step:
     _degraded: Counter = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.fail_open and not callable(getattr(self.stage, "fallback", None)):
+            raise TypeError(f"stage {self.stage.name!r} fails open but has no fallback")
         self._seconds = STAGE_SECONDS.labels("gateway", self.stage.name)
         self._degraded = DEGRADED.labels("gateway", self.stage.name)
 
@@ -75,12 +82,12 @@ class Step:
         except Exception as exc:
             if not self.fail_open:
                 raise
-            if isinstance(exc, DEPENDENCY_ERRORS):
+            if isinstance(exc, DEGRADES_QUIETLY):
                 log.warning("stage %s degraded: %s: %s", self.name, type(exc).__name__,
                             str(exc) or f"no answer within {self.timeout_s} s")
             else:  # a bug, not an outage: still answer, but loudly
                 log.exception("stage %s failed unexpectedly; falling back", self.name)
-            self.stage.fallback(ctx)
+            cast(DegradableStage, self.stage).fallback(ctx)
             ctx.degraded.append(self.name)
             self._degraded.inc()
         finally:
@@ -128,10 +135,6 @@ class Pipeline:
 
     def __init__(self, steps: list[Step]) -> None:
         self.steps = steps
-
-    @property
-    def names(self) -> list[str]:
-        return [s.name for s in self.steps]
 
     async def run(self, ctx: RecContext) -> RecContext:
         for step in self.steps:

@@ -18,6 +18,7 @@ from services.gateway.deps import GatewayDep
 from services.gateway.errors import field_error
 from services.gateway.responses import JSON
 from services.gateway.schemas import EventBatchIn, EventIn, EventsAccepted
+from shared.errors import validation_error
 
 router = APIRouter(tags=["events"])
 
@@ -51,9 +52,8 @@ def unknown_items(exc: UnknownItems, where: tuple[str, ...]) -> RequestValidatio
     def loc(i: int) -> tuple[str | int, ...]:
         return (*where, i, "item_id") if len(where) > 1 else (*where, "item_id")
 
-    return RequestValidationError([{"loc": loc(i), "msg": "unknown item id",
-                                    "type": "unknown_item", "input": item_id}
-                                   for i, item_id in exc.bad])
+    return RequestValidationError([validation_error(loc(i), "unknown item id", "unknown_item",
+                                                    item_id) for i, item_id in exc.bad])
 
 
 @router.post("/v1/events", response_model=EventsAccepted,

@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Path
 from services.gateway.deps import GatewayDep
 from services.gateway.experiments.report import build_report
 from services.gateway.responses import JSON
+from shared.openapi import error_response
 
 router = APIRouter(tags=["experiments"])
 
@@ -18,7 +19,7 @@ async def list_experiments(gateway: GatewayDep) -> JSON:
     return JSON(gateway.experiments.status())
 
 
-@router.get("/v1/experiments/{name}",
+@router.get("/v1/experiments/{name}", responses={404: error_response(404)},
             summary="Per-arm online metrics with 95% CIs and tests against control")
 async def experiment_report(gateway: GatewayDep,
                             name: Annotated[str, Path(min_length=1, max_length=64)]) -> JSON:

@@ -12,10 +12,11 @@ from fastapi.responses import Response
 
 from services.gateway.deps import Admin, GatewayDep, parse_tags
 from services.gateway.gateway import Gateway
-from services.gateway.pipeline.stage import DEPENDENCY_ERRORS
 from services.gateway.responses import JSON
 from services.gateway.schemas import PopularItems, SimilarItems
-from shared.contracts import ItemMeta, ItemUpsert, RetrievalQuery
+from shared.contracts import ItemMeta, ItemUpsert, RetrievalQuery, sources_only
+from shared.errors import DEPENDENCY_ERRORS
+from shared.openapi import error_response
 from shared.validation import MAX_LIST_PARAMS, Identifier, TagQuery
 
 router = APIRouter(tags=["items"])
@@ -40,15 +41,20 @@ async def lookup_meta(gateway: Gateway, item_ids: list[str]) -> dict[str, ItemMe
     return found
 
 
-@router.get("/v1/items/{item_id}", response_model=ItemMeta, summary="One video's metadata")
+@router.get("/v1/items/{item_id}", response_model=ItemMeta,
+            responses={404: error_response(404), 410: error_response(410)},
+            summary="One video's metadata (404: never in the catalogue, 410: deleted)")
 async def get_item(gateway: GatewayDep, item_id: ItemId) -> JSON:
     meta = (await lookup_meta(gateway, [item_id])).get(item_id)
     if meta is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"item {item_id!r} not found")
+    if not meta.available:  # deleted: its metadata is kept (events may still name it)
+        raise HTTPException(status.HTTP_410_GONE, f"item {item_id!r} was deleted")
     return JSON(meta.model_dump())
 
 
 @router.get("/v1/items/{item_id}/similar", response_model=SimilarItems,
+            responses={404: error_response(404)},
             summary="Videos like this one: learned and content neighbours (404: unknown item)")
 async def similar(gateway: GatewayDep, item_id: ItemId,
                   k: Annotated[int, Query(ge=1, le=100)] = 10) -> JSON:
@@ -76,8 +82,7 @@ async def popular(
         async with asyncio.timeout(gateway.settings.timeout_retrieve_s * 4):
             (result,) = await gateway.retrieval.retrieve([RetrievalQuery(
                 tags=dict.fromkeys(wanted, 1.0),
-                caps={"ann": 0, "content": 0, "tags": k if wanted else 0,
-                      "popular": 0 if wanted else k})])
+                caps=sources_only(tags=k) if wanted else sources_only(popular=k))])
         ids = [c.item_id for c in result.candidates]
     except DEPENDENCY_ERRORS as exc:
         log.warning("gateway: popular from the catalog (%s: %s)", type(exc).__name__, exc)
@@ -98,6 +103,7 @@ async def upsert_item(gateway: GatewayDep, item_id: ItemId, body: ItemUpsert) ->
 
 
 @router.delete("/v1/items/{item_id}", status_code=204, dependencies=[Admin],
+               responses={404: error_response(404)},
                summary="Remove a video from recommendations (admin)")
 async def delete_item(gateway: GatewayDep, item_id: ItemId) -> Response:
     async with asyncio.timeout(ADMIN_TIMEOUT_S):

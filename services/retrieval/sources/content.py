@@ -1,0 +1,34 @@
+"""content: the recency-weighted mean of the recent history's content embeddings, searched in
+index_content (one FAISS search for the batch)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from services.retrieval.sources.base import NOTHING, Found, Prepared, search_index, with_history
+from services.retrieval.state import RetrievalState
+from shared.contracts import Source
+
+RECENT = 10           # history items the content query averages (as the offline baseline)
+RECENCY_DECAY = 0.8   # weight of an item one step older than the next
+
+
+def content_queries(state: RetrievalState, histories: list[np.ndarray]) -> np.ndarray:
+    table = state.content.view
+    out = np.empty((len(histories), state.content_dim), np.float32)
+    for b, h in enumerate(histories):
+        recent = h[-RECENT:]
+        weights = RECENCY_DECAY ** np.arange(len(recent) - 1, -1, -1, dtype=np.float32)
+        out[b] = weights @ table[recent]
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+class ContentSource:
+    name: Source = "content"
+
+    def search(self, state: RetrievalState, batch: list[Prepared]) -> list[Found]:
+        todo = with_history(state, batch, self.name)
+        if not todo:
+            return [NOTHING] * len(batch)
+        queries = content_queries(state, [batch[i].hist_rows for i in todo])
+        return search_index(state, state.index_content, queries, batch, todo, self.name)
