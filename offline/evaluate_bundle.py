@@ -36,7 +36,7 @@ def compute_metrics(bundle: Bundle, split: Split, dataset_name: str, settings: S
     }
     # Both stages over the same candidate sets, side by side (offline/ranker_eval.py)
     staged, recall = two_stage_metrics(bundle, split, settings, lambda hs: user_vectors(state, [
-        (h - FIRST_ITEM_INDEX)[-state.max_history:] for h in hs]))
+        (h - FIRST_ITEM_INDEX)[-state.max_history:] for h in hs]), models=models)
     results.update(staged)
     caps = bundle_caps(settings)
     # Which candidate source earns its place: the share of users whose test item it proposed.

@@ -5,9 +5,10 @@
                     the ranking service uses (shared/ranker_features.py); with a bundle that
                     has no candidate ranker this is the tower again (the serving fallback)
 
-Candidates come from the bundle's tower and statistics as retrieval assembles them
-(offline/ranker_data.py). Everything outside the set counts as not recommended; ties break by
-bundle row, as the full-ranking evaluation does.
+Candidates come from the serving retrieval code (offline/two_stage.py), or from
+offline/ranker_data.py's copy of its assembly when no BundleModels is given. Everything
+outside the set counts as not recommended; ties break by bundle row, as the full-ranking
+evaluation does.
 """
 
 from __future__ import annotations
@@ -71,11 +72,42 @@ class BundleRanker:
         return [scores[b, :len(e.rows)] for b, e in enumerate(examples)]
 
 
+def serving_examples(models, split: Split, which: str, users: np.ndarray,
+                     settings: Settings) -> list[Example]:
+    """The retrieval service's own candidate sets (offline/two_stage.py: the serving code, for
+    the query the gateway sends for an imported user) as ranking problems: rows in its union
+    order, each with the source that kept it, its position there and that source's score."""
+    from services.feature_store.loader import imported_user
+    from services.gateway.pipeline.retrieve import retrieval_query
+    from services.retrieval.retrieve import prepare, propose, resolve_caps, union
+    from services.retrieval.sources import SOURCES as REGISTRY
+
+    state, caps = models.state, settings.candidate_caps
+    position = np.array([ranker_features.SOURCES.index(s.name) for s in REGISTRY], np.int8)
+    ids = state.item_ids
+    histories = [split.history(u, which) - FIRST_ITEM_INDEX for u in users]
+    queries = [retrieval_query(imported_user("offline", [ids[r] for r in h.tolist()],
+                                             models.tags_of, settings.history_len), caps)
+               for h in histories]
+    batch = [prepare(state, q, resolve_caps(q, caps, i)) for i, q in enumerate(queries)]
+    targets = getattr(split, which)[users] - FIRST_ITEM_INDEX
+    out = []
+    for u, h, t, found in zip(users, histories, targets, propose(state, batch), strict=True):
+        rows, scores, source = union(found)
+        src = position[source]
+        out.append(Example(int(u), h, rows.astype(np.int64), src,
+                           ranker_features.union_ranks(src.tolist()),
+                           scores.astype(np.float32), int(t)))
+    return out
+
+
 def two_stage_metrics(bundle: Bundle, split: Split, settings: Settings, user_vectors,
-                      batch: int = 64) -> tuple[dict[str, dict], dict]:
+                      batch: int = 64, models=None) -> tuple[dict[str, dict], dict]:
     """({"retrieval_only": metrics, "two_stage": metrics}, candidate recall facts) on test.
 
     user_vectors: histories (model indices) -> tower user vectors (the bundle's ONNX encoder).
+    models: offline/two_stage.py BundleModels: the candidates are then the serving code's;
+    without, offline/ranker_data.py's copy of its assembly.
     """
     content = bundle.content_embeddings()
     stats_path = bundle.path / ranker_features.STATS_FILE
@@ -95,9 +127,12 @@ def two_stage_metrics(bundle: Bundle, split: Split, settings: Settings, user_vec
     for s in range(0, len(users), 2048):
         hs = histories[s:s + 2048]
         uv = user_vectors(hs)
-        ex = candidate_examples(items, uv, stats, [h - FIRST_ITEM_INDEX for h in hs],
-                                split.test[users[s:s + 2048]] - FIRST_ITEM_INDEX,
-                                users[s:s + 2048], bundle_caps(settings))
+        if models is not None:
+            ex = serving_examples(models, split, "test", users[s:s + 2048], settings)
+        else:
+            ex = candidate_examples(items, uv, stats, [h - FIRST_ITEM_INDEX for h in hs],
+                                    split.test[users[s:s + 2048]] - FIRST_ITEM_INDEX,
+                                    users[s:s + 2048], bundle_caps(settings))
         two = []
         for b in range(0, len(ex), batch):
             part = ex[b:b + batch]
