@@ -10,8 +10,9 @@ from pathlib import Path
 
 import torch
 
-from offline.export import GRAPHS, OPSET
+from offline.export import OPSET
 from offline.model import RankerConfig, Scorer, SequentialRanker
+from shared.onnx_graphs import RANKER
 from shared.ranker_features import STATS_FILE
 
 REPLACED = ("ranker.onnx", "model.json", STATS_FILE)
@@ -28,7 +29,7 @@ def write_tower_only_bundle(bundle_dir: Path, dest: Path) -> Path:
     model = SequentialRanker(RankerConfig(**ckpt["config"]))
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
-    _, inputs, outputs, axes = GRAPHS["ranker.onnx"]
+    inputs, outputs, axes = RANKER.input_names, RANKER.output_names, RANKER.dynamic_axes()
     content = torch.zeros(1, 3, model.cfg.content_dim)
     example = (torch.tensor([[2, 3, 4]]), content, torch.tensor([[5, 6, 7]]), content)
     with warnings.catch_warnings():

@@ -136,7 +136,7 @@ def test_explain_gives_readable_reasons() -> None:
 
 
 def test_explain_names_the_history_item_the_ranker_attended_to() -> None:
-    ctx = RecContext(RecRequest("u"), state=UserState(user_id="u", known=True))
+    ctx = RecContext(RecRequest("u"), user_state=UserState(user_id="u", known=True))
     ctx.meta = {"w": meta("w", title="Nearest by vectors"), "v": meta("v", title="Attended")}
     ctx.attended = {"a": "v"}  # the candidate ranker's most-attended watched item for "a"
     ctx.picks = [Pick(cand("a", nearest_history="w"), meta("a"), 1.0),

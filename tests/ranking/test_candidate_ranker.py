@@ -22,6 +22,7 @@ from services.gateway.pipeline.context import RecContext, RecRequest
 from services.gateway.pipeline.score import Score
 from services.ranking.scorer import OnnxRanker
 from services.ranking.service import RankingService
+from services.retrieval.sources.ann import user_vectors
 from shared import ranker_features
 from shared.bundle import FIRST_ITEM_INDEX, Bundle
 from shared.contracts import Candidate, UserState
@@ -37,7 +38,7 @@ def offline_problem(bundle: Bundle, settings):
     seq = next(s for s in bundle.users().values() if len(s) >= 4)
     history = seq[:-1]
     rows = np.array([row_of[i] for i in history], np.int64)
-    uv = BundleModels(bundle, threads=1).user_vectors([rows + FIRST_ITEM_INDEX])
+    uv = user_vectors(BundleModels(bundle, settings).state, [rows])
     (ex,) = candidate_examples(bundle.item_vectors(), uv, stats, [rows], np.array([-1]),
                                np.array([0]), bundle_caps(settings))
     feats = ranker_features.build(stats, ex.history, ex.rows, ex.source, ex.rank, ex.score)
@@ -93,7 +94,7 @@ def test_a_bundle_without_the_candidate_ranker_serves_the_tower_flagged(
     service = RankingService(settings, ranker=ranker)
     seq = next(s for s in Bundle(path).users().values() if len(s) >= 4)
     items = [it["item_id"] for it in Bundle(path).items[:20] if it["item_id"] not in seq]
-    ctx = RecContext(RecRequest("u"), state=UserState(user_id="u", known=True, history=seq))
+    ctx = RecContext(RecRequest("u"), user_state=UserState(user_id="u", known=True, history=seq))
     ctx.candidates = [Candidate(item_id=i, source="ann", score=0.0) for i in items]
     try:
         asyncio.run(Score(service).run(ctx))
@@ -104,7 +105,8 @@ def test_a_bundle_without_the_candidate_ranker_serves_the_tower_flagged(
     tower = Bundle(path)
     row_of = tower.row_of
     hist = np.array([[row_of[i] + FIRST_ITEM_INDEX for i in seq]], np.int64)
-    uv = BundleModels(tower, threads=1).user_vectors([hist[0]])[0]
+    newest = (hist[0] - FIRST_ITEM_INDEX)[-tower.max_history:]  # what the scorer reads
+    uv = user_vectors(BundleModels(tower, settings).state, [newest])[0]
     want = tower.item_vectors()[[row_of[i] for i in items]] @ uv
     got = np.array([ctx.scores[i] for i in items])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
