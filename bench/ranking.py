@@ -1,10 +1,13 @@
-"""Ranking latency: `OnnxRanker.score` (packing + model run) on a real bundle.
+"""Ranking latency: `OnnxRanker.score` (packing + features + model run) on a real bundle.
 
     .venv/bin/python -m bench.ranking [--bundle VERSION] [--repeats 50]
 
 Writes bench/results/ranking.json: median and p90 milliseconds per (users B, candidates C),
-with real users' histories and random catalogue items as candidates. The 1-minute load
-average is recorded too: on a shared machine it explains most of the spread.
+with real users' histories and random catalogue items as candidates (labelled with sources in
+retrieval's proportions). A bundle with a candidate ranker is timed against the tower's score
+(the ranker before it, offline/ranker_fallback.py) in the same run, the two alternating
+call by call so that the machine's load hits both alike. The 1-minute load average is recorded
+too: on a shared machine it explains most of the spread.
 """
 
 from __future__ import annotations
@@ -13,15 +16,18 @@ import argparse
 import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from offline.ranker_fallback import write_tower_only_bundle
 from services.ranking.batch import pack
 from services.ranking.scorer import OnnxRanker
 from shared.bundle import Bundle
+from shared.ranker_features import SOURCES
 from shared.settings import get_settings
 
 OUT = Path(__file__).parent / "results" / "ranking.json"
@@ -43,6 +49,12 @@ def main() -> None:
     settings = get_settings()
     bundle = Bundle.open(settings.artifacts_dir, opts.bundle or settings.bundle)
     ranker = OnnxRanker(bundle, settings)
+    rankers = {ranker.info.kind: ranker}
+    tmp = None
+    if ranker.info.kind == "candidate":
+        tmp = tempfile.TemporaryDirectory()
+        tower = write_tower_only_bundle(bundle.path, Path(tmp.name) / bundle.version)
+        rankers["tower"] = OnnxRanker(Bundle(tower), settings)
     rng = np.random.default_rng(0)
     item_ids = [it["item_id"] for it in bundle.items]
     users = [seq for seq in bundle.users().values() if seq]
@@ -51,19 +63,26 @@ def main() -> None:
     results = []
     for b, c in SHAPES:
         cands = [[item_ids[i] for i in rng.choice(len(item_ids), c)] for _ in range(b)]
+        sources = [_sources(c, rng) for _ in range(b)]
         hists = histories[:b]
-        for _ in range(5):  # warm-up
-            ranker.score(hists, cands)
-        total, packing = [], []
+        for r in rankers.values():
+            for _ in range(5):  # warm-up
+                r.score(hists, cands, sources=sources)
+        total: dict[str, list[float]] = {kind: [] for kind in rankers}
+        packing = []
         for _ in range(opts.repeats):
-            t0 = time.perf_counter()
-            ranker.score(hists, cands)
-            total.append(time.perf_counter() - t0)
+            for kind, r in rankers.items():
+                t0 = time.perf_counter()
+                r.score(hists, cands, sources=sources)
+                total[kind].append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             pack(ranker.table, hists, cands, ranker.max_history)
             packing.append(time.perf_counter() - t0)
-        row = {"users": b, "candidates": c, **_ms(total),
+        row = {"users": b, "candidates": c, **_ms(total[ranker.info.kind]),
                "pack_median_ms": _ms(packing)["median_ms"]}
+        if "tower" in rankers and ranker.info.kind != "tower":
+            row["tower"] = _ms(total["tower"])
+            row["ratio_to_tower"] = round(row["median_ms"] / row["tower"]["median_ms"], 2)
         results.append(row)
         print(row, flush=True)
 
@@ -71,17 +90,26 @@ def main() -> None:
     doc = {
         "bundle": bundle.version, "provider": ranker.info.provider,
         "intra_threads": settings.ort_intra_threads, "inter_threads": settings.ort_inter_threads,
-        "content_dim": ranker.info.content_dim, "model_dim": bundle.model_info.get("dim"),
+        "ranker": ranker.info.kind, "content_dim": ranker.info.content_dim,
+        "model_dim": bundle.model_info.get("dim"),
         "layers": bundle.model_info.get("layers"), "max_history": ranker.max_history,
         "history_len": settings.history_len, "repeats": opts.repeats,
         "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
         "machine": platform.processor() or platform.machine(),
         "onnxruntime": ort.__version__, "results": results,
     }
-    tmp = OUT.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    tmp.replace(OUT)
+    part = OUT.with_suffix(".json.tmp")
+    part.write_text(json.dumps(doc, indent=2) + "\n")
+    part.replace(OUT)
     print(f"wrote {OUT}")
+    if tmp is not None:
+        tmp.cleanup()
+
+
+def _sources(c: int, rng: np.random.Generator) -> list[tuple[str, float]]:
+    """Retrieval's default proportions (ann 300, content 100, tags 50, popular 50 of 500)."""
+    names = rng.choice(SOURCES, size=c, p=[0.6, 0.2, 0.1, 0.1])
+    return [(str(n), float(s)) for n, s in zip(names, rng.random(c), strict=True)]
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ complete, then `artifacts/latest` is repointed)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
@@ -24,6 +25,18 @@ from offline.evaluate import sample_users as sample_test_users
 from offline.evaluate_bundle import compute_metrics
 from offline.export import check_parity, export_onnx
 from offline.model import RankerConfig, SequentialRanker
+from offline.ranker_data import holdout_last_train
+from offline.ranker_eval import bundle_caps, item_tag_keys
+from offline.ranker_model import CandidateRanker
+from offline.ranker_stage import (
+    RANKER_INPUTS,
+    RANKER_OUTPUTS,
+    check_ranker_parity,
+    example_inputs,
+    export_ranker,
+    stats_for,
+    train_stage,
+)
 from offline.report import write_reports
 from offline.split import Split, leave_one_out
 from offline.train import (
@@ -33,7 +46,7 @@ from offline.train import (
     left_pad,
     train_ranker,
 )
-from shared import ann
+from shared import ann, ranker_features
 from shared.bundle import FIRST_ITEM_INDEX, Bundle
 from shared.data import Dataset, load_dataset
 from shared.data.download import sha256
@@ -95,8 +108,11 @@ def run_build(settings: Settings, dataset: str | Dataset, sample_users: int | No
     with steps.step("split"):
         split = leave_one_out(ds)
         split_summary = split.summary()
-
     train_split = split if not train_users else split.sample_users(train_users, settings.seed)
+    # The validation-run tower never sees each user's last train item: it is what the
+    # candidate ranker learns to find among that tower's candidates (offline/ranker_data.py)
+    held_split, held = holdout_last_train(train_split)
+    rank_stage = settings.candidate_ranker and bool(held.any())
     model_cfg = RankerConfig(num_items=split.num_items, content_dim=content.shape[1])
     train_cfg = TrainConfig(seed=settings.seed)
     if epochs is not None:
@@ -110,13 +126,20 @@ def run_build(settings: Settings, dataset: str | Dataset, sample_users: int | No
         init_state, warm_facts = warm_state(warm_start, split.item_ids,
                                             SequentialRanker(model_cfg).state_dict())
         print(f"[build] warm start from {warm_start.version}: {warm_facts}", flush=True)
-    with steps.step("train_ranker"):
-        model, train_facts = train_ranker(train_split, content, model_cfg, train_cfg,
-                                          init_state)
+    table = content_table(content)
+    with steps.step("train_tower"):
+        model, train_facts = train_ranker(held_split if rank_stage else train_split, content,
+                                          model_cfg, train_cfg, init_state)
+    cand_ranker, ranker_facts = None, {"trained": False, "why": "disabled (candidate_ranker)"}
+    if rank_stage:
+        with steps.step("train_candidate_ranker"):
+            cand_ranker, ranker_facts = _candidate_ranker(settings, ds, work, model, table,
+                                                          content, train_split, held_split,
+                                                          held)
     if train_cfg.refit and train_split.evaluable("valid").size:
         # The validation run chose the epoch count; the final model also learns from each
         # user's validation item (the most recent data), and the test item stays unseen.
-        with steps.step("refit_ranker"):
+        with steps.step("refit_tower"):
             best_epoch = max(train_facts["history"], key=lambda h: h["NDCG@10"])["epoch"]
             # --train-minutes bounds the refit too; without it the refit runs its epochs
             refit_cfg = replace(train_cfg, epochs=best_epoch, max_minutes=(
@@ -126,10 +149,16 @@ def run_build(settings: Settings, dataset: str | Dataset, sample_users: int | No
             train_facts = {"validation_run": train_facts, "refit": refit_facts,
                            "refit_epochs": best_epoch}
             split = split.with_validation_in_train()  # baselines then fit on the same data
-    table = content_table(content)
     with steps.step("export_onnx"):
         export_onnx(model, work, _export_examples(split, table))
         parity = check_parity(model, work, _parity_batches(split, table))
+        if cand_ranker is not None:  # ranker.onnx becomes the candidate ranker
+            parity["ranker.onnx"] = _export_candidate_ranker(cand_ranker, work, split, table)
+            torch.save({"config": cand_ranker.cfg.to_dict(),
+                        "tower": cand_ranker.tower.cfg.to_dict(),
+                        "state_dict": cand_ranker.state_dict()}, work / "candidate_ranker.pt")
+            tags = item_tag_keys(work, [list(it.tags) for it in ds.items])
+            stats_for(split.train, tags, content).save(work / ranker_features.STATS_FILE)
     with steps.step("faiss_index"):
         item_vectors = catalogue_vectors(model, table)
         index_facts = _write_indexes(work, item_vectors, content, split, model, table)
@@ -138,7 +167,9 @@ def run_build(settings: Settings, dataset: str | Dataset, sample_users: int | No
         (work / "model.json").write_text(json.dumps({
             **model_cfg.to_dict(), "vector_dim": int(item_vectors.shape[1]),
             "pad_index": 0, "unknown_index": 1,
-            "first_item_index": FIRST_ITEM_INDEX, "graphs": _graph_io(), "index": index_facts,
+            "first_item_index": FIRST_ITEM_INDEX, "graphs": _graph_io(cand_ranker is not None),
+            "index": index_facts,
+            "candidate_ranker": ranker_facts.get("config"),
             "onnx_parity_max_abs_diff": parity,
         }, indent=2))
     with steps.step("text_encoder_export"):
@@ -162,6 +193,7 @@ def run_build(settings: Settings, dataset: str | Dataset, sample_users: int | No
         "content_embeddings": content_facts, "text_encoder": text_encoder,
         "tag_clusters": tag_facts,
         "model": model_cfg.to_dict(), "training": train_facts, "index": index_facts,
+        "candidate_ranker": ranker_facts,
         "onnx_parity_max_abs_diff": parity,
         "candidates": settings.candidate_caps,
         "libraries": _library_versions(), "python": platform.python_version(),
@@ -275,10 +307,44 @@ def _tag_clusters(settings: Settings, ds: Dataset, work: Path, cache_dir: Path) 
     return {"built": True, **facts}
 
 
-def _graph_io() -> dict:
+def _graph_io(candidate_ranker: bool = False) -> dict:
     from shared.onnx_graphs import MODEL_GRAPHS
 
-    return {g.file: {"inputs": g.input_names, "outputs": g.output_names} for g in MODEL_GRAPHS}
+    graphs = {g.file: {"inputs": g.input_names, "outputs": g.output_names} for g in MODEL_GRAPHS}
+    if candidate_ranker:
+        graphs["ranker.onnx"] = {"inputs": RANKER_INPUTS, "outputs": RANKER_OUTPUTS}
+    return graphs
+
+
+def _candidate_ranker(settings: Settings, ds: Dataset, work: Path, tower: SequentialRanker,
+                      table: torch.Tensor, content: np.ndarray, split: Split,
+                      held_split: Split, held: np.ndarray) -> tuple[CandidateRanker | None, dict]:
+    """Train the candidate ranker on the validation-run tower's candidates; None (the bundle
+    then serves the tower's score) when no training user's candidates hold its target."""
+    item_tags = item_tag_keys(work, [list(it.tags) for it in ds.items])
+    try:
+        model, facts = train_stage(tower, table, content, split, held_split, held, item_tags,
+                                   bundle_caps(settings))
+    except ValueError as exc:
+        print(f"[build] no candidate ranker: {exc}", flush=True)
+        return None, {"trained": False, "why": str(exc)}
+    # the ranker keeps its own copy of this tower: the refit must not change it
+    model.tower = copy.deepcopy(tower).eval()
+    return model, {"trained": True, **facts}
+
+
+def _export_candidate_ranker(model: CandidateRanker, work: Path, split: Split,
+                             table: torch.Tensor) -> float:
+    rng = np.random.default_rng(0)
+    users = rng.choice(len(split.users), size=min(64, len(split.users)), replace=False)
+    hists = [split.history(u, "test")[-length:] for u, length in
+             zip(users, [50, 20, 5, 1] * 16, strict=False)]
+    hists = [h if len(h) else np.array([FIRST_ITEM_INDEX]) for h in hists]
+    export_ranker(model, work / "ranker.onnx", example_inputs(table, hists[:4], 12, rng))
+    batches = [example_inputs(table, hists[:1], 500, rng), example_inputs(table, hists[:16], 100,
+                                                                          rng),
+               example_inputs(table, hists, 37, rng)]
+    return check_ranker_parity(model, work / "ranker.onnx", batches)
 
 
 def _library_versions() -> dict[str, str]:

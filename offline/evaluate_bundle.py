@@ -10,10 +10,11 @@ import numpy as np
 
 from offline import baselines
 from offline.evaluate import evaluate
+from offline.ranker_eval import bundle_caps, two_stage_metrics
 from offline.report import metrics_document, write_reports
 from offline.split import Split, leave_one_out
 from offline.tag_eval import metrics_line
-from offline.two_stage import BundleModels, candidates_per_request, two_stage_fn
+from offline.two_stage import BundleModels
 from services.retrieval.sources.ann import user_vectors
 from shared.bundle import FIRST_ITEM_INDEX, Bundle, resolve_bundle
 from shared.data import load_dataset
@@ -37,17 +38,18 @@ def compute_metrics(bundle: Bundle, split: Split, dataset_name: str, settings: S
             (split.history(u, "test") - FIRST_ITEM_INDEX)[-state.max_history:] for u in batch])
             @ item_vectors.T, users),
     }
-    hits: dict[str, list[float]] = {}
-    results["two_stage"] = evaluate(split, "test",
-                                    two_stage_fn(models, split, "test", settings, hits), users)
-    recall = {name: round(float(np.mean(h)), 5) for name, h in hits.items()}
-    # Which candidate source earns its place: each one's own recall of the test item.
+    # Both stages over the same candidate sets, side by side (offline/ranker_eval.py)
+    staged, recall = two_stage_metrics(bundle, split, settings, lambda hs: user_vectors(state, [
+        (h - FIRST_ITEM_INDEX)[-state.max_history:] for h in hs]), models=models, only=users)
+    results.update(staged)
+    caps = bundle_caps(settings)
+    # Which candidate source earns its place: the share of users whose test item it proposed.
     (bundle.path / "retrieval.json").write_text(json.dumps({
-        "recall_of_test_item": recall,
-        "caps": settings.candidate_caps}, indent=2) + "\n")
+        "recall_of_test_item": recall, "caps": caps}, indent=2) + "\n")
     n_users = len(split.evaluable("test")) if users is None else len(users)
     doc = metrics_document(dataset_name, n_users, results,
-                           recall.get("union", 0.0), candidates_per_request(settings))
+                           recall.get("union", 0.0), sum(caps.values()))
+    doc["candidate_recall"] = recall
     clusters = TagClusters.load(bundle.path)
     if clusters.enabled:  # tag clusters against exact tags (offline/tag_eval.py, docs/tags.md)
         doc["tag_clusters"] = metrics_line(bundle.items, bundle.users(), clusters,

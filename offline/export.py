@@ -49,6 +49,8 @@ def check_parity(model: SequentialRanker, out_dir: Path,
     worst = {}
     for graph in MODEL_GRAPHS:
         name = graph.file
+        if name not in batches:  # a bundle with a candidate ranker: offline/ranker_stage.py
+            continue
         sess = make_session(out_dir / name, Settings(use_gpu=False))
         graph.check(sess)
         module = WRAPPERS[name](model).eval()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-MODEL_ORDER = ["popularity", "content_ann", "item_knn", "ranker_only", "two_stage"]
+MODEL_ORDER = ["popularity", "content_ann", "item_knn", "ranker_only", "retrieval_only",
+               "two_stage"]
 COLUMNS = ["HR@10", "NDCG@10", "HR@50"]
 
 
@@ -44,7 +45,7 @@ def bar_chart(doc: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(COLUMNS), figsize=(4 * len(COLUMNS), 3.6))
     for ax, col in zip(axes, COLUMNS, strict=True):
         values = [doc["models"][n][col] for n in names]
-        ax.bar(names, values, color=["#999"] * 3 + ["#4a7", "#27a"])
+        ax.bar(names, values, color=["#999"] * 3 + ["#4a7"] * (len(names) - 4) + ["#27a"])
         ax.set_title(col)
         ax.tick_params(axis="x", rotation=45)
         for x, v in enumerate(values):

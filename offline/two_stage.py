@@ -20,8 +20,9 @@ from services.retrieval.retrieve import prepare, propose, resolve_caps, union
 from services.retrieval.sources import SOURCES
 from services.retrieval.state import RetrievalState, load_state
 from shared.bundle import FIRST_ITEM_INDEX, Bundle
-from shared.onnx_graphs import RANKER
+from shared.onnx_graphs import CANDIDATE_RANKER, RANKER
 from shared.onnx_session import make_session
+from shared.ranker_features import NUM_FEATURES
 from shared.settings import Settings
 
 
@@ -33,7 +34,11 @@ class BundleModels:
         cpu = settings.model_copy(update={"use_gpu": False})
         self.state: RetrievalState = load_state(bundle, cpu)
         self.ranker = make_session(bundle.file(RANKER.file), cpu)
-        RANKER.check(self.ranker)
+        # a candidate ranker (docs/ranker.md) is evaluated by offline/ranker_eval.py; `rank`
+        # below is the tower's score only
+        names = {a.name for a in self.ranker.get_inputs()}
+        graph = CANDIDATE_RANKER if "cand_features" in names else RANKER
+        graph.check(self.ranker, fixed={"F": NUM_FEATURES})
         content = bundle.content_embeddings()
         self.table = np.vstack([np.zeros((FIRST_ITEM_INDEX, content.shape[1]), np.float32),
                                 content])

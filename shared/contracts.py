@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Literal, Protocol, get_args
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 # the failures a protocol call raises (shared/errors.py), importable from here with the types
 from shared.errors import BundleNotServed as BundleNotServed
@@ -180,17 +180,41 @@ class ItemUpsert(BaseModel):
 class ScoreItem(BaseModel):
     history: list[str] = Field(description="Item ids, newest last.")
     candidates: list[str] = Field(max_length=5000)
+    sources: list[Source] | None = Field(None, description=(
+        "Per candidate, the retrieval source that proposed it (candidates in retrieval's "
+        "union order); the candidate ranker's source features. Absent: unknown."))
+    source_scores: list[float] | None = Field(None, description=(
+        "Per candidate, that source's score (required with `sources`)."))
+
+    @model_validator(mode="after")
+    def _sources_line_up(self) -> ScoreItem:
+        for name in ("sources", "source_scores"):
+            values = getattr(self, name)
+            if values is not None and len(values) != len(self.candidates):
+                raise ValueError(f"{name} has {len(values)} entries for "
+                                 f"{len(self.candidates)} candidates")
+        if (self.sources is None) != (self.source_scores is None):
+            raise ValueError("give both sources and source_scores, or neither")
+        return self
 
 
 class ScoreRequest(BaseModel):
     requests: list[ScoreItem] = Field(min_length=1, max_length=256)
     bundle: str | None = Field(None, description="Bundle version whose ranker scores (one "
                                "served side by side for an experiment arm); default: the main one.")
+    features: bool = Field(False, description="Also answer the candidate ranker's input "
+                           "features per candidate (checks and debugging).")
 
 
 class ScoreResponse(BaseModel):
     scores: list[list[float]]
     model_version: str
+    ranker: Literal["candidate", "tower"] = Field("tower", description=(
+        "`candidate`: the candidate-aware ranker scored; `tower`: the bundle has none and the "
+        "retrieval tower's score answered (a fallback)."))
+    attended: list[list[str | None]] | None = Field(None, description=(
+        "Candidate ranker: per candidate, the history item it attended to most."))
+    features: list[list[list[float]]] | None = None
 
 
 # ---- bundles served side by side (experiments) ------------------------------------------------
@@ -226,4 +250,6 @@ class RetrievalAPI(Protocol):
 class RankingAPI(Protocol):
     async def score(self, requests: list[ScoreItem],
                     bundle: str | None = None) -> tuple[list[list[float]], str]: ...
+    async def score_detailed(self, requests: list[ScoreItem], bundle: str | None = None,
+                             features: bool = False) -> ScoreResponse: ...
     async def ready(self) -> bool: ...

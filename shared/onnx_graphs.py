@@ -163,6 +163,14 @@ RANKER = Graph("ranker.onnx",
                inputs=(*_HIST, Tensor("cand_ids", "int64", ("B", "C")),
                        Tensor("cand_content", "float32", ("B", "C", "E"))),
                outputs=(Tensor("scores", "float32", ("B", "C")),))
+# The candidate ranker (offline/ranker_model.py, docs/ranker.md) in the same file: it also reads
+# per-candidate features (F = shared.ranker_features.NUM_FEATURES, fixed by the bundle) and
+# answers each candidate's attention over the history. A bundle without it ships RANKER.
+CANDIDATE_RANKER = Graph("ranker.onnx",
+                         inputs=(*RANKER.inputs,
+                                 Tensor("cand_features", "float32", ("B", "C", "F"))),
+                         outputs=(Tensor("scores", "float32", ("B", "C")),
+                                  Tensor("attention", "float32", ("B", "C", "L"))))
 TEXT_ENCODER = Graph("text_encoder.onnx",
                      inputs=(Tensor("input_ids", "int64", ("B", "T")),
                              Tensor("attention_mask", "int64", ("B", "T")),

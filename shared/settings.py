@@ -64,6 +64,9 @@ class Settings(BaseSettings):
 
     # --- request path -------------------------------------------------------------------
     history_len: int = Field(50, ge=1, le=10_000)
+    candidate_ranker: bool = Field(True, description=(
+        "Build: train the candidate-aware ranker (second stage); off: ranker.onnx is the "
+        "tower's score (the serving fallback)."))
     # Per-source candidate caps, one field per source of shared.contracts.Source (so each has
     # its own VIDREC_CANDIDATES_<NAME> variable); read them as the `candidate_caps` mapping.
     candidates_ann: int = Field(300, ge=0, le=MAX_CANDIDATES_PER_SOURCE)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from shared.bundle import Bundle
 from shared.contracts import Candidate, ItemMeta
+from shared.ranker_features import STATS_FILE
 from shared.tags import TagClusters
 
 
@@ -25,6 +26,9 @@ class Catalog:
     revision: int = 0  # bumped by every change through the gateway
     _tag_counts: tuple[int, list[tuple[str, int]]] | None = field(default=None, repr=False)
     tag_clusters: TagClusters = field(default_factory=TagClusters.identity)
+    # the bundle's ranker reads candidate features (shared/ranker_features.py): it may prefer
+    # any source's candidate, so retrieval is asked for every source
+    candidate_ranker: bool = False
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> Catalog:
@@ -39,7 +43,8 @@ class Catalog:
             popularity[item_id] = float(it.get("popularity", 0.0))
         popular = sorted(popularity, key=popularity.__getitem__, reverse=True)
         return cls(version=bundle.version, meta=meta, popular=popular, popularity=popularity,
-                   tag_clusters=clusters)
+                   tag_clusters=clusters,
+                   candidate_ranker=(bundle.path / STATS_FILE).is_file())
 
     def interest_clusters(self, interests: Iterable[str]) -> frozenset[str]:
         """The clusters of stated interests the bundle knows (no text encoder here: the

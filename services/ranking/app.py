@@ -86,12 +86,12 @@ def create_app(settings: Settings, service: RankingService | None = None) -> Fas
     @app.post("/v1/score", tags=["ranking"], responses={409: error_response(409)})
     async def score(body: ScoreRequest, svc: Service) -> ScoreResponse:
         try:
-            scores, version = await svc.score(body.requests, body.bundle)
+            answer = await svc.score_detailed(body.requests, body.bundle, body.features)
         except BundleNotServed as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
         except ServiceUnavailable as exc:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
-        return ScoreResponse(scores=scores, model_version=version)
+        return answer
 
     @app.post("/admin/reload", tags=["admin"], dependencies=[admin])
     async def reload(svc: Service, request: Request,
@@ -122,7 +122,7 @@ def create_app(settings: Settings, service: RankingService | None = None) -> Fas
                 "provider": "CUDA" if info.provider == "CUDAExecutionProvider" else "CPU",
                 "intra_threads": info.intra_threads, "inter_threads": info.inter_threads,
                 "max_history": info.max_history, "content_dim": info.content_dim,
-                "items": info.items}
+                "items": info.items, "ranker": info.kind}
 
     add_ops_routes(app, readiness)
     return app

@@ -41,6 +41,7 @@ class ItemTable:
         if content.ndim != 2 or content.shape[0] != len(item_ids):
             raise ValueError(f"content embeddings have shape {content.shape}, "
                              f"expected [{len(item_ids)}, E] (one row per item)")
+        self.item_ids = list(item_ids)
         self.row_of: dict[str, int] = {item_id: r for r, item_id in enumerate(item_ids)}
         n, dim = content.shape
         self.content = np.zeros((n + 1, dim), dtype=np.float32)

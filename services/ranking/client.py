@@ -33,11 +33,16 @@ class RankingClient(ServiceClient):
 
     async def score(self, requests: list[ScoreItem],
                     bundle: str | None = None) -> tuple[list[list[float]], str]:
-        response = await self.send("POST", "/v1/score",
-                                   body=ScoreRequest(requests=requests, bundle=bundle))
+        answer = await self.score_detailed(requests, bundle)
+        return answer.scores, answer.model_version
+
+    async def score_detailed(self, requests: list[ScoreItem], bundle: str | None = None,
+                             features: bool = False) -> ScoreResponse:
+        response = await self.send("POST", "/v1/score", body=ScoreRequest(
+            requests=requests, bundle=bundle, features=features))
         answer = self.parse(ScoreResponse, response)
         if len(answer.scores) != len(requests) or any(
                 len(s) != len(r.candidates)
                 for s, r in zip(answer.scores, requests, strict=True)):
             raise ScoreCountMismatch(f"{self.where}: scores do not line up with the candidates")
-        return answer.scores, answer.model_version
+        return answer

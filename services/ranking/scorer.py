@@ -1,5 +1,10 @@
 """`OnnxRanker`: a bundle's ranker.onnx in an onnxruntime session, scoring many users per call.
 
+ranker.onnx is the candidate ranker (shared/onnx_graphs.py CANDIDATE_RANKER: it also reads
+per-candidate features, built here by shared/ranker_features.py from exactly what is packed,
+and answers its attention over the history), or in a bundle without one the tower's score
+(RANKER): `info.kind` says which.
+
 At start-up the model's declared inputs and outputs are checked against what `batch.pack`
 feeds (names, ranks, dtypes, the content dim E of content_embeddings.npy, max_history and the
 dims in model.json); any disagreement raises `ModelSchemaMismatch` naming it, so a wrong
@@ -24,8 +29,10 @@ from shared.bundle import (
     BundleError,
     files_bytes,
 )
-from shared.onnx_graphs import RANKER, GraphMismatch, Session
+from shared.onnx_graphs import CANDIDATE_RANKER, RANKER, Graph, GraphMismatch, Session
 from shared.onnx_session import SessionLoadError, make_session
+from shared.ranker_features import NUM_FEATURES, SOURCES, STATS_FILE, ItemStats, union_ranks
+from shared.ranker_features import build as build_features
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,6 +42,7 @@ OUTPUT_NAME = RANKER.output_names[0]
 # Padded cells (users x candidates) per model run; bigger requests run in several batches so
 # that one request of 256 users x 5000 candidates cannot allocate gigabytes of inputs.
 MAX_BATCH_CELLS = 16_384
+SOURCE_INDEX = {name: i for i, name in enumerate(SOURCES)}
 
 
 @dataclass(frozen=True)
@@ -46,17 +54,25 @@ class RankerInfo:
     content_dim: int
     max_history: int
     items: int
+    kind: str = "tower"  # "candidate": the candidate-aware ranker; "tower": its score only
+
+
+def graph_of(session: Session) -> Graph:
+    """CANDIDATE_RANKER when the graph reads candidate features, else RANKER (the tower)."""
+    names = {a.name for a in session.get_inputs()}
+    return CANDIDATE_RANKER if "cand_features" in names else RANKER
 
 
 def check_io(session: Session, *, content_dim: int, max_history: int) -> None:
     """Raise ModelSchemaMismatch listing every way the model's I/O differs from its spec
-    (shared/onnx_graphs.py: RANKER).
+    (shared/onnx_graphs.py: CANDIDATE_RANKER or RANKER).
 
     Axes the scorer varies per call (B, C) must be dynamic; L may be dynamic or exactly
     max_history (histories are then padded to it); E must match the content embeddings.
     """
     try:
-        RANKER.check(session, fixed={"E": content_dim, "L": max_history})
+        graph_of(session).check(session, fixed={"E": content_dim, "L": max_history,
+                                                 "F": NUM_FEATURES})
     except GraphMismatch as exc:
         raise ModelSchemaMismatch(str(exc)) from None
 
@@ -83,12 +99,13 @@ def check_model_json(info: Mapping, *, items: int, content_dim: int, item_dim: i
             problems.append(f"model.json has no {key!r}")
     graph = (info.get("graphs") or {}).get(RANKER_FILE)
     if graph is not None:
-        if list(graph.get("inputs", [])) != RANKER.input_names:
+        spec = CANDIDATE_RANKER if "cand_features" in graph.get("inputs", []) else RANKER
+        if list(graph.get("inputs", [])) != spec.input_names:
             problems.append(f"model.json lists {RANKER_FILE} inputs {graph.get('inputs')}, "
-                            f"the scorer feeds {RANKER.input_names}")
-        if list(graph.get("outputs", [])) != [OUTPUT_NAME]:
+                            f"the scorer feeds {spec.input_names}")
+        if list(graph.get("outputs", [])) != spec.output_names:
             problems.append(f"model.json lists {RANKER_FILE} outputs {graph.get('outputs')}, "
-                            f"the scorer reads [{OUTPUT_NAME!r}]")
+                            f"the scorer reads {spec.output_names}")
     if problems:
         raise ModelSchemaMismatch("; ".join(problems))
     return int(max_history)  # type: ignore[arg-type]
@@ -121,6 +138,8 @@ class OnnxRanker:
             self.session = make_session(model_path, settings)
         except SessionLoadError as exc:
             raise RankerLoadError(str(exc)) from exc
+        self.graph = graph_of(self.session)
+        self.stats = self._candidate_stats(bundle, content)
         try:
             check_io(self.session, content_dim=self.table.dim, max_history=self.max_history)
         except ModelSchemaMismatch as exc:
@@ -130,8 +149,19 @@ class OnnxRanker:
         self.info = RankerInfo(
             version=self.version, provider=self.session.get_providers()[0],
             intra_threads=settings.ort_intra_threads, inter_threads=settings.ort_inter_threads,
-            content_dim=self.table.dim, max_history=self.max_history, items=len(self.table))
+            content_dim=self.table.dim, max_history=self.max_history, items=len(self.table),
+            kind="candidate" if self.stats is not None else "tower")
         self._smoke_test(item_ids)
+
+    def _candidate_stats(self, bundle: Bundle, content: np.ndarray) -> ItemStats | None:
+        """The feature statistics of a candidate ranker (None: ranker.onnx is the tower)."""
+        if self.graph is not CANDIDATE_RANKER:
+            return None
+        try:
+            return ItemStats.load(bundle.file(STATS_FILE), content)
+        except (BundleError, OSError, ValueError, KeyError) as exc:
+            raise RankerLoadError(f"bundle {bundle.path}: its ranker reads candidate features "
+                                  f"but {STATS_FILE} is not usable: {exc}") from exc
 
     @classmethod
     def open(cls, settings: Settings, version: str | None = None) -> OnnxRanker:
@@ -164,23 +194,51 @@ class OnnxRanker:
         return list(seen)
 
     def score(self, histories: Sequence[Sequence[str]], candidates: Sequence[Sequence[str]],
-              new_content: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
-        """One float32 score array per user, one score per candidate in the given order.
+              new_content: Mapping[str, np.ndarray] | None = None,
+              sources: Sequence[Sequence[tuple[str, float]] | None] | None = None,
+              ) -> list[np.ndarray]:
+        """One float32 score array per user, one score per candidate in the given order."""
+        return [s.scores for s in self.score_full(histories, candidates, new_content, sources)]
+
+    def score_full(self, histories: Sequence[Sequence[str]],
+                   candidates: Sequence[Sequence[str]],
+                   new_content: Mapping[str, np.ndarray] | None = None,
+                   sources: Sequence[Sequence[tuple[str, float]] | None] | None = None,
+                   with_features: bool = False) -> list[Scored]:
+        """Scores per user, and from a candidate ranker also the history item each candidate
+        attended to most and (with_features) the features it was given.
 
         `new_content` gives content embeddings of items not in the bundle; without one such an
         item is scored on the model's unknown-item embedding and a zero content row.
+        `sources` gives per user (source, source score) per candidate, in retrieval's union
+        order (the candidate ranker's source features); None: unknown.
         """
         if len(histories) != len(candidates):
             raise ValueError(f"{len(histories)} histories for {len(candidates)} candidate lists")
         lengths = [len(c) for c in candidates]
-        out = [np.empty(0, dtype=np.float32) for _ in candidates]
+        out = [Scored(np.empty(0, dtype=np.float32)) for _ in candidates]
         for users in plan_batches(lengths, MAX_BATCH_CELLS):
             inputs = pack(self.table, [histories[u] for u in users],
                           [candidates[u] for u in users], self.max_history, new_content,
                           self.history_width)
-            scores = self.run(inputs)
+            if self.stats is None:
+                scores = self.run(inputs)
+                for row, u in enumerate(users):
+                    out[u] = Scored(scores[row, : lengths[u]])
+                continue
+            feats = np.zeros((*inputs.cand_ids.shape, NUM_FEATURES), np.float32)
             for row, u in enumerate(users):
-                out[u] = scores[row, : lengths[u]]
+                feats[row, :lengths[u]] = candidate_features(
+                    self.stats, inputs, row, lengths[u], sources[u] if sources else None)
+            scores, attention = self.run_candidate(inputs, feats)
+            top = attention.argmax(axis=-1)  # [B, C] history position
+            ids = self.table.item_ids
+            for row, u in enumerate(users):
+                hist = inputs.hist_ids[row]
+                attended = [ids[hist[p] - FIRST_ITEM_INDEX] if hist[p] >= FIRST_ITEM_INDEX
+                            else None for p in top[row, : lengths[u]].tolist()]
+                out[u] = Scored(scores[row, : lengths[u]], attended,
+                                feats[row, :lengths[u]] if with_features else None)
         return out
 
     def run(self, inputs: ModelInputs) -> np.ndarray:
@@ -190,3 +248,36 @@ class OnnxRanker:
             raise ScoreCountMismatch(f"ranker {self.version} returned scores of shape "
                                      f"{scores.shape} for candidates {inputs.cand_ids.shape}")
         return scores
+
+    def run_candidate(self, inputs: ModelInputs, feats: np.ndarray,
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        out = CANDIDATE_RANKER.run(self.session, **inputs.feeds(), cand_features=feats)
+        scores, attention = out["scores"], out["attention"]
+        if scores.shape != inputs.cand_ids.shape:
+            raise ScoreCountMismatch(f"ranker {self.version} returned scores of shape "
+                                     f"{scores.shape} for candidates {inputs.cand_ids.shape}")
+        return scores, attention
+
+
+@dataclass(frozen=True)
+class Scored:
+    scores: np.ndarray                        # float32 [C]
+    attended: list[str | None] | None = None  # per candidate: most-attended history item
+    features: np.ndarray | None = None        # float32 [C, F] (asked for only)
+
+
+def candidate_features(stats: ItemStats, inputs: ModelInputs, row: int, n: int,
+                       sources: Sequence[tuple[str, float]] | None) -> np.ndarray:
+    """shared/ranker_features.py for one packed user: exactly the history and candidates the
+    model reads (newest max_history known items; unknown candidates by their content)."""
+    hist = inputs.hist_ids[row]
+    hist_rows = hist[hist >= FIRST_ITEM_INDEX] - FIRST_ITEM_INDEX
+    ids = inputs.cand_ids[row, :n]
+    rows = np.where(ids >= FIRST_ITEM_INDEX, ids - FIRST_ITEM_INDEX, -1)
+    if sources:
+        src = np.fromiter((SOURCE_INDEX.get(s, -1) for s, _ in sources), np.int64, n)
+        score = np.fromiter((sc for _, sc in sources), np.float32, n)
+    else:
+        src, score = np.full(n, -1, np.int64), np.zeros(n, np.float32)
+    return build_features(stats, hist_rows, rows, src, union_ranks(src.tolist()), score,
+                          inputs.cand_content[row, :n])

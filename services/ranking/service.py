@@ -16,13 +16,14 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 
 from services.ranking.errors import ScoreCountMismatch
 from services.ranking.scorer import OnnxRanker, RankerInfo
 from shared.bundle import resolve_bundle
-from shared.contracts import BundleNotServed, ScoreItem, ServiceUnavailable
+from shared.contracts import BundleNotServed, ScoreItem, ScoreResponse, ServiceUnavailable
 from shared.observability import BUNDLE_BYTES, DEGRADED, timed
 from shared.settings import Settings
 
@@ -117,24 +118,41 @@ class RankingService:
 
     async def score(self, requests: list[ScoreItem],
                     bundle: str | None = None) -> tuple[list[list[float]], str]:
+        answer = await self.score_detailed(requests, bundle)
+        return answer.scores, answer.model_version
+
+    async def score_detailed(self, requests: list[ScoreItem], bundle: str | None = None,
+                             features: bool = False) -> ScoreResponse:
+        """Scores, and from a candidate ranker the most-attended history item per candidate
+        (and its input features when asked); `ranker` says which model answered."""
         ranker = self._ranker_for(bundle)
         histories = [r.history for r in requests]
         candidates = [r.candidates for r in requests]
+        sources = [list(zip(r.sources, r.source_scores, strict=True))
+                   if r.sources is not None and r.source_scores is not None else None
+                   for r in requests]
         with timed("ranking", "score"):
             unknown = ranker.unknown_items(histories, candidates)
             new_content = await self._content_of(unknown, ranker.info.content_dim)
             loop = asyncio.get_running_loop()
             try:
-                scores = await loop.run_in_executor(
-                    self._executor, ranker.score, histories, candidates, new_content)
+                scored = await loop.run_in_executor(
+                    self._executor, partial(ranker.score_full, histories, candidates,
+                                            new_content, sources, features))
             except ScoreCountMismatch:
                 raise
             except Exception as exc:  # onnxruntime's errors are untyped; degrade, not 500
                 raise ServiceUnavailable(f"ranking: model run failed: {exc}") from exc
-        if len(scores) != len(candidates) or any(
-                len(s) != len(c) for s, c in zip(scores, candidates, strict=True)):
+        if len(scored) != len(candidates) or any(
+                len(s.scores) != len(c) for s, c in zip(scored, candidates, strict=True)):
             raise ScoreCountMismatch("ranking: scores do not line up with the candidates")
-        return [s.tolist() for s in scores], ranker.version
+        candidate = ranker.info.kind == "candidate"
+        return ScoreResponse(
+            scores=[s.scores.tolist() for s in scored], model_version=ranker.version,
+            ranker="candidate" if candidate else "tower",
+            attended=[s.attended or [] for s in scored] if candidate else None,
+            features=[s.features.tolist() for s in scored if s.features is not None]
+            if candidate and features else None)
 
     async def _content_of(self, item_ids: list[str], dim: int) -> dict[str, np.ndarray]:
         """Content of items not in the bundle; on any failure they fall back to zero content."""

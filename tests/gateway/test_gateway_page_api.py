@@ -150,7 +150,8 @@ def test_bundle_metrics_for_the_console(live: str, bundle: Bundle) -> None:
     body = httpx.get(f"{live}/v1/bundle").json()
     assert body["version"] == bundle.version
     assert "two_stage" in body["metrics"]["models"]
-    assert {"ann", "content"} <= set(body["retrieval"]["recall_of_test_item"])
+    assert {"ann", "content", "tags", "popular"} <= set(
+        body["retrieval"]["recall_of_test_item"]["by_source"])
     assert body["chart"] is True
     png = httpx.get(f"{live}/v1/bundle/metrics.png")
     assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"

@@ -25,7 +25,7 @@ from services.gateway.pipeline.retrieve import Retrieve, query_tags
 from services.gateway.pipeline.score import Score
 from services.gateway.pipeline.select import Select, diversify, reserve
 from services.gateway.pipeline.stage import Pipeline, ScoreMismatch, Step
-from shared.contracts import Candidate, ItemMeta, ScoreItem, UserState
+from shared.contracts import Candidate, ItemMeta, ScoreItem, ScoreResponse, UserState
 from shared.observability import DEGRADED, FILTERED
 
 
@@ -135,6 +135,28 @@ def test_explain_gives_readable_reasons() -> None:
     assert ctx.picks[4].reasons == ["similar to what you watch"]
 
 
+def test_explain_names_the_history_item_the_ranker_attended_to() -> None:
+    ctx = RecContext(RecRequest("u"), user_state=UserState(user_id="u", known=True))
+    ctx.meta = {"w": meta("w", title="Nearest by vectors"), "v": meta("v", title="Attended")}
+    ctx.attended = {"a": "v"}  # the candidate ranker's most-attended watched item for "a"
+    ctx.picks = [Pick(cand("a", nearest_history="w"), meta("a"), 1.0),
+                 Pick(cand("b", nearest_history="w"), meta("b"), 1.0)]
+    run(Explain().run(ctx))
+    assert ctx.picks[0].reasons == ["because you watched Attended"]
+    assert ctx.picks[1].reasons == ["because you watched Nearest by vectors"]
+
+
+def test_items_keep_what_diversity_needs_past_the_head() -> None:
+    # a ranker that puts one cluster first: 40 "drama" items, then 10 others
+    cands = [cand(f"d{i}") for i in range(40)] + [cand(f"o{i}") for i in range(10)]
+    cat = Catalog(version="v", meta={**{f"d{i}": meta(f"d{i}", ["drama"]) for i in range(40)},
+                                     **{f"o{i}": meta(f"o{i}", [f"t{i}"]) for i in range(10)}})
+    ctx = RecContext(RecRequest("u", k=5), candidates=list(cands))
+    keep_head(ctx, cat, max_per_tag=3)
+    kept = [c.item_id for c in ctx.candidates]
+    assert kept[:30] == [f"d{i}" for i in range(30)] and kept[30:] == ["o0", "o1"]
+
+
 def test_query_tags_scales_profile_and_adds_interests() -> None:
     tags = query_tags({"a": 4.0, "b": 2.0, "z": 0.0}, ("new",))
     assert tags == {"a": 1.0, "b": 0.5, "new": 1.0}
@@ -175,6 +197,10 @@ class WrongLengthRanker:
     async def score(self, requests: list[ScoreItem]) -> tuple[list[list[float]], str]:
         return [[0.5] * (len(requests[0].candidates) - 1)], "v-test"
 
+    async def score_detailed(self, requests: list[ScoreItem]) -> ScoreResponse:
+        scores, version = await self.score(requests)
+        return ScoreResponse(scores=scores, model_version=version, ranker="candidate")
+
     async def ready(self) -> bool:
         return True
 
@@ -198,6 +224,10 @@ class ReversingRanker:
     async def score(self, requests: list[ScoreItem]) -> tuple[list[list[float]], str]:
         n = len(requests[0].candidates)
         return [[float(i) for i in range(n)]], "v-new"
+
+    async def score_detailed(self, requests: list[ScoreItem]) -> ScoreResponse:
+        scores, version = await self.score(requests)
+        return ScoreResponse(scores=scores, model_version=version, ranker="candidate")
 
     async def ready(self) -> bool:
         return True

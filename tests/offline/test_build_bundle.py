@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tests.conftest import REPO, build_env
 
-MODELS = ["popularity", "content_ann", "item_knn", "ranker_only", "two_stage"]
+MODELS = ["popularity", "content_ann", "item_knn", "ranker_only", "retrieval_only", "two_stage"]
 
 
 def test_bundle_layout_and_manifest(small_bundle: Path) -> None:
@@ -20,14 +20,16 @@ def test_bundle_layout_and_manifest(small_bundle: Path) -> None:
                  "index_ann.faiss", "index_content.faiss", "query_encoder.onnx",
                  "item_encoder.onnx", "ranker.onnx", "model.json", "metrics.json",
                  "metrics.md", "metrics.png", "ranker.pt", "tags.json", "tag_leaders.npy",
-                 "tags.md"]:
+                 "tags.md", "ranker_stats.npz", "candidate_ranker.pt"]:
         assert name in manifest["files"], name
         digest = hashlib.sha256((small_bundle / name).read_bytes()).hexdigest()
         assert manifest["files"][name] == digest, name
     assert manifest["dataset"] == "ml-latest-small-sample120"
     assert manifest["split"]["protocol"].startswith("leave-one-out")
-    assert set(manifest["step_seconds"]) >= {"content_embeddings", "train_ranker",
-                                             "export_onnx", "faiss_index", "evaluate"}
+    assert set(manifest["step_seconds"]) >= {"content_embeddings", "train_tower",
+                                             "train_candidate_ranker", "export_onnx",
+                                             "faiss_index", "evaluate"}
+    assert manifest["candidate_ranker"]["trained"] is True
     assert max(manifest["onnx_parity_max_abs_diff"].values()) <= 1e-4
     assert manifest["index"]["ann"]["recall@100_vs_exact"] == 1.0  # exact index when small
     assert (small_bundle.parent / "latest").resolve() == small_bundle.resolve()

@@ -1,5 +1,7 @@
-"""OnnxRanker on the real small bundle: scores against a recomputation from the bundle's other
-exported parts, order and batching invariances, new items, start-up refusals."""
+"""OnnxRanker on the real small bundle with the tower's score as its ranker (the fallback a
+bundle without a candidate ranker serves; offline/ranker_fallback.py): scores against a
+recomputation from the bundle's other exported parts, order and batching invariances, new
+items, start-up refusals. The candidate ranker: test_candidate_ranker.py."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from offline.ranker_fallback import write_tower_only_bundle
 from services.ranking import scorer as scorer_module
 from services.ranking.errors import ModelSchemaMismatch, ScoreCountMismatch
 from services.ranking.scorer import OnnxRanker
@@ -20,8 +23,9 @@ ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def bundle(small_bundle) -> Bundle:
-    return Bundle(Path(small_bundle))
+def bundle(small_bundle, tmp_path_factory) -> Bundle:
+    dest = tmp_path_factory.mktemp("tower") / Path(small_bundle).name
+    return Bundle(write_tower_only_bundle(Path(small_bundle), dest))
 
 
 @pytest.fixture(scope="module")

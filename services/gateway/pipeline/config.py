@@ -51,7 +51,7 @@ def recommendation_pipeline(settings: Settings, feature_store: FeatureStoreAPI,
         # Ranker down or answering the wrong shape -> keep the retrieval order and scores.
         Step(Score(ranking, catalog.version, bundle, enabled=ranker), settings.timeout_score_s),
         Step(SortByScore(), fail_open=False),
-        Step(CutToHead(), fail_open=False),
+        Step(CutToHead(catalog, settings.max_per_tag), fail_open=False),
         # Item meta down -> titles and tags from the bundle's items.json.
         Step(ItemMetaStage(feature_store, catalog), settings.timeout_items_s),
         Step(FilterStage("filter", [UnavailableFilter(), IncludeTagsFilter(),

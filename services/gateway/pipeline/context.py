@@ -38,6 +38,8 @@ class RecContext:
     # item_id -> score; `ranked` is False when the ranker did not score (retrieval order kept)
     scores: dict[str, float] = field(default_factory=dict)
     ranked: bool = False
+    # item_id -> the history item the candidate ranker attended to most (explanations)
+    attended: dict[str, str] = field(default_factory=dict)
     model_version: str = ""
     picks: list[Pick] = field(default_factory=list)
     removed: dict[str, int] = field(default_factory=dict)  # filter name -> candidates removed

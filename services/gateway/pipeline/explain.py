@@ -11,8 +11,11 @@ MAX_TAG_REASONS = 2
 def reasons_for(pick: Pick, ctx: RecContext, profile_tags: set[str]) -> list[str]:
     c = pick.candidate
     reasons: list[str] = []
-    if c.nearest_history:
-        watched = ctx.meta.get(c.nearest_history)
+    # the candidate ranker's own reason (the watched item it attended to most), else
+    # retrieval's nearest watched item
+    because = ctx.attended.get(c.item_id) or c.nearest_history
+    if because:
+        watched = ctx.meta.get(because)
         if watched is not None and watched.title:
             reasons.append(f"because you watched {watched.title}")
     tags = list(c.matched_tags)

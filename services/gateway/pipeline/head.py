@@ -6,10 +6,17 @@ than the rest of the request, so only the head of the list goes on: the best HEA
 take reserved places, select.py). With tag filters in the request nothing is cut, since those
 filters may remove most of the list. Retrieval reads the same policy (retrieve.py: a user with
 a history is only asked for what can reach the head).
+
+With the catalogue's tags, the best items behind the head that select's diversity cap would
+pick are kept too: a ranker that puts one taste's items first (tag affinity is one of the
+candidate ranker's features) must not leave select nothing but one cluster to choose from.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+
+from services.gateway.catalog import Catalog
 from services.gateway.pipeline.context import RecContext, RecRequest
 from shared.contracts import Candidate
 
@@ -34,8 +41,9 @@ def matches_interests(candidate: Candidate, interests: frozenset[str]) -> bool:
     return bool(interests) and any(t in interests for t in candidate.matched_tags)
 
 
-def keep_head(ctx: RecContext) -> None:
-    """Candidates (best first) cut to the head, plus the best interest matches behind it."""
+def keep_head(ctx: RecContext, catalog: Catalog | None = None, max_per_tag: int = 0) -> None:
+    """Candidates (best first) cut to the head, plus the best interest matches behind it, plus
+    (with a catalogue) the items select's diversity cap would pick behind it."""
     limit = head_limit(ctx.request)
     cands = ctx.candidates
     if limit is None or len(cands) <= limit:
@@ -45,7 +53,30 @@ def keep_head(ctx: RecContext) -> None:
     if quota:
         interests = ctx.interests
         head += [c for c in rest if matches_interests(c, interests)][:2 * quota]
+    if catalog is not None and max_per_tag > 0:
+        taken = {c.item_id for c in head}
+        head += [c for c in diverse_picks(cands, ctx.request.k, max_per_tag, catalog)
+                 if c.item_id not in taken]
     ctx.candidates = head
+
+
+def diverse_picks(ranked: list[Candidate], k: int, max_per_tag: int,
+                  catalog: Catalog) -> list[Candidate]:
+    """The first k items, best first, with no tag cluster more than max_per_tag times (the
+    bundle's tags; an item the catalogue does not know counts as untagged)."""
+    per_tag: Counter[str] = Counter()
+    chosen: list[Candidate] = []
+    meta = catalog.meta
+    for c in ranked:
+        if len(chosen) == k:
+            break
+        item = meta.get(c.item_id)
+        keys = item.tag_keys if item is not None else []
+        if any(per_tag[t] >= max_per_tag for t in keys):
+            continue
+        chosen.append(c)
+        per_tag.update(keys)
+    return chosen
 
 
 class CutToHead:
@@ -53,5 +84,9 @@ class CutToHead:
 
     name = "head"
 
+    def __init__(self, catalog: Catalog | None = None, max_per_tag: int = 0) -> None:
+        self.catalog = catalog
+        self.max_per_tag = max_per_tag  # select's diversity cap (settings.max_per_tag)
+
     async def run(self, ctx: RecContext) -> None:
-        keep_head(ctx)
+        keep_head(ctx, self.catalog, self.max_per_tag)

@@ -11,6 +11,8 @@ from shared.contracts import FeatureStoreAPI
 def wanted_ids(ctx: RecContext) -> list[str]:
     ids = dict.fromkeys(c.item_id for c in ctx.candidates)
     ids.update(dict.fromkeys(c.nearest_history for c in ctx.candidates if c.nearest_history))
+    ids.update(dict.fromkeys(ctx.attended[c.item_id] for c in ctx.candidates
+                             if c.item_id in ctx.attended))  # the candidate ranker's reasons
     return list(ids)
 
 

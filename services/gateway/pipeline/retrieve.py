@@ -62,12 +62,14 @@ class Retrieve:
         excluded. So for a user with a history, no candidate of another source can beat ANN's
         top `head` items, and nothing past them is looked at (items.py): asking for more costs
         time and cannot change the answer. The tag source is still asked when the request names
-        `interests` (they get reserved places, select.py). Tag filters may remove most of the
-        list, and a user without a history has nothing to search with: those get every source,
-        as configured (and so does a user whose history gave ANN nothing, see `run`).
+        `interests` (they get reserved places, select.py). A bundle with a candidate ranker
+        (which can prefer any source's candidate) gets every source. Tag filters may remove
+        most of the list, and a user without a history has nothing to search with: those get
+        every source, as configured (and so does a user whose history gave ANN nothing, see `run`).
         """
         head = head_limit(request)
-        if head is None or not has_history or not self.caps.get("ann"):
+        if (head is None or not has_history or not self.caps.get("ann")
+                or self.catalog.candidate_ranker):  # it may prefer any source's candidate
             return self.caps
         caps = self.caps
         return sources_only(ann=min(caps.get("ann", 0), head),
