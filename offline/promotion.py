@@ -20,8 +20,9 @@ import numpy as np
 
 from offline.evaluate import target_ranks
 from offline.metrics import summarise
+from offline.ranker_eval import two_stage_metrics
 from offline.split import Split
-from offline.two_stage import BundleModels, two_stage_fn
+from offline.two_stage import BundleModels
 from services.retrieval.sources.ann import user_vectors
 from shared.bundle import FIRST_ITEM_INDEX, Bundle
 from shared.settings import Settings
@@ -60,13 +61,22 @@ def holdout_metrics(bundle: Bundle, data: RetrainData, settings: Settings) -> di
     misses = np.full(missing, -1, np.int64)
     item_vectors = bundle.item_vectors()
     out = {}
-    # the same two score functions as the build's evaluation (offline/evaluate_bundle.py)
-    for name, fn in (("two_stage", two_stage_fn(models, split, "test", settings)),
-                     ("ranker_only", lambda us: user_vectors(state, [
-                         (split.history(u, "test") - FIRST_ITEM_INDEX)[-state.max_history:]
-                         for u in us]) @ item_vectors.T)):
-        ranks = target_ranks(split, "test", fn, users) if len(users) else np.empty(0, np.int64)
-        out[name] = {k: round(v, 5) for k, v in summarise(np.concatenate([ranks, misses])).items()}
+    # the same score functions as the build's evaluation (offline/evaluate_bundle.py): the
+    # tower alone over the catalogue, and both stages over the serving code's candidate sets
+    fn = lambda us: user_vectors(state, [  # noqa: E731
+        (split.history(u, "test") - FIRST_ITEM_INDEX)[-state.max_history:]
+        for u in us]) @ item_vectors.T
+    ranks = target_ranks(split, "test", fn, users) if len(users) else np.empty(0, np.int64)
+    out["ranker_only"] = {k: round(v, 5)
+                          for k, v in summarise(np.concatenate([ranks, misses])).items()}
+    if len(users):
+        staged, _ = two_stage_metrics(bundle, split, settings, lambda hs: user_vectors(state, [
+            (h - FIRST_ITEM_INDEX)[-state.max_history:] for h in hs]), models=models)
+        # a held-out item the catalogue lacks is a miss for every metric (a mean of zeros)
+        share = len(users) / (len(users) + missing)
+        out["two_stage"] = {k: round(v * share, 5) for k, v in staged["two_stage"].items()}
+    else:
+        out["two_stage"] = {k: round(v, 5) for k, v in summarise(misses).items()}
     out["users"] = len(split.users)
     out["targets_not_in_catalogue"] = missing
     return out

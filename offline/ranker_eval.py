@@ -123,6 +123,7 @@ def two_stage_metrics(bundle: Bundle, split: Split, settings: Settings, user_vec
     users = split.evaluable("test")
     if only is not None:
         users = np.intersect1d(users, only)
+    n_evaluated = len(users)
     histories = [split.history(u, "test") for u in users]
     keep = [i for i, h in enumerate(histories) if len(h)]
     users, histories = users[keep], [histories[i] for i in keep]
@@ -151,7 +152,7 @@ def two_stage_metrics(bundle: Bundle, split: Split, settings: Settings, user_vec
             hit_source.append(int(e.source[at[0]]) if len(at) else -1)
             sizes.append(len(e.rows))
     # every evaluable test user counts; users without a history are misses here
-    pad = [np.full(len(split.evaluable("test")) - len(users), -1, np.int64)]
+    pad = [np.full(n_evaluated - len(users), -1, np.int64)]
     results = {"retrieval_only": summarise(np.concatenate(tower_ranks + pad)),
                "two_stage": summarise(np.concatenate(two_ranks + pad))}
     hits = np.array(hit_source)

@@ -202,8 +202,9 @@ class ScoreRequest(BaseModel):
     requests: list[ScoreItem] = Field(min_length=1, max_length=256)
     bundle: str | None = Field(None, description="Bundle version whose ranker scores (one "
                                "served side by side for an experiment arm); default: the main one.")
-    features: bool = Field(False, description="Also answer the candidate ranker's input "
-                           "features per candidate (checks and debugging).")
+    # strict: JSON true/false only (lax mode would take 0/1 and "yes", which the schema refuses)
+    features: bool = Field(False, strict=True, description="Also answer the candidate "
+                           "ranker's input features per candidate (checks and debugging).")
 
 
 class ScoreResponse(BaseModel):

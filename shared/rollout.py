@@ -57,6 +57,18 @@ async def promote(redis, prefix: str, version: str) -> str | None:
     return previous
 
 
+def promote_sync(redis, prefix: str, version: str) -> str | None:
+    """`promote` for a synchronous client (`vidrec load`, which makes the bundle whose users
+    and items it wrote the active one)."""
+    keys = RolloutKeys(prefix)
+    previous = redis.set(keys.active, version, get=True)
+    if previous and previous != version:
+        redis.lpush(keys.history, previous)
+        redis.ltrim(keys.history, 0, 99)
+    redis.publish(keys.channel, version)
+    return previous
+
+
 async def rollback(redis, prefix: str) -> str:
     """Make the previously active bundle active again; returns it. LookupError when there is
     no earlier version."""

@@ -23,6 +23,7 @@ from services.feature_store.profile import import_profile
 from shared.bundle import Bundle
 from shared.contracts import ItemMeta, UserState
 from shared.redis_conn import make_redis_sync
+from shared.rollout import promote_sync
 from shared.settings import Settings
 from shared.tags import TagClusters
 
@@ -65,11 +66,16 @@ def load_bundle(settings: Settings, version: str, *, progress: bool = True) -> L
                           time.perf_counter() - start)
         r.hset(keys.loaded, mapping={"bundle": stats.bundle, "items": stats.items,
                                      "users": stats.users, "loaded_at": time.time()})
+        # The bundle whose users and items Redis now holds is the one to serve: without this,
+        # replicas would follow an older active version (shared/rollout.py) after a rebuild.
+        previous = promote_sync(r, settings.key_prefix, stats.bundle)
     finally:
         r.close()
     print(f"loaded bundle {stats.bundle} into Redis prefix {settings.key_prefix!r}: "
           f"{stats.items} items, {stats.users} users, {stats.interactions} interactions, "
-          f"{stats.overlay_items} live item changes re-applied, in {stats.seconds:.1f} s")
+          f"{stats.overlay_items} live item changes re-applied, in {stats.seconds:.1f} s; "
+          f"active bundle {stats.bundle}"
+          + (f" (was {previous})" if previous and previous != stats.bundle else ""))
     return stats
 
 

@@ -223,4 +223,8 @@ def page(driver, site: str, results_dir: Path) -> Iterator[Page]:
     p = Page(driver, site, results_dir)
     yield p
     errors = p.js_errors()
+    # leave no page polling (the console reads /readyz every few seconds): its next request
+    # would land in the following test's log, after that test's page fixture emptied it
+    driver.get("about:blank")
+    driver.get_log("browser")
     assert not errors, "the browser logged errors:\n" + "\n".join(errors)

@@ -142,3 +142,22 @@ def test_a_bundle_without_tag_clusters_loads_as_before(load_settings: Settings,
             "title": it["title"], "tags": it["tags"], "available": True}  # no clusters
     finally:
         r.close()
+
+
+def test_load_makes_the_loaded_bundle_the_active_one(load_settings: Settings,
+                                                     small_bundle: Path) -> None:
+    """After a rebuild, `vidrec load` must not leave the replicas following the older active
+    version (shared/rollout.py): the bundle whose users Redis holds is the one served."""
+    from shared.rollout import RolloutKeys
+
+    keys = RolloutKeys(load_settings.key_prefix)
+    r = redis.Redis.from_url(load_settings.redis_url, decode_responses=True)
+    try:
+        r.set(keys.active, "an-older-build")
+        stats = load_bundle(load_settings, str(small_bundle), progress=False)
+        assert r.get(keys.active) == stats.bundle
+        assert r.lrange(keys.history, 0, -1) == ["an-older-build"]  # `vidrec rollback` target
+        load_bundle(load_settings, str(small_bundle), progress=False)  # same again: no entry
+        assert r.lrange(keys.history, 0, -1) == ["an-older-build"]
+    finally:
+        r.close()

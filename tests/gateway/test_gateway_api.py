@@ -311,6 +311,9 @@ def test_ops_routes_and_docs(live: str, bundle: Bundle) -> None:
     experiments = ready.pop("experiments")  # no experiments file configured: none running
     assert experiments["file"] is None and experiments["active"] is None
     assert experiments["error"] is None
+    # the gateway follows the active bundle in Redis (shared/rollout.py): this one, up to date
+    assert ready.pop("rollout") == {"active": bundle.version, "serving": bundle.version,
+                                    "following": True, "error": None}
     assert ready == {"ready": True, "feature_store": True, "retrieval": True, "ranking": True,
                      "bundle": bundle.version}
     assert httpx.get(f"{live}/healthz").status_code == 200

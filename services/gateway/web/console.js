@@ -169,9 +169,14 @@
     } else {
       $("metrics-table").replaceChildren(el("caption", {}, "This bundle has no metrics.json."));
     }
-    const recall = body.retrieval && body.retrieval.recall_of_test_item;
-    if (recall) {
+    const recallDoc = body.retrieval && body.retrieval.recall_of_test_item;
+    if (recallDoc) {
       const caps = body.retrieval.caps || {};
+      // Bundles with the candidate ranker record {union, by_source: {...}}; older ones a flat
+      // {union, ann, ...} mapping. Either way: one row per source, then the whole union.
+      const recall = recallDoc.by_source
+        ? { ...recallDoc.by_source, union: recallDoc.union } : recallDoc;
+      if (recallDoc.by_source) caps.union = Object.values(caps).reduce((a, b) => a + b, 0);
       $("recall-table").replaceChildren(
         el("thead", {}, el("tr", {}, ["source", "candidates asked", "recall"].map(
           (h) => el("th", { scope: "col" }, h)))),
