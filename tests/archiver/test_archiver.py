@@ -116,8 +116,10 @@ def test_sigkill_mid_batch_loses_and_duplicates_nothing(tmp_path: Path,
         ids = _logged_ids(tmp_path / "log")
         assert len(ids) == len(set(ids)), "an event is in the log twice"
         assert set(ids) == {f"e{k}" for k in range(1400)}
-        metrics = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
-        assert 'vidrec_archiver_lag_entries{stream="events"} 0.0' in metrics
+        # the lag gauge is set by the archiver's next pass after the acknowledgement
+        wait_for(lambda: 'vidrec_archiver_lag_entries{stream="events"} 0.0' in urllib.request
+                 .urlopen(f"{url}/metrics", timeout=5).read().decode(), "lag 0 on /metrics",
+                 proc, 30)
         # the documented query (docs/learning_loop.md) reads the log with no vidrec code
         import duckdb
 
