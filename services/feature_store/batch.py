@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError
 
 from services.feature_store.codec import stream_fields
 from services.feature_store.profile import RECORD_BATCH_LUA
+from services.feature_store.scripts import eval_pipelined
 from shared.contracts import Event, ItemMeta
 from shared.redis_conn import is_cluster
 
@@ -57,7 +57,7 @@ async def record_batch(rec: EventRecorder, events: Sequence[Event], metas: dict[
         if not cluster:
             keys.append(rec.keys.events)
         calls.append((keys, args))
-    replies = await _run(rec.redis, calls)
+    replies = await eval_pipelined(rec.redis, RECORD_BATCH_LUA, _BATCH_SHA, calls)
     states: list[str | None] = [None] * len(events)
     for positions, reply in zip(groups.values(), replies, strict=True):
         for i, state in zip(positions, reply, strict=True):
@@ -65,24 +65,3 @@ async def record_batch(rec: EventRecorder, events: Sequence[Event], metas: dict[
     unstreamed = [] if not cluster else [e for e, st in zip(events, states, strict=True)
                                          if st != "done"]
     return states, unstreamed
-
-
-async def _run(redis, calls: list[tuple[list[str], list]]) -> list[list[str]]:
-    """EVALSHA each call (pipelined); NOSCRIPT means it did not run, so load and run again."""
-    results: list = [NoScriptError()] * len(calls)
-    for attempt in range(2):
-        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-        if not missing:
-            break
-        if attempt:
-            await redis.script_load(RECORD_BATCH_LUA)
-        pipe = redis.pipeline(transaction=False)
-        for i in missing:
-            keys, args = calls[i]
-            pipe.execute_command("EVALSHA", _BATCH_SHA, len(keys), *keys, *args)
-        for i, r in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
-            results[i] = r
-    for r in results:
-        if isinstance(r, Exception):
-            raise r
-    return results

@@ -21,13 +21,12 @@ import math
 import time
 from collections.abc import Callable, Sequence
 
-from redis.exceptions import NoScriptError
-
 from services.feature_store.batch import record_batch
 from services.feature_store.codec import pack_history, stream_fields
 from services.feature_store.errors import UnknownItems
 from services.feature_store.keys import Keys
 from services.feature_store.profile import RECORD_EVENT_LUA, enters_history, event_weight
+from services.feature_store.scripts import eval_pipelined
 from shared.contracts import Event, EventOutcome, ItemMeta
 from shared.settings import Settings
 
@@ -84,26 +83,7 @@ class EventRecorder:
         return keys, args
 
     async def _run_scripts(self, calls: list[tuple[list[str], list]]) -> list[str | None]:
-        """EVALSHA every call in one pipeline; scripts Redis does not know yet are loaded and
-        re-run (NOSCRIPT means the script did not run, so re-running is safe)."""
-        results: list = [NoScriptError()] * len(calls)
-        for attempt in range(2):
-            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-            if not missing:
-                break
-            if attempt:
-                await self.redis.script_load(RECORD_EVENT_LUA)
-            pipe = self.redis.pipeline(transaction=False)
-            for i in missing:
-                keys, args = calls[i]
-                # (redis-py's cluster pipeline blocks .evalsha(); routing by the keys works)
-                pipe.execute_command("EVALSHA", _SCRIPT_SHA, len(keys), *keys, *args)
-            for i, r in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
-                results[i] = r
-        for r in results:
-            if isinstance(r, Exception):
-                raise r
-        return results
+        return await eval_pipelined(self.redis, RECORD_EVENT_LUA, _SCRIPT_SHA, calls)
 
     async def _append_to_stream(self, events: list[Event]) -> None:
         if not events:
