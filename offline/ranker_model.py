@@ -1,7 +1,8 @@
 """The second stage: a candidate-aware ranker over retrieval's candidates (PyTorch, offline).
 
-It holds its own frozen copy of a tower (the one trained without the items the ranker learns
-to find, offline/ranker_data.py) and adds what a dot product cannot do:
+It holds its own frozen copy of a tower (trained on the tower that never learned the items the
+ranker learns to find, offline/ranker_data.py; served with the refit tower, docs/ranker.md) and
+adds what a dot product cannot do:
 
     history    the tower encodes the user's history once: hidden state per position [B, L, D]
     target     each candidate attends over those states with its own query (target
