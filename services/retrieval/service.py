@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-import numpy as np
 from threadpoolctl import threadpool_limits
 
 from services.feature_store.codec import OverlayItem
@@ -32,13 +31,11 @@ from services.retrieval.errors import (
 from services.retrieval.overlay import OverlayLog, merge
 from services.retrieval.retrieve import retrieve_batch
 from services.retrieval.similar import MAX_SIMILAR, similar_items
-from services.retrieval.sources.popular import most_popular
 from services.retrieval.state import RetrievalState, load_state
 from services.retrieval.writes import apply_overlay, apply_put, check_item_id, validated_embedding
 from shared.bundle import Bundle, resolve_bundle
 from shared.contracts import (
     BundleNotServed,
-    Candidate,
     ItemMeta,
     ItemUpsert,
     Neighbour,
@@ -236,27 +233,6 @@ class RetrievalService:
             raise ItemNotFound(item_id)
         with timed(SERVICE, "similar"):
             return similar_items(state, row, k)
-
-    def popular(self, n: int, exclude: list[str] | tuple[str, ...] = ()) -> list[Candidate]:
-        """The n most popular live items not in `exclude` (what a brand-new user can get)."""
-        state = self.state
-        blocked = state.dead.view.copy()
-        rows = [r for r in map(state.row_of.get, exclude) if r is not None]
-        blocked[rows] = True
-        found, scores = most_popular(state, max(0, n), blocked, len(rows))
-        return [Candidate(item_id=state.item_ids[r], source="popular", score=s)
-                for r, s in zip(found.tolist(), scores.tolist(), strict=True)]
-
-    def content_of(self, item_ids: list[str]) -> dict[str, np.ndarray]:
-        """Current content embeddings of the live items among `item_ids` (for the ranker, which
-        only knows the bundle's items)."""
-        state = self.state
-        out = {}
-        for item_id in item_ids:
-            row = state.row_of.get(item_id)
-            if row is not None and not state.dead.view[row]:
-                out[item_id] = state.content.view[row].astype(np.float32)
-        return out
 
     # ---- catalogue changes --------------------------------------------------------------
     async def upsert_item(self, item_id: str, item: ItemUpsert) -> ItemMeta:
