@@ -16,7 +16,8 @@ from services.retrieval.overlay import FILE_NAME
 from services.retrieval.service import RetrievalService
 from shared.bundle import FIRST_ITEM_INDEX, Bundle, BundleError
 from shared.contracts import Candidate, ItemUpsert, RetrievalQuery, sources_only
-from shared.settings import MAX_CANDIDATES_PER_SOURCE, Settings
+from shared.settings import Settings
+from shared.sources import MAX_CANDIDATES_PER_SOURCE
 from shared.tags import TagClusters
 from shared.text import item_text
 from shared.text_encoder import OnnxTextEncoder
@@ -87,9 +88,9 @@ def test_batch_returns_every_source_and_never_history_or_excluded(settings) -> N
     cold = results[-1]
     assert {c.source for c in cold.candidates} == {"popular"}
     assert cold.per_source == {"ann": 0, "content": 0, "tags": 0,
-                               "popular": settings.candidates_popular}
+                               "popular": settings.candidate_caps["popular"]}
     expected = sorted((it["popularity"] for it in bundle.items), reverse=True)
-    assert [c.score for c in cold.candidates] == expected[:settings.candidates_popular]
+    assert [c.score for c in cold.candidates] == expected[:settings.candidate_caps["popular"]]
 
 
 def test_ann_candidates_match_brute_force_over_item_vectors(settings) -> None:

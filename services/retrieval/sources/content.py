@@ -32,3 +32,6 @@ class ContentSource:
             return [NOTHING] * len(batch)
         queries = content_queries(state, [batch[i].hist_rows for i in todo])
         return search_index(state, state.index_content, queries, batch, todo, self.name)
+
+
+SOURCE = ContentSource()
