@@ -190,13 +190,13 @@ class _Checker:
         line = locate(self.text, table, key)
         raise ConfigError(f"{self.source}, line {line}: {message}")
 
-    def keys(self, table: tuple[str, ...], body: dict, allowed: set[str]) -> None:
+    def keys(self, table: tuple[str, ...], body: dict[str, Any], allowed: set[str]) -> None:
         for key in body:
             if key not in allowed:
                 self.fail(table, key, f"unknown key {key!r} in [{'.'.join(table)}] "
                           f"(allowed: {', '.join(sorted(allowed))})")
 
-    def typed(self, table: tuple[str, ...], body: dict, key: str, kinds: tuple[type, ...],
+    def typed(self, table: tuple[str, ...], body: dict[str, Any], key: str, kinds: tuple[type, ...],
               what: str, ok: Callable[[Any], bool] = lambda v: True) -> Any:
         value = body[key]
         # bool is an int in Python; TOML keeps them apart, so do we

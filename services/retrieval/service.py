@@ -17,8 +17,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, runtime_checkable
 
 from threadpoolctl import threadpool_limits
 
@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 SERVICE = "retrieval"
 
 
+@runtime_checkable
 class ItemStore(Protocol):
     """What retrieval needs of the feature store (services/feature_store/store.py)."""
 
@@ -129,20 +130,23 @@ class RetrievalService:
     async def _heal_store(self, local: list[OverlayItem], remote: list[OverlayItem]) -> None:
         """Write back changes the feature store lost (e.g. a Redis without persistence that
         restarted), so the gateway can show those items again."""
+        store = self.item_store
+        if store is None:
+            return
         known = {e.meta.item_id: e.updated_at for e in remote}
         lost = [e for e in local if known.get(e.meta.item_id, -1.0) < e.updated_at]
         try:
             for e in lost:
                 if e.meta.available:
-                    await self.item_store.put_item(e.meta, e.embedding)
+                    await store.put_item(e.meta, e.embedding)
                 else:
-                    await self.item_store.delete_item(e.meta.item_id)
+                    await store.delete_item(e.meta.item_id)
         except ServiceUnavailable as exc:
             DEGRADED.labels(SERVICE, "overlay").inc()
             log.warning("retrieval: could not restore %d item(s) in the feature store: %s",
                         len(lost), exc)
 
-    async def serve_bundles(self, versions: list[str]) -> dict:
+    async def serve_bundles(self, versions: list[str]) -> dict[str, Any]:
         """Hold exactly these bundle versions besides the main one (experiment arms): load the
         missing ones (overlay changes replayed), drop the others. A failed load changes nothing
         and raises."""
@@ -194,7 +198,7 @@ class RetrievalService:
     async def ready(self) -> bool:
         return self._state is not None
 
-    def readiness(self) -> dict:
+    def readiness(self) -> dict[str, Any]:
         s = self._state
         if s is None:
             return {"ready": False, "service": SERVICE, "bundle": None}
@@ -292,7 +296,7 @@ class RetrievalService:
         if self.item_store is not None:
             await self.item_store.delete_item(item_id)
 
-    async def _tell_store(self, write, item_id: str) -> None:
+    async def _tell_store(self, write: Awaitable[object], item_id: str) -> None:
         try:
             await write
         except ServiceUnavailable as exc:

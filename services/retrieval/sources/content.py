@@ -20,7 +20,8 @@ def content_queries(state: RetrievalState, histories: list[np.ndarray]) -> np.nd
         recent = h[-RECENT:]
         weights = RECENCY_DECAY ** np.arange(len(recent) - 1, -1, -1, dtype=np.float32)
         out[b] = weights @ table[recent]
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    unit: np.ndarray = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return unit
 
 
 class ContentSource:
