@@ -1,4 +1,5 @@
-"""FastAPI dependencies of the ranking service: the live service and the admin check."""
+"""FastAPI dependencies of the ranking service: the live service (the admin check of its
+admin routes is in shared/bundle_admin.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from services.ranking.service import RankingService
-from shared.admin import Admin as Admin  # 401 without a token, 403 with a wrong one
 
 
 async def get_service(request: Request) -> RankingService:

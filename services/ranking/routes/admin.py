@@ -1,37 +1,19 @@
-"""POST /admin/reload (every replica follows); PUT /admin/bundles (experiment arms' bundles).
-A bundle the ranker cannot serve is a 422 naming the field; the old one keeps serving."""
+"""POST /admin/reload and PUT /admin/bundles (shared/bundle_admin.py): a bundle whose ranker
+cannot be served (RankerLoadError; for a set of bundles also BundleError) is a 422 naming the
+field."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-
-from services.ranking.deps import Admin, Service
+from services.ranking.deps import get_service
 from services.ranking.errors import RankerLoadError
-from shared.admin import ReloadRequest, ReloadResponse
+from services.ranking.service import RankingService
 from shared.bundle import BundleError
-from shared.contracts import BundlesRequest, BundlesResponse
-from shared.errors import InvalidRequest
-from shared.rollout import announce
-
-router = APIRouter(tags=["admin"], dependencies=[Admin])
+from shared.bundle_admin import bundle_admin_router
 
 
-@router.post("/admin/reload")
-async def reload(svc: Service, request: Request,
-                 body: ReloadRequest | None = None) -> ReloadResponse:
-    try:
-        version = await svc.reload(body.bundle if body else None)
-    except RankerLoadError as exc:
-        current = svc.info.version if svc.info else None
-        raise InvalidRequest("bundle", f"{exc} (still serving {current})") from exc
-    await announce(request.app, version)  # every replica follows
-    return ReloadResponse(bundle=version)
+def _current(svc: RankingService) -> str | None:
+    return svc.info.version if svc.info else None
 
 
-@router.put("/admin/bundles")
-async def bundles(body: BundlesRequest, svc: Service) -> BundlesResponse:
-    """Serve exactly these bundles besides the main one (experiment arms)."""
-    try:
-        return BundlesResponse(**await svc.serve_bundles(body.bundles))
-    except (RankerLoadError, BundleError) as exc:
-        raise InvalidRequest("bundles", str(exc)) from exc
+router = bundle_admin_router(get_service, _current, reload_errors=(RankerLoadError,),
+                             bundles_errors=(RankerLoadError, BundleError))

@@ -1,35 +1,18 @@
-"""POST /admin/reload (every replica follows); PUT /admin/bundles (experiment arms' bundles)."""
+"""POST /admin/reload and PUT /admin/bundles (shared/bundle_admin.py): a bundle retrieval cannot
+load (BundleError) is a 422 naming the field."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-
-from services.retrieval.deps import Admin, Service
-from services.retrieval.errors import InvalidRequest
-from shared.admin import ReloadRequest, ReloadResponse
+from services.retrieval.deps import get_service
+from services.retrieval.service import RetrievalService
 from shared.bundle import BundleError
-from shared.contracts import BundlesRequest, BundlesResponse
-from shared.rollout import announce
-
-router = APIRouter(tags=["admin"], dependencies=[Admin])
+from shared.bundle_admin import bundle_admin_router
 
 
-@router.post("/admin/reload")
-async def reload(svc: Service, request: Request,
-                 body: ReloadRequest | None = None) -> ReloadResponse:
-    try:
-        version = await svc.reload(body.bundle if body else None)
-    except BundleError as exc:
-        current = svc.readiness().get("bundle")
-        raise InvalidRequest("bundle", f"{exc} (still serving {current})") from exc
-    await announce(request.app, version)  # every replica follows
-    return ReloadResponse(bundle=version)
+def _current(svc: RetrievalService) -> str | None:
+    bundle = svc.readiness().get("bundle")
+    return None if bundle is None else str(bundle)
 
 
-@router.put("/admin/bundles")
-async def bundles(body: BundlesRequest, svc: Service) -> BundlesResponse:
-    """Serve exactly these bundles besides the main one (experiment arms)."""
-    try:
-        return BundlesResponse(**await svc.serve_bundles(body.bundles))
-    except BundleError as exc:
-        raise InvalidRequest("bundles", str(exc)) from exc
+router = bundle_admin_router(get_service, _current, reload_errors=(BundleError,),
+                             bundles_errors=(BundleError,))
