@@ -7,7 +7,10 @@ one), `shared.contracts.Source` accepts exactly these names on the wire (the Ope
 list them), and `Settings.candidate_caps` starts from these caps (VIDREC_CANDIDATE_CAPS, or
 VIDREC_CANDIDATES_<NAME> for one source, changes them).
 
-Adding a source: its module in services/retrieval/sources/, one line here, its test.
+Adding a source: its module in services/retrieval/sources/, one line here, its test. The
+candidate ranker's source features are those of the sources it was trained with
+(shared/ranker_features.SOURCES, part of the model's input layout): a new source reaches a
+ranker trained before it as an unknown source, until a bundle is built with it.
 """
 
 from __future__ import annotations
