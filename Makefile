@@ -37,13 +37,14 @@ run: venv
 
 test: venv
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -ra
 
 lint: venv
 	$(BIN)/ruff check .
 
-# mypy --strict over shared/ and services/ ([tool.mypy] in pyproject.toml). Not yet part of
-# `make test`: 141 errors remain (issue #13, item 5).
+# mypy --strict over shared/ and services/ ([tool.mypy] in pyproject.toml); `make test` runs it
+# too, after ruff.
 typecheck: venv
 	$(BIN)/mypy
 

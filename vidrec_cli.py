@@ -157,7 +157,7 @@ def _tags(settings, bundle_arg: str, threshold: float | None) -> None:
     path = path.resolve() if path.is_dir() else resolve_bundle(settings.artifacts_dir, bundle_arg)
     facts = add_to_bundle(path, settings.encoder, Path(settings.artifacts_dir) / ".cache",
                           DEFAULT_THRESHOLD if threshold is None else threshold,
-                          settings.candidates_tags)
+                          settings.candidate_caps["tags"])
     print((path / "tags.md").read_text().split("## A sample")[0])
     print(f"tag clusters written to {path}: {facts}")
 

@@ -209,7 +209,7 @@ def main() -> None:
     if not clusters.enabled:
         raise SystemExit(f"{bundle.path}: no tags.json (run `vidrec tags {bundle.path}`)")
     items, users = bundle.items, bundle.users()
-    cap = settings.candidates_tags
+    cap = settings.candidate_caps["tags"]
     t0 = time.perf_counter()
     doc = {"bundle": bundle.version, "machine": platform.machine(),
            "load_average_start": load_average(), "threshold": clusters.threshold,

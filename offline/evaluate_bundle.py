@@ -53,7 +53,7 @@ def compute_metrics(bundle: Bundle, split: Split, dataset_name: str, settings: S
     clusters = TagClusters.load(bundle.path)
     if clusters.enabled:  # tag clusters against exact tags (offline/tag_eval.py, docs/tags.md)
         doc["tag_clusters"] = metrics_line(bundle.items, bundle.users(), clusters,
-                                           settings.candidates_tags)
+                                           settings.candidate_caps["tags"])
     return doc
 
 

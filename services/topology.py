@@ -67,8 +67,12 @@ def serve(settings: Settings, service: str, host: str, port: int, workers: int =
 
     from shared.server import GuardedHttpToolsProtocol  # httptools + header timeout/size
 
-    common = {"host": host, "port": port, "loop": "uvloop", "http": GuardedHttpToolsProtocol,
-              "log_level": "info", "access_log": False, "timeout_graceful_shutdown": 5}
+
+    def run(app: FastAPI | str, factory: bool = False, processes: int | None = None) -> None:
+        uvicorn.run(app, factory=factory, workers=processes, host=host, port=port,
+                    loop="uvloop", http=GuardedHttpToolsProtocol, log_level="info",
+                    access_log=False, timeout_graceful_shutdown=5)
+
     settings = fit_ort_threads(settings, workers)
     print(f"vidrec {service}: listening on http://{host}:{port} (docs http://{host}:{port}/docs,"
           f" workers={workers}, onnxruntime threads={settings.ort_intra_threads})",
@@ -76,7 +80,6 @@ def serve(settings: Settings, service: str, host: str, port: int, workers: int =
     if workers > 1:
         os.environ[SERVICE_ENV] = service
         os.environ["VIDREC_ORT_INTRA_THREADS"] = str(settings.ort_intra_threads)  # for workers
-        uvicorn.run("services.topology:worker_app", factory=True, workers=workers,
-                    **common)
+        run("services.topology:worker_app", factory=True, processes=workers)
     else:
-        uvicorn.run(build_app(settings, service), **common)
+        run(build_app(settings, service))

@@ -195,7 +195,8 @@ def door_of(app: Any) -> Door | None:
     """The Door of the app uvicorn serves (through any wrapping middleware), if it has one."""
     for _ in range(8):
         state = getattr(app, "state", None)
-        door = getattr(state, "admission_door", None) if state is not None else None
+        door: Door | None = getattr(state, "admission_door", None) if state is not None \
+            else None
         if door is not None:
             return door
         app = getattr(app, "app", None)
@@ -305,11 +306,11 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _send_json(send: Send, status: int, content: dict, headers: list) -> None:
+async def _send_json(send: Send, status: int, content: dict[str, Any], headers: list[Any]) -> None:
     await _send(send, status, orjson.dumps(content), headers)
 
 
-async def _send(send: Send, status: int, body: bytes, headers: list) -> None:
+async def _send(send: Send, status: int, body: bytes, headers: list[Any]) -> None:
     await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
         *headers]})

@@ -48,12 +48,14 @@ def build_index(vectors: np.ndarray, ids: np.ndarray | None = None,
     n, dim = vectors.shape
     if kind == "auto":
         kind = auto_kind(n, dim)
+    inner: faiss.Index
     if kind == "flat":
         inner = faiss.IndexFlatIP(dim)
     elif kind == "hnsw":
-        inner = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        inner.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        inner.hnsw.efSearch = HNSW_EF_SEARCH
+        hnsw = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        hnsw.hnsw.efSearch = HNSW_EF_SEARCH
+        inner = hnsw
     elif kind in ("ivf_sq8", "ivf_pq"):
         inner = _trained_ivf(vectors, kind, seed)
     else:
@@ -67,6 +69,7 @@ def _trained_ivf(vectors: np.ndarray, kind: str, seed: int) -> faiss.Index:
     n, dim = vectors.shape
     nlist = ivf_lists(n)
     quantizer = faiss.IndexFlatIP(dim)
+    inner: faiss.IndexIVF
     if kind == "ivf_sq8":
         inner = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit,
                                               faiss.METRIC_INNER_PRODUCT)
@@ -79,7 +82,9 @@ def _trained_ivf(vectors: np.ndarray, kind: str, seed: int) -> faiss.Index:
         sample = vectors[np.sort(rows)]
     inner.train(sample)
     inner.own_fields = True
-    quantizer.this.disown()  # the IVF index owns (and frees) its coarse quantiser now
+    # the IVF index owns (and frees) its coarse quantiser now; SWIG's `this` handle is not in
+    # faiss's type stubs
+    quantizer.this.disown()  # type: ignore[attr-defined]
     set_nprobe(inner)
     return inner
 
@@ -124,7 +129,9 @@ def to_gpu_if_available(index: faiss.Index, use_gpu: bool = True) -> tuple[faiss
         return index, "cpu"
     res = faiss.StandardGpuResources()
     gpu_index = faiss.index_cpu_to_gpu(res, 0, index)
-    gpu_index.referenced_objects = [res]  # the resources must outlive the index
+    # the resources must outlive the index: a plain Python attribute on the SWIG object, which
+    # faiss's type stubs do not declare
+    gpu_index.referenced_objects = [res]  # type: ignore[attr-defined]
     return gpu_index, "gpu"
 
 

@@ -6,12 +6,16 @@ import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
 PAD_INDEX = 0
 UNKNOWN_INDEX = 1
 FIRST_ITEM_INDEX = 2  # model index of bundle row 0
+
+
+J = TypeVar("J", dict[str, Any], list[Any])  # the shapes of a bundle's JSON files
 
 
 class BundleError(RuntimeError):
@@ -44,29 +48,40 @@ class Bundle:
         return self.path.name
 
     @cached_property
-    def manifest(self) -> dict:
-        return json.loads(self.file("manifest.json").read_text())
+    def manifest(self) -> dict[str, Any]:
+        return self._json("manifest.json", dict)
 
     @cached_property
-    def model_info(self) -> dict:
-        return json.loads(self.file("model.json").read_text())
+    def model_info(self) -> dict[str, Any]:
+        return self._json("model.json", dict)
 
     @cached_property
-    def items(self) -> list[dict]:
-        return json.loads(self.file("items.json").read_text())
+    def items(self) -> list[dict[str, Any]]:
+        return self._json("items.json", list)
 
     @cached_property
     def row_of(self) -> dict[str, int]:
         return {it["item_id"]: r for r, it in enumerate(self.items)}
 
     def users(self) -> dict[str, list[str]]:
-        return json.loads(self.file("users.json").read_text())
+        return self._json("users.json", dict)
 
     def content_embeddings(self) -> np.ndarray:
-        return np.load(self.file("content_embeddings.npy"))
+        return self._array("content_embeddings.npy")
 
     def item_vectors(self) -> np.ndarray:
-        return np.load(self.file("item_vectors.npy"))
+        return self._array("item_vectors.npy")
+
+    def _json(self, name: str, shape: type[J]) -> J:
+        """A JSON file of the bundle, checked to be an object (dict) or an array (list)."""
+        doc = json.loads(self.file(name).read_text())
+        if not isinstance(doc, shape):
+            raise BundleError(f"{self.path / name}: expected a JSON "
+                              f"{'object' if shape is dict else 'array'}")
+        return doc
+
+    def _array(self, name: str) -> np.ndarray:
+        return np.asarray(np.load(self.file(name)))
 
     @property
     def max_history(self) -> int:

@@ -24,26 +24,42 @@ reached, times out or answers 5xx; the gateway's stage policy turns that into a 
 
 from __future__ import annotations
 
-from typing import Literal, Protocol, get_args
+from typing import Annotated, Literal, Protocol
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import AfterValidator, BaseModel, Field, WithJsonSchema, model_validator
+from pydantic_core import PydanticCustomError
 
 # the failures a protocol call raises (shared/errors.py), importable from here with the types
 from shared.errors import BundleNotServed as BundleNotServed
 from shared.errors import ServiceUnavailable as ServiceUnavailable
+from shared.sources import SOURCE_NAMES, unknown_sources
 from shared.validation import Count, Identifier, Number, Tag
 
 EventType = Literal["view", "like", "skip", "complete", "dislike"]
-Source = Literal["ann", "content", "tags", "popular"]
 
 
-def sources_only(**caps: int) -> dict[Source, int]:
+def _a_source(name: str) -> str:
+    # the error Literal[...] gave, so a wrong name reads the same in a 422 as before
+    if name not in SOURCE_NAMES:
+        raise PydanticCustomError("literal_error", "Input should be {expected}", {
+            "expected": " or ".join([", ".join(map(repr, SOURCE_NAMES[:-1])),
+                                     repr(SOURCE_NAMES[-1])])})
+    return name
+
+
+# A candidate source's name on the wire (shared/sources.py lists them): a str checked against
+# the list, documented as its enum in the OpenAPI documents.
+Source = Annotated[str, AfterValidator(_a_source),
+                   WithJsonSchema({"enum": list(SOURCE_NAMES), "type": "string"})]
+
+
+def sources_only(**caps: int) -> dict[str, int]:
     """Caps that ask only the named sources, e.g. `sources_only(tags=20)`: every other source
     gets 0. A name that is not a source is a programming error (KeyError)."""
-    unknown = set(caps) - set(get_args(Source))
+    unknown = unknown_sources(caps)
     if unknown:
-        raise KeyError(f"not a candidate source: {sorted(unknown)}")
-    return {name: caps.get(name, 0) for name in get_args(Source)}
+        raise KeyError(f"not a candidate source: {unknown}")
+    return {name: caps.get(name, 0) for name in SOURCE_NAMES}
 
 
 # ---- feature store ------------------------------------------------------------------------

@@ -60,7 +60,7 @@ class ItemNotFound(LookupError):
         self.item_id = item_id
 
 
-DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
+DEPENDENCY_ERRORS: tuple[type[Exception], ...] = (
     ServiceUnavailable, TimeoutError, ConnectionError, RedisError, httpx.HTTPError)
 
 

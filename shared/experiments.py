@@ -36,13 +36,13 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 from shared.admin import VERSION_PATTERN
-from shared.contracts import Source
+from shared.sources import SOURCE_NAMES
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")  # label- and key-safe
-SOURCES: tuple[str, ...] = get_args(Source)
+SOURCES = SOURCE_NAMES
 MAX_CANDIDATES = 5000
 DEFAULT_CTR_K = 10
 
@@ -65,11 +65,15 @@ class ArmConfig:
     retrieval_url: str | None = None
     ranking_url: str | None = None
 
-    def settings_overrides(self) -> dict[str, Any]:
-        """Settings fields this arm changes (pipeline/config.py reads them)."""
-        out: dict[str, Any] = {f"candidates_{s}": n for s, n in self.candidates.items()}
+    def settings_overrides(self, caps: Mapping[str, int]) -> dict[str, Any]:
+        """Settings fields this arm changes (pipeline/config.py reads them), over the
+        gateway's candidate caps `caps`."""
+        out: dict[str, Any] = {}
+        changed = dict(self.candidates)
         if self.sources is not None:
-            out.update({f"candidates_{s}": 0 for s in SOURCES if s not in self.sources})
+            changed.update({s: 0 for s in SOURCES if s not in self.sources})
+        if changed:
+            out["candidate_caps"] = {**caps, **changed}
         if self.max_per_tag is not None:
             out["max_per_tag"] = self.max_per_tag
         return out
@@ -186,13 +190,13 @@ class _Checker:
         line = locate(self.text, table, key)
         raise ConfigError(f"{self.source}, line {line}: {message}")
 
-    def keys(self, table: tuple[str, ...], body: dict, allowed: set[str]) -> None:
+    def keys(self, table: tuple[str, ...], body: dict[str, Any], allowed: set[str]) -> None:
         for key in body:
             if key not in allowed:
                 self.fail(table, key, f"unknown key {key!r} in [{'.'.join(table)}] "
                           f"(allowed: {', '.join(sorted(allowed))})")
 
-    def typed(self, table: tuple[str, ...], body: dict, key: str, kinds: tuple[type, ...],
+    def typed(self, table: tuple[str, ...], body: dict[str, Any], key: str, kinds: tuple[type, ...],
               what: str, ok: Callable[[Any], bool] = lambda v: True) -> Any:
         value = body[key]
         # bool is an int in Python; TOML keeps them apart, so do we

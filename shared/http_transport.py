@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from typing import Any
 
 import httptools
 import httpx
@@ -125,7 +126,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError(f"connect to {origin}: {exc}", request=request) from exc
 
     async def _exchange(self, request: httpx.Request, origin: tuple[str, int], conn: _Conn,
-                        payload: bytes, timeouts: dict, reused: bool) -> httpx.Response:
+                        payload: bytes, timeouts: dict[str, Any], reused: bool) -> httpx.Response:
         answer = _Answer()
         try:
             async with asyncio.timeout(timeouts.get("read")):

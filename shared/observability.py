@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
@@ -38,15 +39,15 @@ def timed(service: str, stage: str) -> Iterator[None]:
         STAGE_SECONDS.labels(service, stage).observe(time.perf_counter() - start)
 
 
-def add_ops_routes(app: FastAPI, ready: Callable[[], Awaitable[dict]]) -> None:
+def add_ops_routes(app: FastAPI, ready: Callable[[], Awaitable[dict[str, Any]]]) -> None:
     """`ready()` returns a dict with at least {"ready": bool}; /readyz answers 503 when False."""
 
     @app.get("/healthz", tags=["ops"])
-    async def healthz() -> dict:
+    async def healthz() -> dict[str, Any]:
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["ops"])
-    async def readyz(response: Response) -> dict:
+    async def readyz(response: Response) -> dict[str, Any]:
         state = await ready()
         if not state.get("ready"):
             response.status_code = 503

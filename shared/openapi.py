@@ -83,6 +83,7 @@ def document_errors(app: FastAPI,
         app.openapi_schema = schema
         return schema
 
+    # FastAPI's documented way to extend the schema: replace app.openapi, a method to mypy
     app.openapi = openapi  # type: ignore[method-assign]
 
 

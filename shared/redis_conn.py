@@ -14,7 +14,8 @@ request that hangs.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
@@ -24,10 +25,16 @@ import redis.cluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
+from redis.typing import EncodableT, FieldT
 
 from shared.settings import Settings
 
 _TRUE = {"1", "true", "yes", "on"}
+
+# What make_redis and make_redis_sync return: a client of one node or of a cluster.
+AsyncRedis = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
+SyncRedis = redis.Redis | redis.cluster.RedisCluster
+AsyncPipeline = redis.asyncio.client.Pipeline | redis.asyncio.cluster.ClusterPipeline
 
 
 def redis_target(settings: Settings) -> tuple[str, bool]:
@@ -54,7 +61,7 @@ def _client_kwargs(settings: Settings, socket_timeout_s: float) -> dict[str, Any
 
 
 def make_redis(settings: Settings, *, socket_timeout_s: float = 2.0,
-               retries: int = 1) -> redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster:
+               retries: int = 1) -> AsyncRedis:
     """The async client for serving. Create it in a FastAPI lifespan; `await client.aclose()`."""
     url, cluster = redis_target(settings)
     kwargs = _client_kwargs(settings, socket_timeout_s)
@@ -65,7 +72,7 @@ def make_redis(settings: Settings, *, socket_timeout_s: float = 2.0,
 
 
 def make_redis_sync(settings: Settings, *, socket_timeout_s: float = 30.0,
-                    retries: int = 3) -> redis.Redis | redis.cluster.RedisCluster:
+                    retries: int = 3) -> SyncRedis:
     """The blocking client for bulk loading (`vidrec load`): long timeouts, a few retries."""
     url, cluster = redis_target(settings)
     kwargs = _client_kwargs(settings, socket_timeout_s)
@@ -73,6 +80,18 @@ def make_redis_sync(settings: Settings, *, socket_timeout_s: float = 30.0,
     if cluster:
         return redis.cluster.RedisCluster.from_url(url, retry=retry, **kwargs)
     return redis.Redis.from_url(url, retry=retry, **kwargs)
+
+
+def as_fields(mapping: Mapping[str, str | float]) -> dict[FieldT, EncodableT]:
+    """`mapping` as the dict redis-py's types ask of XADD fields and HSET mappings (theirs is
+    invariant, so a dict[str, str] is not one)."""
+    return dict(mapping.items())
+
+
+def text(reply: Any) -> str | None:
+    """A string reply (or None) as what it is: every client here decodes responses
+    (decode_responses=True), which redis-py's types cannot express."""
+    return cast("str | None", reply)
 
 
 def is_cluster(client: object) -> bool:

@@ -23,6 +23,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
+from shared.redis_conn import AsyncRedis, SyncRedis, text
 from shared.settings import Settings
 
 log = logging.getLogger("vidrec.rollout")
@@ -42,14 +43,14 @@ class RolloutKeys:
         self.channel = f"{prefix}:bundle:notices"
 
 
-async def active_version(redis, prefix: str) -> str | None:
-    return await redis.get(RolloutKeys(prefix).active)
+async def active_version(redis: AsyncRedis, prefix: str) -> str | None:
+    return text(await redis.get(RolloutKeys(prefix).active))
 
 
-async def promote(redis, prefix: str, version: str) -> str | None:
+async def promote(redis: AsyncRedis, prefix: str, version: str) -> str | None:
     """Make `version` the active bundle of every replica; returns the one it replaces."""
     keys = RolloutKeys(prefix)
-    previous = await redis.set(keys.active, version, get=True)
+    previous = text(await redis.set(keys.active, version, get=True))
     if previous and previous != version:
         await redis.lpush(keys.history, previous)
         await redis.ltrim(keys.history, 0, 99)
@@ -57,11 +58,11 @@ async def promote(redis, prefix: str, version: str) -> str | None:
     return previous
 
 
-def promote_sync(redis, prefix: str, version: str) -> str | None:
+def promote_sync(redis: SyncRedis, prefix: str, version: str) -> str | None:
     """`promote` for a synchronous client (`vidrec load`, which makes the bundle whose users
     and items it wrote the active one)."""
     keys = RolloutKeys(prefix)
-    previous = redis.set(keys.active, version, get=True)
+    previous = text(redis.set(keys.active, version, get=True))
     if previous and previous != version:
         redis.lpush(keys.history, previous)
         redis.ltrim(keys.history, 0, 99)
@@ -69,11 +70,11 @@ def promote_sync(redis, prefix: str, version: str) -> str | None:
     return previous
 
 
-async def rollback(redis, prefix: str) -> str:
+async def rollback(redis: AsyncRedis, prefix: str) -> str:
     """Make the previously active bundle active again; returns it. LookupError when there is
     no earlier version."""
     keys = RolloutKeys(prefix)
-    previous = await redis.lpop(keys.history)
+    previous = text(await redis.lpop(keys.history))
     if previous is None:
         raise LookupError("no earlier bundle to roll back to (nothing was promoted before)")
     await redis.set(keys.active, previous)
@@ -97,7 +98,7 @@ class RolloutFollower:
         self.target: str | None = None
         self.error: str | None = None
         self._failed: dict[str, float] = {}  # version -> when it failed
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._redis: Any = None

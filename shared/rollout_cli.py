@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from shared.bundle import BundleError, resolve_bundle
-from shared.redis_conn import make_redis
+from shared.redis_conn import AsyncRedis, make_redis
 from shared.rollout import promote, rollback
 from shared.settings import Settings
+
+T = TypeVar("T")
 
 
 def _bundle_path(settings: Settings, arg: str) -> Path:
@@ -55,7 +59,7 @@ def rollback_command(settings: Settings) -> int:
     return 0
 
 
-async def _redis_call(settings: Settings, call):
+async def _redis_call(settings: Settings, call: Callable[[AsyncRedis], Awaitable[T]]) -> T:
     redis = make_redis(settings, socket_timeout_s=5.0, retries=3)
     try:
         return await call(redis)

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from prometheus_client import Counter
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn._types import ASGI3Application, HTTPResponseBodyEvent, HTTPResponseStartEvent
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from shared.admission import Door, door_of
 from shared.settings import get_settings
@@ -46,16 +48,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # the protocol itself (and, with --workers, in another process, from its import path).
     header_timeout_s: float | None = None
 
-    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - uvicorn's signature
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # uvicorn's signature, passed on
         super().__init__(*args, **kwargs)
         if self.header_timeout_s is None:
             self.header_timeout_s = get_settings().header_timeout_s
+        self._header_timeout_s: float = self.header_timeout_s
         self._header_timer: asyncio.TimerHandle | None = None
         self._header_bytes = 0
         self._headers_too_large = False
         self._door: Door | None = door_of(self.app)
 
     # -- header timeout ----------------------------------------------------------------------
+    # uvicorn's own override narrows asyncio.Protocol's BaseTransport the same way (and ignores
+    # the same check)
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm_header_timer()
@@ -75,7 +80,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _arm_header_timer(self) -> None:
         if self._header_timer is None:
-            self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_late)
+            self._header_timer = self.loop.call_later(self._header_timeout_s, self._headers_late)
 
     def _cancel_header_timer(self) -> None:
         if self._header_timer is not None:
@@ -92,7 +97,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
     # -- refusal at the door (shared/admission.py Door) ---------------------------------------
-    def _start_asgi_task(self, cycle, app) -> None:  # noqa: ANN001 - uvicorn's types
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         door = self._door
         if (door is not None and not cycle.flow.write_paused
                 and door.refuses(cycle.scope["method"], cycle.scope["path"])):
@@ -101,13 +106,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super()._start_asgi_task(cycle, app)
 
     @staticmethod
-    def _refuse_now(cycle, door: Door) -> None:  # noqa: ANN001
+    def _refuse_now(cycle: RequestResponseCycle, door: Door) -> None:
         """Write the 503 through the request's own cycle (keep-alive, default headers and the
         next pipelined request handled as for any answer), synchronously: its send only awaits
         when the transport's buffer is full, which the caller ruled out."""
         headers, body = door.answer()
-        for message in ({"type": "http.response.start", "status": 503, "headers": headers},
-                        {"type": "http.response.body", "body": body}):
+        start: HTTPResponseStartEvent = {"type": "http.response.start", "status": 503,
+                                         "headers": headers}
+        end: HTTPResponseBodyEvent = {"type": "http.response.body", "body": body}
+        for message in (start, end):
             step = cycle.send(message)
             try:
                 step.send(None)

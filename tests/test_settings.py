@@ -3,25 +3,79 @@ is refused outside a development setting."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from pydantic import ValidationError
 
 from shared.settings import DEFAULT_ADMIN_TOKEN, Settings
+from shared.sources import DEFAULT_CAPS, MAX_CANDIDATES_PER_SOURCE
 
 
 @pytest.mark.parametrize(("field", "value"), [
-    ("candidates_ann", -1), ("candidates_tags", 2001), ("timeout_score_s", 0),
-    ("history_len", 0), ("ort_intra_threads", 0), ("tag_half_life_days", -1.0),
-    ("max_per_tag", -1), ("admin_token", ""), ("environment", "staging"),
+    ("timeout_score_s", 0), ("history_len", 0), ("ort_intra_threads", 0),
+    ("tag_half_life_days", -1.0), ("max_per_tag", -1), ("admin_token", ""),
+    ("environment", "staging"),
 ])
 def test_a_value_out_of_bounds_fails_naming_the_field(field: str, value: object) -> None:
     with pytest.raises(ValidationError, match=field):
         Settings(**{field: value})
 
 
-def test_candidate_caps_are_one_mapping_by_source_name() -> None:
-    settings = Settings(candidates_tags=7)
-    assert settings.candidate_caps == {"ann": 300, "content": 100, "tags": 7, "popular": 50}
+@pytest.fixture
+def no_cap_variables(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """An environment without candidate-cap variables (the developer's own left out)."""
+    for name in list(os.environ):
+        if name.upper().startswith(("VIDREC_CANDIDATES_", "VIDREC_CANDIDATE_CAPS")):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_candidate_caps_are_one_mapping_by_source_name(no_cap_variables: object) -> None:
+    assert Settings().candidate_caps == dict(DEFAULT_CAPS)
+    assert list(DEFAULT_CAPS) == ["ann", "content", "tags", "popular"]  # the union's order
+    partial = Settings(candidate_caps={"tags": 7})
+    assert partial.candidate_caps == {"ann": 300, "content": 100, "tags": 7, "popular": 50}
+    assert Settings(candidates_tags=7).candidate_caps == partial.candidate_caps  # a keyword
+
+
+@pytest.mark.parametrize(("caps", "where"), [
+    ({"ann": -1}, "candidate_caps.ann"), ({"tags": MAX_CANDIDATES_PER_SOURCE + 1},
+                                          "candidate_caps.tags"),
+    ({"popular": "many"}, "candidate_caps.popular"),
+])
+def test_a_cap_out_of_bounds_fails_at_start_up_naming_the_source(
+        no_cap_variables: object, caps: dict[str, object], where: str) -> None:
+    with pytest.raises(ValidationError, match=where.replace(".", r"\.")):
+        Settings(candidate_caps=caps)
+    Settings(candidate_caps={"ann": 0, "tags": MAX_CANDIDATES_PER_SOURCE})  # the bounds: fine
+
+
+def test_the_caps_come_from_json_and_from_one_variable_per_source(
+        no_cap_variables: pytest.MonkeyPatch) -> None:
+    env = no_cap_variables
+    env.setenv("VIDREC_CANDIDATES_ANN", "120")     # the variables the caps had before
+    env.setenv("vidrec_candidates_popular", "5")   # any case, as every VIDREC_ variable
+    assert Settings().candidate_caps == {"ann": 120, "content": 100, "tags": 50, "popular": 5}
+    env.setenv("VIDREC_CANDIDATE_CAPS", '{"content": 7, "ann": 9}')
+    # the JSON mapping wins for a source both name
+    assert Settings().candidate_caps == {"ann": 9, "content": 7, "tags": 50, "popular": 5}
+
+
+@pytest.mark.parametrize(("name", "value", "words"), [
+    ("VIDREC_CANDIDATES_BOGUS", "5", "not a candidate source: bogus"),
+    ("VIDREC_CANDIDATE_CAPS", '{"bogus": 5}', "not a candidate source: bogus"),
+    ("VIDREC_CANDIDATES_TAGS", "2001", "candidate_caps.tags"),
+    ("VIDREC_CANDIDATES_TAGS", "lots", "candidate_caps.tags"),
+    ("VIDREC_CANDIDATE_CAPS", "tags=5", "candidate_caps"),
+])
+def test_a_bad_cap_variable_stops_start_up_with_a_clear_message(
+        no_cap_variables: pytest.MonkeyPatch, name: str, value: str, words: str) -> None:
+    no_cap_variables.setenv(name, value)
+    with pytest.raises((ValidationError, ValueError), match=words) as exc:
+        Settings()
+    if "bogus" in words:  # it also says which sources there are
+        assert ", ".join(DEFAULT_CAPS) in str(exc.value)
 
 
 @pytest.mark.parametrize("service", ["gateway", "retrieval", "ranking"])

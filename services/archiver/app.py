@@ -10,6 +10,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -17,13 +18,14 @@ from services.archiver.consumer import ArchiverConfig, StreamArchiver
 from services.archiver.eventlog import EVENTS, IMPRESSIONS, EventLog
 from services.feature_store.keys import Keys
 from shared.observability import add_ops_routes
-from shared.redis_conn import make_redis
+from shared.redis_conn import AsyncRedis, make_redis
 from shared.settings import Settings
 
 log = logging.getLogger("vidrec.archiver")
 
 
-def make_archivers(settings: Settings, redis, eventlog: EventLog) -> list[StreamArchiver]:
+def make_archivers(settings: Settings, redis: AsyncRedis,
+                   eventlog: EventLog) -> list[StreamArchiver]:
     keys = Keys(settings.key_prefix, settings.events_stream)
     prefix = settings.key_prefix
     base = ArchiverConfig(
@@ -68,7 +70,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="vidrec archiver", lifespan=lifespan)
 
-    async def readiness() -> dict:
+    async def readiness() -> dict[str, Any]:
         archivers: list[StreamArchiver] = getattr(app.state, "archivers", [])
         try:
             redis_ok = bool(await asyncio.wait_for(app.state.redis.ping(), 1.0))

@@ -23,13 +23,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 from redis.exceptions import ResponseError
 
 from services.archiver.eventlog import EventLog, LogKind, entry_day
+from shared.redis_conn import AsyncRedis
 
 log = logging.getLogger("vidrec.archiver")
 
@@ -62,7 +64,7 @@ Entry = tuple[str, dict[str, str] | None]
 
 
 class StreamArchiver:
-    def __init__(self, redis, eventlog: EventLog, kind: LogKind, stream: str,
+    def __init__(self, redis: AsyncRedis, eventlog: EventLog, kind: LogKind, stream: str,
                  marker_key: Callable[[dict[str, str]], str], cfg: ArchiverConfig) -> None:
         self.redis = redis
         self.log = eventlog
@@ -211,7 +213,7 @@ class StreamArchiver:
                       "or run more archivers", self.label, lost, first[0], last_delivered)
         return max(0, lost)
 
-    async def _group_info(self) -> dict | None:
+    async def _group_info(self) -> dict[str, Any] | None:
         for g in await self.redis.xinfo_groups(self.stream):
             if g.get("name") == self.cfg.group:
                 return g
@@ -224,7 +226,7 @@ class StreamArchiver:
         lag = group.get("lag")
         if lag is None:  # Redis cannot tell after a trim: count what is after the cursor
             lag = len(await self.redis.xrange(self.stream, f"({group['last-delivered-id']}",
-                                              "+", count=100_000))
+                                              "+", count=100_000) or ())
         pending = int(group.get("pending", 0))
         LAG.labels(self.label).set(int(lag) + pending)
         oldest = None
@@ -259,7 +261,8 @@ class StreamArchiver:
                     await self._retrying(self.ensure_group, stop)
                 await _sleep(stop, 0.5)
 
-    async def _retrying(self, call, stop: asyncio.Event) -> None:
+    async def _retrying(self, call: Callable[[], Awaitable[object]],
+                        stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 await call()
@@ -270,7 +273,7 @@ class StreamArchiver:
                 await _sleep(stop, 0.5)
 
 
-def _entries(reply) -> list[Entry]:
+def _entries(reply: Any) -> list[Entry]:
     """XREADGROUP's reply [[stream, [(id, fields), ...]]] -> [(id, fields)]; fields are None for
     a pending entry the stream no longer holds."""
     return [(i, f) for _, msgs in reply or [] for i, f in msgs]

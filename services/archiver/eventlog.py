@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -56,10 +57,10 @@ class LogKind:
     schema: pa.Schema
     id_field: str
 
-    def row(self, stream_id: str, fields: dict[str, str]) -> dict:
+    def row(self, stream_id: str, fields: dict[str, str]) -> dict[str, Any]:
         import orjson
 
-        row: dict = {"stream_id": stream_id, "received_at": entry_ms(stream_id)}
+        row: dict[str, Any] = {"stream_id": stream_id, "received_at": entry_ms(stream_id)}
         for f in self.schema:
             if f.name in row:
                 continue
@@ -97,9 +98,9 @@ class EventLog:
         return f"{self.root}/{kind.name}/day={day}/part-{first_id}_{last_id}.parquet"
 
     def exists(self, path: str) -> bool:
-        return self.fs.get_file_info(path).type == pafs.FileType.File
+        return bool(self.fs.get_file_info(path).type == pafs.FileType.File)
 
-    def write(self, kind: LogKind, path: str, rows: list[dict]) -> None:
+    def write(self, kind: LogKind, path: str, rows: list[dict[str, Any]]) -> None:
         """Write `rows` to `path` durably; the file appears whole or not at all."""
         table = pa.Table.from_pylist(rows, schema=kind.schema)
         folder = path.rsplit("/", 1)[0]
@@ -146,7 +147,7 @@ class EventLog:
         return table
 
 
-def _stream_key(ids: list[str]):
+def _stream_key(ids: list[str]) -> Callable[[int], tuple[int, int]]:
     def key(i: int) -> tuple[int, int]:
         ms, _, seq = ids[i].partition("-")
         return int(ms), int(seq or 0)

@@ -14,27 +14,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Any
 
-from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
-from services.feature_store.errors import UnknownItems
+from services.feature_store.routes import events, items, users
+from services.feature_store.routes.errors import add_error_handlers
 from services.feature_store.store import FeatureStore
 from shared.admission import add_admission
-from shared.contracts import (
-    EventBatch,
-    EventBatchResult,
-    HistoryResponse,
-    HydrateRequest,
-    ItemMetaRequest,
-    ItemMetaResponse,
-    ServiceUnavailable,
-    UserState,
-)
-from shared.errors import unprocessable
 from shared.observability import add_ops_routes
-from shared.openapi import add_allow_header, document_errors, error_response
+from shared.openapi import add_allow_header, document_errors
 from shared.settings import Settings
 
 
@@ -51,38 +40,13 @@ def create_app(settings: Settings) -> FastAPI:
     document_errors(app)  # every status each route can answer (shared/openapi.py)
     add_allow_header(app)
     add_admission(app, settings, "feature_store")
+    add_error_handlers(app)
+    for module in (users, items, events):
+        app.include_router(module.router)
 
-    def store() -> FeatureStore:
-        return app.state.store
-
-    @app.exception_handler(UnknownItems)
-    async def unknown_items(_: Request, exc: UnknownItems) -> JSONResponse:
-        return unprocessable(exc.to_detail())
-
-    @app.exception_handler(ServiceUnavailable)
-    async def unavailable(_: Request, exc: ServiceUnavailable) -> JSONResponse:
-        return JSONResponse(status_code=503, content={"detail": str(exc)})
-
-    @app.post("/v1/hydrate")
-    async def hydrate(req: HydrateRequest) -> UserState:
-        return await store().hydrate(req.user_id, req.history_len)
-
-    @app.post("/v1/items/meta")
-    async def items_meta(req: ItemMetaRequest) -> ItemMetaResponse:
-        return ItemMetaResponse(items=await store().item_meta(req.item_ids))
-
-    @app.post("/v1/events")
-    async def events(batch: EventBatch) -> EventBatchResult:
-        return EventBatchResult(results=await store().record_events(batch.events))
-
-    # ids may hold "/"; an empty one matches no route (404)
-    @app.get("/v1/users/{user_id:path}/history", responses={404: error_response(404)})
-    async def history(user_id: str,
-                      limit: Annotated[int, Query(ge=1, le=10_000)] = 50) -> HistoryResponse:
-        return HistoryResponse(user_id=user_id, items=await store().history(user_id, limit))
-
-    async def ready() -> dict:
-        ok = await store().ready()
+    async def ready() -> dict[str, Any]:
+        store: FeatureStore = app.state.store
+        ok = await store.ready()
         return {"ready": ok, "redis": "ok" if ok else "unreachable"}
 
     add_ops_routes(app, ready)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from redis.crc import key_slot
 
@@ -44,7 +44,7 @@ async def record_batch(rec: EventRecorder, events: Sequence[Event], metas: dict[
     calls = []
     for positions in groups.values():
         keys: list[str] = []
-        args: list = ["0" if cluster else "1", s.event_dedupe_ttl_s, s.history_cap,
+        args: list[Any] = ["0" if cluster else "1", s.event_dedupe_ttl_s, s.history_cap,
                       repr(rec.half_life_s), s.events_stream_maxlen]
         for i in positions:
             e = events[i]

@@ -9,7 +9,7 @@ Errors are the same as in-process (FeatureStore), so callers need not know the t
 
 from __future__ import annotations
 
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -48,7 +48,7 @@ class FeatureStoreClient(ServiceClient):
                          limits=httpx.Limits(max_connections=100, max_keepalive_connections=20))
 
     async def _call(self, method: str, path: str, model: type[M], *,
-                    body: BaseModel | None = None, params: dict | None = None) -> M:
+                    body: BaseModel | None = None, params: dict[str, Any] | None = None) -> M:
         response = await self.send(method, path, body=body, params=params)
         return self.parse(model, response)
 

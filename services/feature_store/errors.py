@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from redis.exceptions import (
     ClusterDownError,
@@ -36,7 +37,7 @@ class UnknownItems(ValueError):
     def fields(self) -> list[str]:
         return [f"events[{i}].item_id" for i, _ in self.bad]
 
-    def to_detail(self) -> list[dict]:
+    def to_detail(self) -> list[dict[str, Any]]:
         """The 422 body's `detail`, shaped like FastAPI's own validation errors."""
         return [validation_error(["body", "events", i, "item_id"], "unknown item id",
                                  "unknown_item", item_id) for i, item_id in self.bad]

@@ -20,6 +20,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from services.feature_store.batch import record_batch
 from services.feature_store.codec import pack_history, stream_fields
@@ -28,13 +29,14 @@ from services.feature_store.keys import Keys
 from services.feature_store.profile import RECORD_EVENT_LUA, enters_history, event_weight
 from services.feature_store.scripts import eval_pipelined
 from shared.contracts import Event, EventOutcome, ItemMeta
+from shared.redis_conn import AsyncRedis, as_fields
 from shared.settings import Settings
 
 _SCRIPT_SHA = hashlib.sha1(RECORD_EVENT_LUA.encode()).hexdigest()
 
 
 class EventRecorder:
-    def __init__(self, redis, keys: Keys, settings: Settings,
+    def __init__(self, redis: AsyncRedis, keys: Keys, settings: Settings,
                  clock: Callable[[], float] = time.time) -> None:
         self.redis = redis
         self.keys = keys
@@ -66,10 +68,10 @@ class EventRecorder:
         for i, state in zip(todo, states, strict=True):
             status[i] = "accepted" if state is None else "duplicate"
         await self._append_to_stream(unstreamed)
-        return [EventOutcome(event_id=e.event_id, status=s)  # type: ignore[arg-type]
+        return [EventOutcome(event_id=e.event_id, status=s)
                 for e, s in zip(events, status, strict=True)]
 
-    def _script_args(self, e: Event, meta: ItemMeta, now: float) -> tuple[list[str], list]:
+    def _script_args(self, e: Event, meta: ItemMeta, now: float) -> tuple[list[str], list[Any]]:
         k = self.keys
         keys = [k.dedupe(e.user_id, e.event_id), k.hist(e.user_id), k.seen(e.user_id),
                 k.tags(e.user_id), k.tagref(e.user_id)]
@@ -82,7 +84,7 @@ class EventRecorder:
                 *dict.fromkeys(meta.tag_keys)]  # the profile counts clusters (docs/tags.md)
         return keys, args
 
-    async def _run_scripts(self, calls: list[tuple[list[str], list]]) -> list[str | None]:
+    async def _run_scripts(self, calls: list[tuple[list[str], list[Any]]]) -> list[str | None]:
         return await eval_pipelined(self.redis, RECORD_EVENT_LUA, _SCRIPT_SHA, calls)
 
     async def _append_to_stream(self, events: list[Event]) -> None:
@@ -90,7 +92,7 @@ class EventRecorder:
             return
         pipe = self.redis.pipeline(transaction=False)
         for e in events:
-            pipe.xadd(self.keys.events, stream_fields(e),
+            pipe.xadd(self.keys.events, as_fields(stream_fields(e)),
                       maxlen=self.settings.events_stream_maxlen, approximate=True)
         await pipe.execute()
         pipe = self.redis.pipeline(transaction=False)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tqdm import tqdm
 
@@ -22,7 +22,7 @@ from services.feature_store.keys import Keys
 from services.feature_store.profile import import_profile
 from shared.bundle import Bundle
 from shared.contracts import ItemMeta, UserState
-from shared.redis_conn import make_redis_sync
+from shared.redis_conn import SyncRedis, as_fields, make_redis_sync
 from shared.rollout import promote_sync
 from shared.settings import Settings
 from shared.tags import TagClusters
@@ -79,20 +79,20 @@ def load_bundle(settings: Settings, version: str, *, progress: bool = True) -> L
     return stats
 
 
-def with_clusters(items: list[dict], clusters: TagClusters) -> list[dict]:
+def with_clusters(items: list[dict[str, Any]], clusters: TagClusters) -> list[dict[str, Any]]:
     """The bundle's items with their tag clusters (unchanged when the bundle has none)."""
     if not clusters.enabled:
         return items
     return [{**it, "clusters": clusters.clusters(it.get("tags") or [])} for it in items]
 
 
-def _bundle_meta(it: dict) -> ItemMeta:
+def _bundle_meta(it: dict[str, Any]) -> ItemMeta:
     return ItemMeta(item_id=it["item_id"], title=it.get("title") or "",
                     tags=it.get("tags") or [], available=it.get("available", True),
                     clusters=it.get("clusters") or [])
 
 
-def _overlay_meta(o: OverlayItem, by_id: dict[str, dict]) -> ItemMeta | None:
+def _overlay_meta(o: OverlayItem, by_id: dict[str, dict[str, Any]]) -> ItemMeta | None:
     """What a live change makes of an item's meta; None for a tombstone of an item that is
     in neither Redis nor the bundle."""
     if o.meta.available or o.meta.title:
@@ -101,15 +101,16 @@ def _overlay_meta(o: OverlayItem, by_id: dict[str, dict]) -> ItemMeta | None:
     return None if it is None else _bundle_meta(it).model_copy(update={"available": False})
 
 
-def write_items(r, keys: Keys, items: list[dict], progress: bool = True) -> int:
+def write_items(r: SyncRedis, keys: Keys, items: list[dict[str, Any]],
+                progress: bool = True) -> int:
     """Item meta for the catalog, then the overlay on top. Returns the overlay's size."""
     with tqdm(total=len(items), desc="items", unit="item", disable=not progress) as bar:
-        for chunk in _chunks(items, ITEMS_PER_PIPELINE):
+        for part in _chunks(items, ITEMS_PER_PIPELINE):
             pipe = r.pipeline(transaction=False)
-            for it in chunk:
+            for it in part:
                 pipe.set(keys.item(it["item_id"]), pack_item(_bundle_meta(it)))
             pipe.execute()
-            bar.update(len(chunk))
+            bar.update(len(part))
     overlay = [unpack_overlay(v) for v in r.hgetall(keys.overlay).values()]
     by_id = {it["item_id"]: it for it in items}
     metas = [m for o in overlay if (m := _overlay_meta(o, by_id)) is not None]
@@ -131,8 +132,9 @@ def imported_user(user_id: str, seq: list[str], tags_of: Mapping[str, Sequence[s
                      seen=list(dict.fromkeys(seq)))
 
 
-def write_users(r, keys: Keys, users: dict[str, list[str]], tags_of: dict[str, list[str]],
-                history_cap: int, progress: bool = True) -> int:
+def write_users(r: SyncRedis, keys: Keys, users: dict[str, list[str]],
+                tags_of: Mapping[str, Sequence[str]], history_cap: int,
+                progress: bool = True) -> int:
     """Each user's history (last history_cap), seen set and tag profile. Returns the number
     of interactions read."""
     now = repr(time.time())
@@ -151,7 +153,7 @@ def write_users(r, keys: Keys, users: dict[str, list[str]], tags_of: dict[str, l
                 pipe.sadd(seen, *seq)
                 profile = import_profile(tags_of.get(i, ()) for i in seq)
                 if profile:
-                    pipe.hset(tags, mapping=profile)
+                    pipe.hset(tags, mapping=as_fields(profile))
                     pipe.set(tagref, now)
             pipe.execute()
             bar.update(len(chunk))

@@ -11,7 +11,7 @@ script rewrites the profile relative to t (and drops weights that decayed below 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 # What one event is worth to each tag of its item. A skip is a weak negative signal: it adds
 # nothing (the item still enters the seen set, so it is not recommended again). A dislike is a
@@ -46,7 +46,7 @@ def enters_history(type_: str) -> bool:
 
 
 def decay_factor(ref: float, now: float, half_life_s: float) -> float:
-    return 2.0 ** (-(now - ref) / half_life_s)
+    return float(2.0 ** (-(now - ref) / half_life_s))
 
 
 def decayed(stored: dict[str, str], ref: float | None, now: float,
@@ -56,7 +56,7 @@ def decayed(stored: dict[str, str], ref: float | None, now: float,
     return {tag: float(w) * factor for tag, w in stored.items()}
 
 
-def import_profile(tag_lists: Iterable[list[str]]) -> dict[str, float]:
+def import_profile(tag_lists: Iterable[Sequence[str]]) -> dict[str, float]:
     """The profile of an imported sequence (no timestamps: each interaction counts alike)."""
     profile: dict[str, float] = {}
     for tags in tag_lists:

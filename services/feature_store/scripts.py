@@ -9,11 +9,11 @@ from redis.exceptions import NoScriptError
 
 
 async def eval_pipelined(redis: Any, script: str, sha: str,
-                         calls: list[tuple[list[str], list]]) -> list[Any]:
+                         calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
     """EVALSHA every (keys, args) call in one pipeline; calls Redis answered NOSCRIPT for are
     re-run after loading the script (NOSCRIPT means the script did not run, so re-running is
     safe). The first error of any other kind is raised."""
-    results: list = [NoScriptError()] * len(calls)
+    results: list[Any] = [NoScriptError()] * len(calls)
     for attempt in range(2):
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if not missing:

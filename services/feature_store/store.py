@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import cast
+
+from redis.asyncio.cluster import RedisCluster
 
 from services.feature_store.codec import (
     OverlayItem,
@@ -32,7 +35,7 @@ from shared.contracts import (
     UserState,
 )
 from shared.observability import EVENTS, timed
-from shared.redis_conn import is_cluster, make_redis
+from shared.redis_conn import AsyncRedis, make_redis
 from shared.settings import Settings
 
 SERVICE = "feature_store"
@@ -44,14 +47,13 @@ def _tail(n: int) -> tuple[int, int]:
 
 
 class FeatureStore:
-    def __init__(self, redis, settings: Settings,
+    def __init__(self, redis: AsyncRedis, settings: Settings,
                  clock: Callable[[], float] = time.time) -> None:
         self.redis = redis
         self.settings = settings
         self.keys = Keys(settings.key_prefix, settings.events_stream)
         self.clock = clock
         self.half_life_s = settings.tag_half_life_days * 86400.0
-        self._cluster = is_cluster(redis)
         self._events = EventRecorder(redis, self.keys, settings, clock)
 
     @classmethod
@@ -86,7 +88,7 @@ class FeatureStore:
             return {}
         keys = [self.keys.item(i) for i in ids]
         with timed(SERVICE, "item_meta"), redis_unavailable_as_service_unavailable():
-            if self._cluster:  # groups keys by slot (= item bucket), one pipeline
+            if isinstance(self.redis, RedisCluster):  # groups keys by slot, one pipeline
                 packed = await self.redis.mget_nonatomic(keys)
             else:
                 packed = await self.redis.mget(keys)
@@ -95,7 +97,9 @@ class FeatureStore:
     async def history(self, user_id: str, limit: int) -> list[HistoryEntry]:
         with timed(SERVICE, "history"), redis_unavailable_as_service_unavailable():
             entries = await self.redis.lrange(self.keys.hist(user_id), *_tail(limit))
-        return [unpack_history(e) for e in entries]
+        # decode_responses=True (shared/redis_conn.py): str replies, which redis-py's types
+        # cannot tell from bytes
+        return [unpack_history(e) for e in cast(list[str], entries)]
 
     async def ready(self) -> bool:
         try:

@@ -8,6 +8,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -85,7 +86,7 @@ def create_app(settings: Settings, feature_store: FeatureStoreAPI | None = None,
     app.add_middleware(RequestMetrics)
     add_error_handlers(app)
 
-    async def readiness() -> dict:
+    async def readiness() -> dict[str, Any]:
         gateway: Gateway | None = getattr(app.state, "gateway", None)
         return await gateway.readiness() if gateway else {"ready": False}
 
@@ -96,7 +97,7 @@ def create_app(settings: Settings, feature_store: FeatureStoreAPI | None = None,
     return app
 
 
-def _event_body_schemas(schema: dict) -> None:
+def _event_body_schemas(schema: dict[str, Any]) -> None:
     """POST /v1/events parses its body itself (for precise 422s); add its schemas to /docs."""
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     for model in (EventIn, EventBatchIn):

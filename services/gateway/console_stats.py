@@ -19,7 +19,9 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import Counter, Histogram
 
@@ -44,7 +46,7 @@ class Raw:
     """Cumulative values read at one moment."""
 
     t: float
-    requests: dict[tuple[str, str], float] = field(default_factory=dict)  # (route, status)
+    requests: dict[tuple[str, ...], float] = field(default_factory=dict)  # (route, status)
     stages: dict[str, Buckets] = field(default_factory=dict)
     recommend: Buckets = field(default_factory=list)
     degraded: dict[str, float] = field(default_factory=dict)
@@ -62,8 +64,9 @@ def _buckets(metric: Histogram, service: str, key: str) -> dict[str, Buckets]:
     return out
 
 
-def _counter(metric: Counter, service: str, keys: tuple[str, ...]) -> dict[tuple, float]:
-    out: dict[tuple, float] = {}
+def _counter(metric: Counter, service: str, keys: tuple[str, ...]
+             ) -> dict[tuple[str, ...], float]:
+    out: dict[tuple[str, ...], float] = {}
     for family in metric.collect():
         for s in family.samples:
             if s.name.endswith("_total") and s.labels.get("service") == service:
@@ -108,7 +111,7 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000.0, 3)
 
 
-def interval(old: Raw, new: Raw) -> dict:
+def interval(old: Raw, new: Raw) -> dict[str, Any]:
     """What happened between two readings, per second and in milliseconds."""
     dt = max(new.t - old.t, 1e-9)
     served = errors = recs = events = 0.0
@@ -141,7 +144,7 @@ class StatsWindow:
 
     def __init__(self, interval_s: float = 5.0, keep_s: float = 600.0) -> None:
         self.interval_s = interval_s
-        self.samples: deque[dict] = deque(maxlen=max(1, int(keep_s / interval_s)))
+        self.samples: deque[dict[str, Any]] = deque(maxlen=max(1, int(keep_s / interval_s)))
         self._last: Raw | None = None
 
     def tick(self, now: float | None = None) -> None:
@@ -158,14 +161,14 @@ class StatsWindow:
                 log.exception("console stats: sampling failed")
             await asyncio.sleep(self.interval_s)
 
-    def as_json(self) -> dict:
+    def as_json(self) -> dict[str, Any]:
         return {"interval_s": self.interval_s,
                 "window_s": self.interval_s * (self.samples.maxlen or 0),
                 "samples": list(self.samples)}
 
 
 @contextlib.asynccontextmanager
-async def sampling(window: StatsWindow):
+async def sampling(window: StatsWindow) -> AsyncIterator[StatsWindow]:
     task = asyncio.create_task(window.run(), name="console-stats")
     try:
         yield window

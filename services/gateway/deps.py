@@ -13,7 +13,8 @@ from shared.data.types import normalise_tag
 
 async def get_gateway(request: Request) -> Gateway:
     # async: FastAPI would run a plain def dependency in a worker thread, on every request
-    return request.app.state.gateway
+    gateway: Gateway = request.app.state.gateway
+    return gateway
 
 
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]

@@ -101,7 +101,8 @@ class Gateway:
         if arm is None:
             return recommendation_pipeline(self.settings, self.feature_store, self.retrieval,
                                            self.ranking, catalog)
-        settings = self.settings.model_copy(update=arm.settings_overrides())
+        settings = self.settings.model_copy(
+            update=arm.settings_overrides(self.settings.candidate_caps))
         retrieval = self._arm_client("retrieval", arm.retrieval_url) or self.retrieval
         ranking = self._arm_client("ranking", arm.ranking_url) or self.ranking
         return recommendation_pipeline(settings, self.feature_store, retrieval, ranking,
@@ -208,10 +209,11 @@ class Gateway:
     async def _serve_bundles(self, versions: set[str]) -> None:
         for name, service in (("retrieval", self.retrieval), ("ranking", self.ranking)):
             serve = getattr(service, "serve_bundles", None)
+            base_url: str | None = getattr(service, "base_url", None)  # an HTTP client
             if serve is not None:
                 await serve(sorted(versions))
-            elif getattr(service, "base_url", None):
-                await self._admin_call(service.base_url, "PUT", "/admin/bundles",
+            elif base_url:
+                await self._admin_call(base_url, "PUT", "/admin/bundles",
                                        {"bundles": sorted(versions)})
             elif versions:
                 raise ServiceUnavailable(f"{name} cannot serve several bundles at once")
@@ -259,11 +261,12 @@ class Gateway:
         out: dict[str, Any] = {}
         for name, service in (("retrieval", self.retrieval), ("ranking", self.ranking)):
             reload = getattr(service, "reload", None)
+            base_url: str | None = getattr(service, "base_url", None)
             try:
                 if reload is not None:
                     out[name] = await reload(version)
-                elif getattr(service, "base_url", None):  # an HTTP client without reload()
-                    out[name] = await self._reload_remote(service.base_url, version)
+                elif base_url:  # an HTTP client without reload()
+                    out[name] = await self._reload_remote(base_url, version)
             except BUNDLE_ERRORS as exc:  # in-process: the bundle cannot be served
                 raise InvalidRequest("bundle", f"{name}: {exc}") from exc
         try:
@@ -291,7 +294,7 @@ class Gateway:
         answer = await self._admin_call(base_url, "POST", "/admin/reload", {"bundle": version})
         return str(answer["bundle"])
 
-    async def _admin_call(self, base_url: str, method: str, path: str, body: dict) -> Any:
+    async def _admin_call(self, base_url: str, method: str, path: str, body: dict[str, Any]) -> Any:
         client = AdminClient(base_url, RELOAD_TIMEOUT_S, admin_token=self.settings.admin_token)
         try:
             return (await client.send(method, path, json=body, admin=True)).json()

@@ -39,7 +39,7 @@ class RequestMetrics:
     def _route_of(self, scope: Scope) -> str:
         route = scope.get("route")
         if route is not None and getattr(route, "path", None):
-            return route.path
+            return str(route.path)
         endpoint = scope.get("endpoint")
         if endpoint is None:
             return UNMATCHED

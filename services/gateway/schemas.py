@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -82,7 +83,8 @@ class EventsAccepted(BaseModel):
 
 class History(BaseModel):
     user_id: str
-    items: list[dict] = Field(description="{item_id, type, timestamp, title, tags}, newest last")
+    items: list[dict[str, Any]] = Field(
+        description="{item_id, type, timestamp, title, tags}, newest last")
 
 
 class TagWeight(BaseModel):

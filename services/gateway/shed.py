@@ -6,6 +6,7 @@ shed request, and every shed request with the default setting, gets 503 + Retry-
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
@@ -16,7 +17,7 @@ _RECOMMENDATIONS = re.compile(r"^/v1/users/(?P<user>.+)/recommendations$")
 DEFAULT_K, MAX_K = 20, 100
 
 
-async def popular_answer(scope: dict) -> tuple[int, bytes] | None:
+async def popular_answer(scope: dict[str, Any]) -> tuple[int, bytes] | None:
     """(200, body) for GET /v1/users/{id}/recommendations, None for anything else."""
     match = _RECOMMENDATIONS.match(scope["path"])
     if scope["method"] != "GET" or match is None:

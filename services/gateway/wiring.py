@@ -56,16 +56,19 @@ async def _retrieval(settings: Settings, feature_store: FeatureStoreAPI,
                                  transport=transport_for(settings.retrieval_url))
         closers.append(client.aclose)
         return client
-    from services.retrieval.service import RetrievalService
+    from services.retrieval.service import ItemStore, RetrievalService
 
     # Retrieval records item upserts/deletes in the feature store (metadata and overlay); it
     # needs the store itself, not its HTTP client.
-    item_store = feature_store if hasattr(feature_store, "put_item") else None
-    if item_store is None:
+    item_store: ItemStore
+    if isinstance(feature_store, ItemStore):
+        item_store = feature_store
+    else:
         from services.feature_store.store import FeatureStore
 
-        item_store = FeatureStore.from_settings(settings)
-        closers.append(item_store.aclose)
+        store = FeatureStore.from_settings(settings)
+        closers.append(store.aclose)
+        item_store = store
     service = RetrievalService(settings, item_store=item_store)
     await service.reload()
     return service

@@ -11,40 +11,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request, status
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
-from services.ranking.errors import RankerLoadError
 from services.ranking.new_items import RedisOverlayContent
+from services.ranking.routes import admin, score
+from services.ranking.routes.errors import add_error_handlers
 from services.ranking.service import RankingService
-from shared.admin import Admin, ReloadRequest, ReloadResponse
 from shared.admission import add_admission
-from shared.bundle import BundleError
-from shared.contracts import (
-    BundleNotServed,
-    BundlesRequest,
-    BundlesResponse,
-    ScoreRequest,
-    ScoreResponse,
-    ServiceUnavailable,
-)
-from shared.errors import InvalidRequest, invalid_request_response
 from shared.experiments import bundles_to_serve
 from shared.observability import add_ops_routes
-from shared.openapi import add_allow_header, document_errors, error_response
-from shared.rollout import announce, following, rollout_status
+from shared.openapi import add_allow_header, document_errors
+from shared.rollout import following, rollout_status
 from shared.settings import Settings
-
-
-async def _service(request: Request) -> RankingService:
-    return request.app.state.ranking
-
-
-Service = Annotated[RankingService, Depends(_service)]
-
-
 
 
 def create_app(settings: Settings, service: RankingService | None = None) -> FastAPI:
@@ -76,43 +56,12 @@ def create_app(settings: Settings, service: RankingService | None = None) -> Fas
     document_errors(app)  # every status each route can answer (shared/openapi.py)
     add_allow_header(app)
     add_admission(app, settings, "ranking")
-    app.state.settings = settings
-    admin = Admin
+    app.state.settings = settings  # the admin check reads the token here (shared/admin.py)
+    add_error_handlers(app)
+    for module in (score, admin):
+        app.include_router(module.router)
 
-    @app.exception_handler(InvalidRequest)
-    async def invalid(request: Request, exc: InvalidRequest) -> JSONResponse:
-        return invalid_request_response(exc)
-
-    @app.post("/v1/score", tags=["ranking"], responses={409: error_response(409)})
-    async def score(body: ScoreRequest, svc: Service) -> ScoreResponse:
-        try:
-            answer = await svc.score_detailed(body.requests, body.bundle, body.features)
-        except BundleNotServed as exc:
-            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
-        except ServiceUnavailable as exc:
-            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
-        return answer
-
-    @app.post("/admin/reload", tags=["admin"], dependencies=[admin])
-    async def reload(svc: Service, request: Request,
-                     body: ReloadRequest | None = None) -> ReloadResponse:
-        try:
-            version = await svc.reload(body.bundle if body else None)
-        except RankerLoadError as exc:
-            current = svc.info.version if svc.info else None
-            raise InvalidRequest("bundle", f"{exc} (still serving {current})") from exc
-        await announce(request.app, version)  # every replica follows
-        return ReloadResponse(bundle=version)
-
-    @app.put("/admin/bundles", tags=["admin"], dependencies=[admin])
-    async def bundles(body: BundlesRequest, svc: Service) -> BundlesResponse:
-        """Serve exactly these bundles besides the main one (experiment arms)."""
-        try:
-            return BundlesResponse(**await svc.serve_bundles(body.bundles))
-        except (RankerLoadError, BundleError) as exc:
-            raise InvalidRequest("bundles", str(exc)) from exc
-
-    async def readiness() -> dict:
+    async def readiness() -> dict[str, Any]:
         svc: RankingService | None = getattr(app.state, "ranking", None)
         info = svc.info if svc else None
         if info is None:

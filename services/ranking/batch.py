@@ -46,7 +46,7 @@ class ItemTable:
         n, dim = content.shape
         self.content = np.zeros((n + 1, dim), dtype=np.float32)
         self.content[:n] = content
-        self.zero_row = n
+        self.zero_row = int(n)
 
     @property
     def dim(self) -> int:

@@ -14,12 +14,12 @@ import numpy as np
 
 from services.feature_store.codec import unpack_overlay
 from services.feature_store.keys import Keys
-from shared.redis_conn import make_redis
+from shared.redis_conn import AsyncRedis, make_redis
 from shared.settings import Settings
 
 
 class RedisOverlayContent:
-    def __init__(self, redis, keys: Keys) -> None:
+    def __init__(self, redis: AsyncRedis, keys: Keys) -> None:
         self.redis = redis
         self.keys = keys
 

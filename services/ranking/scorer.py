@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -77,13 +78,15 @@ def check_io(session: Session, *, content_dim: int, max_history: int) -> None:
         raise ModelSchemaMismatch(str(exc)) from None
 
 
-def check_model_json(info: Mapping, *, items: int, content_dim: int, item_dim: int) -> int:
+def check_model_json(info: Mapping[str, Any], *, items: int, content_dim: int,
+                     item_dim: int) -> int:
     """Return max_history from model.json after checking its facts against the bundle's arrays
     and the index convention this scorer uses (docs/bundle.md)."""
     problems: list[str] = []
-    max_history = info.get("max_history")
-    if not isinstance(max_history, int) or max_history < 1:
-        problems.append(f"model.json max_history is {max_history!r}, expected an int >= 1")
+    given = info.get("max_history")
+    max_history = given if isinstance(given, int) else 0
+    if max_history < 1:
+        problems.append(f"model.json max_history is {given!r}, expected an int >= 1")
     # D of item_vectors.npy: `vector_dim` (model dim + a bias dimension), or `dim` without one
     d_key = "vector_dim" if "vector_dim" in info else "dim"
     expected = {"content_dim": (content_dim, "content_embeddings.npy"),
@@ -108,7 +111,7 @@ def check_model_json(info: Mapping, *, items: int, content_dim: int, item_dim: i
                             f"the scorer reads {spec.output_names}")
     if problems:
         raise ModelSchemaMismatch("; ".join(problems))
-    return int(max_history)  # type: ignore[arg-type]
+    return max_history
 
 
 class OnnxRanker:

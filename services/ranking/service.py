@@ -17,6 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +64,7 @@ class RankingService:
         log.info("ranking: serving %s on %s", ranker.version, ranker.info.provider)
         return ranker.version
 
-    async def serve_bundles(self, versions: list[str]) -> dict:
+    async def serve_bundles(self, versions: list[str]) -> dict[str, Any]:
         """Hold exactly these bundle versions besides the main one (experiment arms). A failed
         load changes nothing and raises."""
         async with self._reload_lock:

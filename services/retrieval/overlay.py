@@ -13,7 +13,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -60,7 +60,7 @@ class OverlayLog:
         os.replace(tmp, self.path)
 
     @contextmanager
-    def _locked(self):
+    def _locked(self) -> Iterator[None]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with (self.path.parent / f"{FILE_NAME}.lock").open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)

@@ -21,7 +21,7 @@ from services.retrieval.sources.tags import resolve_tags
 from services.retrieval.state import RetrievalState
 from shared.contracts import RetrievalQuery, RetrievalResult
 from shared.observability import timed
-from shared.settings import MAX_CANDIDATES_PER_SOURCE
+from shared.sources import MAX_CANDIDATES_PER_SOURCE
 
 SERVICE = "retrieval"
 

@@ -17,10 +17,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, runtime_checkable
 
-import numpy as np
 from threadpoolctl import threadpool_limits
 
 from services.feature_store.codec import OverlayItem
@@ -32,13 +31,11 @@ from services.retrieval.errors import (
 from services.retrieval.overlay import OverlayLog, merge
 from services.retrieval.retrieve import retrieve_batch
 from services.retrieval.similar import MAX_SIMILAR, similar_items
-from services.retrieval.sources.popular import most_popular
 from services.retrieval.state import RetrievalState, load_state
 from services.retrieval.writes import apply_overlay, apply_put, check_item_id, validated_embedding
 from shared.bundle import Bundle, resolve_bundle
 from shared.contracts import (
     BundleNotServed,
-    Candidate,
     ItemMeta,
     ItemUpsert,
     Neighbour,
@@ -55,6 +52,7 @@ log = logging.getLogger(__name__)
 SERVICE = "retrieval"
 
 
+@runtime_checkable
 class ItemStore(Protocol):
     """What retrieval needs of the feature store (services/feature_store/store.py)."""
 
@@ -132,20 +130,23 @@ class RetrievalService:
     async def _heal_store(self, local: list[OverlayItem], remote: list[OverlayItem]) -> None:
         """Write back changes the feature store lost (e.g. a Redis without persistence that
         restarted), so the gateway can show those items again."""
+        store = self.item_store
+        if store is None:
+            return
         known = {e.meta.item_id: e.updated_at for e in remote}
         lost = [e for e in local if known.get(e.meta.item_id, -1.0) < e.updated_at]
         try:
             for e in lost:
                 if e.meta.available:
-                    await self.item_store.put_item(e.meta, e.embedding)
+                    await store.put_item(e.meta, e.embedding)
                 else:
-                    await self.item_store.delete_item(e.meta.item_id)
+                    await store.delete_item(e.meta.item_id)
         except ServiceUnavailable as exc:
             DEGRADED.labels(SERVICE, "overlay").inc()
             log.warning("retrieval: could not restore %d item(s) in the feature store: %s",
                         len(lost), exc)
 
-    async def serve_bundles(self, versions: list[str]) -> dict:
+    async def serve_bundles(self, versions: list[str]) -> dict[str, Any]:
         """Hold exactly these bundle versions besides the main one (experiment arms): load the
         missing ones (overlay changes replayed), drop the others. A failed load changes nothing
         and raises."""
@@ -197,7 +198,7 @@ class RetrievalService:
     async def ready(self) -> bool:
         return self._state is not None
 
-    def readiness(self) -> dict:
+    def readiness(self) -> dict[str, Any]:
         s = self._state
         if s is None:
             return {"ready": False, "service": SERVICE, "bundle": None}
@@ -236,27 +237,6 @@ class RetrievalService:
             raise ItemNotFound(item_id)
         with timed(SERVICE, "similar"):
             return similar_items(state, row, k)
-
-    def popular(self, n: int, exclude: list[str] | tuple[str, ...] = ()) -> list[Candidate]:
-        """The n most popular live items not in `exclude` (what a brand-new user can get)."""
-        state = self.state
-        blocked = state.dead.view.copy()
-        rows = [r for r in map(state.row_of.get, exclude) if r is not None]
-        blocked[rows] = True
-        found, scores = most_popular(state, max(0, n), blocked, len(rows))
-        return [Candidate(item_id=state.item_ids[r], source="popular", score=s)
-                for r, s in zip(found.tolist(), scores.tolist(), strict=True)]
-
-    def content_of(self, item_ids: list[str]) -> dict[str, np.ndarray]:
-        """Current content embeddings of the live items among `item_ids` (for the ranker, which
-        only knows the bundle's items)."""
-        state = self.state
-        out = {}
-        for item_id in item_ids:
-            row = state.row_of.get(item_id)
-            if row is not None and not state.dead.view[row]:
-                out[item_id] = state.content.view[row].astype(np.float32)
-        return out
 
     # ---- catalogue changes --------------------------------------------------------------
     async def upsert_item(self, item_id: str, item: ItemUpsert) -> ItemMeta:
@@ -316,7 +296,7 @@ class RetrievalService:
         if self.item_store is not None:
             await self.item_store.delete_item(item_id)
 
-    async def _tell_store(self, write, item_id: str) -> None:
+    async def _tell_store(self, write: Awaitable[object], item_id: str) -> None:
         try:
             await write
         except ServiceUnavailable as exc:

@@ -58,6 +58,6 @@ def similar_items(state: RetrievalState, row: int, k: int) -> list[Neighbour]:
             if rank < len(hits) and hits[rank][0] not in taken and len(out) < k:
                 r, score = hits[rank]
                 taken.add(r)
-                out.append(Neighbour(item_id=state.item_ids[r], source=source,  # type: ignore[arg-type]
+                out.append(Neighbour(item_id=state.item_ids[r], source=source,
                                      score=score))
     return out

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 import onnxruntime as ort
+from numpy.typing import ArrayLike, DTypeLike
 
 from shared import ann
 from shared.bundle import FIRST_ITEM_INDEX, UNKNOWN_INDEX, Bundle, BundleError, files_bytes
@@ -43,7 +44,7 @@ CONTENT_FLOAT16_ABOVE = ann.EXACT_MAX_ITEMS
 class GrowableRows:
     """A numpy array that appends rows in amortised O(1); `view` is the filled part."""
 
-    def __init__(self, data: np.ndarray, spare: int = 1024, dtype=None) -> None:
+    def __init__(self, data: np.ndarray, spare: int = 1024, dtype: DTypeLike | None = None) -> None:
         self._buf = np.zeros((len(data) + spare, *data.shape[1:]), dtype=dtype or data.dtype)
         for start in range(0, len(data), 65536):  # in blocks: `data` may be a memory map
             end = min(start + 65536, len(data))
@@ -54,7 +55,7 @@ class GrowableRows:
     def view(self) -> np.ndarray:
         return self._buf[:self.n]
 
-    def append(self, row) -> int:
+    def append(self, row: ArrayLike) -> int:
         if self.n == len(self._buf):
             bigger = np.zeros((len(self._buf) * 3 // 2 + 1, *self._buf.shape[1:]), self._buf.dtype)
             bigger[:self.n] = self._buf[:self.n]
@@ -147,6 +148,8 @@ class RetrievalState:
     def learned_vectors(self, model_index: np.ndarray, content: np.ndarray) -> np.ndarray:
         if self.item_encoder is None and self.item_encoder_loader is not None:
             self.item_encoder = self.item_encoder_loader()
+        if self.item_encoder is None:
+            raise RuntimeError(f"bundle {self.version}: no item encoder to embed new items with")
         return ITEM_ENCODER.run(self.item_encoder, item_ids=model_index,
                                 item_content=content)["item_vec"]
 
@@ -193,7 +196,9 @@ class RetrievalState:
             self.tag_rows[cluster] = rows[rows != row]
         ids = np.array([row], dtype=np.int64)
         try:
-            removed = self.index_ann.remove_ids(ids) + self.index_content.remove_ids(ids)
+            # faiss's Python wrapper takes an id array; its type stubs list only an IDSelector
+            removed = (self.index_ann.remove_ids(ids)  # type: ignore[arg-type]
+                       + self.index_content.remove_ids(ids))  # type: ignore[arg-type]
         except RuntimeError:  # HNSW and GPU indexes cannot remove: results are filtered instead
             removed = 0
         if removed < 2:
@@ -244,7 +249,8 @@ def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
     clusters = [_same_or_new(t, tuple(tag_clusters.clusters(t))) for t in tags]
     # Similarity between items ignores the per-item bias dimension (model.json: vector_dim =
     # dim + 1), which says how popular an item is, not what it is like.
-    taste = vectors[:, :min(int(bundle.model_info.get("dim", vectors.shape[1])), vectors.shape[1])]
+    width = int(vectors.shape[1])
+    taste = vectors[:, :min(int(bundle.model_info.get("dim", width)), width)]
     norms = np.maximum(np.linalg.norm(taste, axis=1, keepdims=True), 1e-12)
     # The state keeps what it needs of items.json in its own lists: drop the bundle's parsed
     # copy (a dict per item: about 1 GB at 1M items), which is read again if asked for.

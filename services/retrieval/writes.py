@@ -68,7 +68,9 @@ def _replay_embedding(state: RetrievalState, entry: OverlayItem) -> np.ndarray |
     if state.text_encoder is None:
         return None
     # A bundle with another encoder (or an entry without an embedding): recompute from text.
-    return state.text_encoder.encode([item_text(entry.meta.title, entry.meta.tags)])[0]
+    encoded: np.ndarray = state.text_encoder.encode([item_text(entry.meta.title,
+                                                               entry.meta.tags)])[0]
+    return encoded
 
 
 def check_item_id(item_id: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 from collections import defaultdict
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def _tags(field: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(t for t in (normalise_tag(x) for x in field.split("|")) if t))
 
 
-def _dict_rows(path: Path, required: list[str]):
+def _dict_rows(path: Path, required: list[str]) -> Iterator[tuple[int, dict[str, str]]]:
     if not path.is_file():
         raise DatasetError(path, "file not found")
     with path.open(encoding="utf-8", newline="") as fh:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 from shared.data.types import MISSING_FILE, Dataset, DatasetError, Item, normalise_tag
@@ -48,7 +49,7 @@ def load_movielens(data_dir: Path) -> Dataset:
                    source_files=[ratings, movies, tags])
 
 
-def _rows(path: Path, header: list[str]):
+def _rows(path: Path, header: list[str]) -> Iterator[tuple[int, list[str]]]:
     if not path.is_file():
         raise DatasetError(path, MISSING_FILE)
     with path.open(encoding="utf-8", newline="") as fh:

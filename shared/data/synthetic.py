@@ -34,9 +34,12 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import optimize, sparse, stats
+
+from shared.data.types import Dataset
 
 EMBED_DIM = 384
 TOPIC_SHARE = 0.5       # share of a user's items drawn from their favourite tag
@@ -80,17 +83,17 @@ class Fit:
     def vocab_for(self, n_items: int) -> int:
         return max(1, int(round(self.heaps_k * n_items ** self.heaps_beta)))
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {k: (round(v, 6) if isinstance(v, float) else v)
                 for k, v in asdict(self).items()}
 
     @classmethod
-    def from_json(cls, doc: dict) -> Fit:
+    def from_json(cls, doc: dict[str, Any]) -> Fit:
         return cls(**{k: doc[k] for k in cls.__dataclass_fields__})
 
 
 # ---- fitting -----------------------------------------------------------------------------
-def observed(ds) -> dict[str, np.ndarray]:
+def observed(ds: Dataset) -> dict[str, np.ndarray]:
     """The per-item, per-user and per-tag counts of a Dataset that the fit works on."""
     pop = Counter(i for seq in ds.sequences.values() for i in seq)
     tag_freq = Counter(t for it in ds.items for t in it.tags)
@@ -114,7 +117,7 @@ def zipf_exponent(freq_by_rank: np.ndarray) -> float:
     total, weighted = freq.sum(), float((freq * log_r).sum())
 
     def nll(a: float) -> float:
-        return a * weighted + total * math.log(np.exp(-a * log_r).sum())
+        return float(a * weighted + total * math.log(np.exp(-a * log_r).sum()))
 
     return float(optimize.minimize_scalar(nll, bounds=(0.01, 5.0), method="bounded").x)
 
@@ -135,7 +138,7 @@ def heaps(items_tags: list[tuple[str, ...]], seed: int = 0) -> tuple[float, floa
     return float(k), float(beta)
 
 
-def fit(ds) -> Fit:
+def fit(ds: Dataset) -> Fit:
     obs = observed(ds)
     pop = obs["popularity"]
     pop_s, _, pop_scale = stats.lognorm.fit(pop[pop > 0], floc=0)
@@ -233,10 +236,11 @@ def _draw_histories(rng: np.random.Generator, weights: np.ndarray, item_tags: li
     hi = cum[seg_end[t] - 1]
     pos = np.searchsorted(cum, lo + u[topical] * (hi - lo), side="right")
     out[topical] = by_tag_item[np.minimum(pos, seg_end[t] - 1)]
-    return np.minimum(out, len(weights) - 1).astype(np.int64)
+    drawn: np.ndarray = np.minimum(out, len(weights) - 1).astype(np.int64)
+    return drawn
 
 
-def write(syn: Synthetic, folder: Path, seed: int, chunk: int = 100_000) -> dict:
+def write(syn: Synthetic, folder: Path, seed: int, chunk: int = 100_000) -> dict[str, Any]:
     """Write items.csv, interactions.csv and embeddings.npy; returns seconds and bytes."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -292,7 +296,7 @@ def _write_embeddings(syn: Synthetic, path: Path, seed: int, chunk: int) -> None
 
 
 def synth(folder: Path, n_items: int, n_users: int, seed: int = 7,
-          params: Fit | None = None, data_dir: Path | str | None = None) -> dict:
+          params: Fit | None = None, data_dir: Path | str | None = None) -> dict[str, Any]:
     """Fit (unless given), draw and write; also writes `synthetic.json` with the parameters."""
     params = params or fit_microlens(data_dir)[0]
     start = time.perf_counter()

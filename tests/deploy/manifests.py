@@ -97,10 +97,13 @@ def env_references(text: str) -> set[str]:
 # ---- the code's own facts ----------------------------------------------------------------
 @cache
 def settings_env() -> frozenset[str]:
-    from shared.settings import Settings
+    from shared.settings import ONE_CAP, Settings
+    from shared.sources import SOURCE_NAMES
 
     prefix = Settings.model_config.get("env_prefix", "")
-    return frozenset(f"{prefix}{name}".upper() for name in Settings.model_fields)
+    # VIDREC_CANDIDATES_<SOURCE>: one source's cap (read into candidate_caps)
+    names = [*Settings.model_fields, *(ONE_CAP + source for source in SOURCE_NAMES)]
+    return frozenset(f"{prefix}{name}".upper() for name in names)
 
 
 @cache

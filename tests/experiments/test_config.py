@@ -44,10 +44,11 @@ def test_parses_arms_weights_and_pipeline_settings() -> None:
     assert exp.guardrail.error_rate_margin == 0.01  # the default
     weak = exp.arm("weak")
     assert weak is not None and weak.ranker is False and weak.sources == ("popular",)
-    assert weak.settings_overrides() == {"candidates_popular": 80, "candidates_ann": 0,
-                                         "candidates_content": 0, "candidates_tags": 0,
-                                         "max_per_tag": 0}
-    assert exp.arm("current").settings_overrides() == {}
+    caps = {"ann": 300, "content": 100, "tags": 50, "popular": 50}
+    assert weak.settings_overrides(caps) == {
+        "candidate_caps": {"ann": 0, "content": 0, "tags": 0, "popular": 80}, "max_per_tag": 0}
+    assert caps["popular"] == 50  # the gateway's own caps stay as they were
+    assert exp.arm("current").settings_overrides(caps) == {}
     assert not config.experiments["old"].active
 
 

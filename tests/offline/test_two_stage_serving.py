@@ -52,7 +52,7 @@ def _online(settings: Settings, users: list[str]) -> list[tuple[list[str], dict[
 def test_offline_candidates_are_the_services(small_bundle: Path, tmp_path: Path) -> None:
     settings = Settings(artifacts_dir=small_bundle.parent, bundle=small_bundle.name,
                         key_prefix=f"vidrec:test:{uuid.uuid4().hex}", state_dir=tmp_path,
-                        use_gpu=False, candidates_tags=30)
+                        use_gpu=False, candidate_caps={"tags": 30})
     bundle = Bundle(small_bundle)
     seqs = bundle.users()
     # users of every history length: short (the tag profile matters), median, longest

@@ -18,7 +18,7 @@ import pytest
 from services.retrieval.client import RetrievalClient
 from services.retrieval.errors import AdminRejected, InvalidRequest, ItemNotFound
 from shared.bundle import Bundle
-from shared.contracts import ItemUpsert, RetrievalQuery, ServiceUnavailable
+from shared.contracts import ItemUpsert, RetrievalQuery, ServiceUnavailable, sources_only
 from shared.settings import Settings
 from tests.retrieval.test_retrieval_similar import a_popular_item, brute_force
 from tests.support import free_port, stop_process
@@ -105,6 +105,19 @@ def test_bad_embedding_dim_is_422_naming_the_field(server: str, settings: Settin
             await client.aclose()
 
     assert asyncio.run(go()).field == "embedding"
+
+
+def test_an_unknown_source_is_422_naming_it(server: str) -> None:
+    """A source name outside shared/sources.py is refused by the wire type, like the Literal
+    it replaced: the same error type and message, `loc` naming the cap's key."""
+    r = httpx.post(f"{server}/v1/retrieve", json={"queries": [{"caps": {"bogus": 5}}]})
+    assert r.status_code == 422
+    (error,) = r.json()["detail"]
+    assert error["loc"] == ["body", "queries", 0, "caps", "bogus", "[key]"]
+    assert error["type"] == "literal_error"
+    assert error["msg"] == "Input should be 'ann', 'content', 'tags' or 'popular'"
+    ok = httpx.post(f"{server}/v1/retrieve", json={"queries": [{"caps": sources_only(tags=3)}]})
+    assert ok.status_code == 200
 
 
 def test_client_upsert_retrieve_delete_round_trip(server: str, settings: Settings) -> None:

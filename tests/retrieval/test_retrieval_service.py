@@ -15,8 +15,9 @@ from services.retrieval.errors import InvalidRequest, ItemNotFound
 from services.retrieval.overlay import FILE_NAME
 from services.retrieval.service import RetrievalService
 from shared.bundle import FIRST_ITEM_INDEX, Bundle, BundleError
-from shared.contracts import ItemUpsert, RetrievalQuery
+from shared.contracts import Candidate, ItemUpsert, RetrievalQuery, sources_only
 from shared.settings import Settings
+from shared.sources import MAX_CANDIDATES_PER_SOURCE
 from shared.tags import TagClusters
 from shared.text import item_text
 from shared.text_encoder import OnnxTextEncoder
@@ -87,9 +88,9 @@ def test_batch_returns_every_source_and_never_history_or_excluded(settings) -> N
     cold = results[-1]
     assert {c.source for c in cold.candidates} == {"popular"}
     assert cold.per_source == {"ann": 0, "content": 0, "tags": 0,
-                               "popular": settings.candidates_popular}
+                               "popular": settings.candidate_caps["popular"]}
     expected = sorted((it["popularity"] for it in bundle.items), reverse=True)
-    assert [c.score for c in cold.candidates] == expected[:settings.candidates_popular]
+    assert [c.score for c in cold.candidates] == expected[:settings.candidate_caps["popular"]]
 
 
 def test_ann_candidates_match_brute_force_over_item_vectors(settings) -> None:
@@ -203,11 +204,10 @@ def test_computed_embedding_and_reupsert_of_a_bundle_item(settings, small_bundle
         fresh, old = s.row_of["fresh-1"], s.row_of[existing["item_id"]]
         return (s.content.view[fresh].copy(), s.vectors.view[fresh].copy(),
                 s.model_index.view[[fresh, old]].tolist(), s.content.view[old].copy(),
-                s.vectors.view[old].copy(), bool(s.dead.view[row]), old,
-                service.content_of(["fresh-1", "missing"]))
+                s.vectors.view[old].copy(), bool(s.dead.view[row]), old)
 
-    (fresh_content, fresh_vec, indexes, old_content, old_vec, row_dead, new_row,
-     lookup) = asyncio.run(go())
+    (fresh_content, fresh_vec, indexes, old_content, old_vec, row_dead,
+     new_row) = asyncio.run(go())
     expected = text_encoder.encode([item_text(new_title, new_tags)])[0]
     np.testing.assert_allclose(fresh_content, expected, atol=1e-6)
     assert indexes == [1, row + FIRST_ITEM_INDEX]  # new: unknown to the model; old: its own id
@@ -215,7 +215,14 @@ def test_computed_embedding_and_reupsert_of_a_bundle_item(settings, small_bundle
                                "item_content": np.stack([fresh_content, old_content])})[0]
     np.testing.assert_allclose(np.stack([fresh_vec, old_vec]), want, atol=1e-5)
     assert row_dead and new_row != row  # the old version is gone from the indexes
-    assert set(lookup) == {"fresh-1"}
+
+
+def popular_of(service: RetrievalService, n: int, exclude: list[str] | None = None
+               ) -> list[Candidate]:
+    """The popular source alone, through the public retrieve path."""
+    query = RetrievalQuery(exclude=exclude or [], caps=sources_only(popular=n))
+    results, _ = service.retrieve_now([query])
+    return results[0].candidates
 
 
 def test_restart_recovers_from_redis_when_the_overlay_file_is_lost(settings, make_store) -> None:
@@ -231,7 +238,7 @@ def test_restart_recovers_from_redis_when_the_overlay_file_is_lost(settings, mak
             await service.delete_item(victim)
             (settings.state_dir / FILE_NAME).unlink()
             restarted = await RetrievalService.open(settings, item_store=store)
-            return restarted.state, restarted.popular(10_000)
+            return restarted.state, popular_of(restarted, MAX_CANDIDATES_PER_SOURCE)
         finally:
             await store.aclose()
 
@@ -239,7 +246,8 @@ def test_restart_recovers_from_redis_when_the_overlay_file_is_lost(settings, mak
     assert "kept-in-redis" in state.row_of and not state.dead.view[state.row_of["kept-in-redis"]]
     assert state.dead.view[state.row_of[victim]]
     assert victim not in {c.item_id for c in popular}
-    assert "kept-in-redis" in {c.item_id for c in popular}
+    # the popular source ranks the recovered item (past the cap of one query in a big bundle)
+    assert state.row_of["kept-in-redis"] in state.popular_rows.tolist()
 
 
 def test_reload_swaps_bundle_and_replays_changes(settings) -> None:
@@ -268,7 +276,7 @@ def test_popular_excludes_and_orders(settings) -> None:
 
     async def go():
         service = await RetrievalService.open(settings)
-        return service.popular(5, exclude=[ranked[0]["item_id"]])
+        return popular_of(service, 5, exclude=[ranked[0]["item_id"]])
 
     got = asyncio.run(go())
     assert len(got) == 5 and ranked[0]["item_id"] not in {c.item_id for c in got}

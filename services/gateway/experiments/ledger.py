@@ -38,6 +38,7 @@ from prometheus_client import Counter, Histogram
 
 from services.gateway.experiments.assignment import Assignment
 from shared.contracts import Event
+from shared.redis_conn import AsyncPipeline, AsyncRedis, as_fields
 
 log = logging.getLogger("vidrec.gateway")
 
@@ -108,8 +109,15 @@ class ArmCounts:
         return self.counts.get(name, 0.0)
 
 
+def _request_id(e: Event) -> str:
+    """The answer an event reacts to: attribution only reads events that name one."""
+    if e.request_id is None:
+        raise ValueError(f"event {e.event_id} names no request_id")
+    return e.request_id
+
+
 class Ledger:
-    def __init__(self, redis, prefix: str, *, stream: str = "impressions",
+    def __init__(self, redis: AsyncRedis, prefix: str, *, stream: str = "impressions",
                  stream_maxlen: int = 1_000_000, impression_ttl_s: int = 10_800,
                  window_s: float = 1800.0, dedupe_ttl_s: int = 7 * 86_400,
                  flush_interval_s: float = 0.01, max_buffered: int = 50_000) -> None:
@@ -124,8 +132,8 @@ class Ledger:
         self.max_buffered = max_buffered
         self._buffer: list[Answer | tuple[Assignment, float]] = []
         self._wake = asyncio.Event()
-        self._flusher: asyncio.Task | None = None
-        self._tasks: set[asyncio.Task] = set()  # attributions in flight
+        self._flusher: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # attributions in flight
 
     # ---- keys ----------------------------------------------------------------------------
     def impression_key(self, request_id: str) -> str:
@@ -193,14 +201,14 @@ class Ledger:
                 await self._flusher
         await self.flush()  # the last impressions
 
-    def _write_answer(self, pipe, a: Answer) -> None:
+    def _write_answer(self, pipe: AsyncPipeline, a: Answer) -> None:
         exp, arm = (a.assignment.experiment, a.assignment.arm) if a.assignment else ("", "")
         forced = bool(a.assignment and a.assignment.forced)
         record = {"request_id": a.request_id, "user_id": a.user_id, "experiment": exp,
                   "arm": arm, "model_version": a.model_version,
                   "items": orjson.dumps(list(a.items)).decode(), "timestamp": repr(a.now),
                   "ctr_k": str(a.ctr_k), "forced": "1" if forced else "0"}
-        pipe.xadd(self.stream, record, maxlen=self.stream_maxlen, approximate=True)
+        pipe.xadd(self.stream, as_fields(record), maxlen=self.stream_maxlen, approximate=True)
         if exp and not forced:
             # Only what attribution reads, and only for answers it counts (the stream has the
             # rest): this key per answer is most of the ledger's memory (docs/experiments.md).
@@ -215,7 +223,8 @@ class Ledger:
             if a.items:
                 pipe.pfadd(self.arm_key(exp, arm, "items"), *a.items)
 
-    def _write_error(self, pipe, assignment: Assignment, latency_s: float) -> None:
+    def _write_error(self, pipe: AsyncPipeline, assignment: Assignment, latency_s: float
+                     ) -> None:
         exp, arm = assignment.experiment, assignment.arm
         pipe.hincrby(self.arm_key(exp, arm, "c"), "errors", 1)
         pipe.hincrby(self.arm_key(exp, arm, "lat"), str(latency_bucket(latency_s)), 1)
@@ -291,7 +300,7 @@ class Ledger:
         if clicks:  # the first qualifying play of an impression makes it "clicked"
             first = self.redis.pipeline(transaction=False)
             for e, _ in clicks:
-                first.set(self.played_key(e.request_id), e.event_id, nx=True,
+                first.set(self.played_key(_request_id(e)), e.event_id, nx=True,
                           ex=self.impression_ttl_s)
             for (_, imp), new in zip(clicks, await first.execute(), strict=True):
                 if new:
@@ -306,7 +315,7 @@ class Ledger:
     async def _impressions(self, events: Sequence[Event]) -> list[dict[str, Any] | None]:
         pipe = self.redis.pipeline(transaction=False)
         for e in events:
-            pipe.get(self.impression_key(e.request_id))
+            pipe.get(self.impression_key(_request_id(e)))
         return [_impression(packed) for packed in await pipe.execute()]
 
     # ---- reading back --------------------------------------------------------------------

@@ -42,7 +42,7 @@ class ExperimentsRegistry:
         self.loaded_at: float | None = None
         self._mtime: int | None = None
         self._lock = asyncio.Lock()
-        self._watcher: asyncio.Task | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self.on_change: OnChange | None = None
 
     def _stat(self) -> int | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from services.gateway.catalog import Catalog
 from services.gateway.pipeline.context import RecContext, RecRequest
 from services.gateway.pipeline.head import head_limit
@@ -92,7 +94,7 @@ class Retrieve:
             for source, n in ctx.per_source.items():
                 CANDIDATES.labels(source).inc(n)
 
-    async def _retrieve(self, query: RetrievalQuery) -> list:
+    async def _retrieve(self, query: RetrievalQuery) -> list[Any]:
         if self.bundle is None:
             return await self.retrieval.retrieve([query])
         return await self.retrieval.retrieve([query], bundle=self.bundle)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import FileResponse
@@ -46,14 +47,15 @@ def _bundle_path(gateway: Gateway) -> Path:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
 
 
-def _read_json(path: Path) -> dict | None:
+def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text())
+        doc = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    return doc if isinstance(doc, dict) else None
 
 
-def bundle_summary(path: Path) -> dict:
+def bundle_summary(path: Path) -> dict[str, Any]:
     manifest = _read_json(path / "manifest.json") or {}
     return {"version": path.name,
             "manifest": {k: manifest[k] for k in MANIFEST_FIELDS if k in manifest},

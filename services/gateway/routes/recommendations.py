@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query
 
@@ -24,7 +24,7 @@ UserId = Annotated[Identifier, Path()]
 Tags = list[TagQuery] | None
 
 
-def render(ctx: RecContext, request_id: str, assignment: Assignment | None) -> dict:
+def render(ctx: RecContext, request_id: str, assignment: Assignment | None) -> dict[str, Any]:
     return {
         "user_id": ctx.request.user_id,
         "items": [{"item_id": p.meta.item_id, "title": p.meta.title, "tags": p.meta.tags,

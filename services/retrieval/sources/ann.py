@@ -32,3 +32,6 @@ class AnnSource:
             return [NOTHING] * len(batch)
         queries = user_vectors(state, [batch[i].hist_rows for i in todo])
         return search_index(state, state.index_ann, queries, batch, todo, self.name)
+
+
+SOURCE = AnnSource()

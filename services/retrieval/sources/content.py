@@ -20,7 +20,8 @@ def content_queries(state: RetrievalState, histories: list[np.ndarray]) -> np.nd
         recent = h[-RECENT:]
         weights = RECENCY_DECAY ** np.arange(len(recent) - 1, -1, -1, dtype=np.float32)
         out[b] = weights @ table[recent]
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    unit: np.ndarray = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return unit
 
 
 class ContentSource:
@@ -32,3 +33,6 @@ class ContentSource:
             return [NOTHING] * len(batch)
         queries = content_queries(state, [batch[i].hist_rows for i in todo])
         return search_index(state, state.index_content, queries, batch, todo, self.name)
+
+
+SOURCE = ContentSource()

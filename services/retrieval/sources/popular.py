@@ -23,3 +23,6 @@ class PopularSource:
 
     def search(self, state: RetrievalState, batch: list[Prepared]) -> list[Found]:
         return [most_popular(state, p.caps[self.name], p.blocked, p.n_blocked) for p in batch]
+
+
+SOURCE = PopularSource()

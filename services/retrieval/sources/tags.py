@@ -78,3 +78,6 @@ class TagSource:
 
     def search(self, state: RetrievalState, batch: list[Prepared]) -> list[Found]:
         return [tag_matches(state, p) for p in batch]
+
+
+SOURCE = TagSource()

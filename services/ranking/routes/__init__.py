@@ -1,0 +1,1 @@
+"""The ranking service's routes, one module per concern; app.py includes their routers."""

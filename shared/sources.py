@@ -1,0 +1,40 @@
+"""The candidate sources: the one list of their names, in union order, with each one's default
+cap (candidates per query). Torch- and faiss-free, so every process can read it.
+
+Everything else follows from this list: services/retrieval/sources/<name>.py implements each
+source (loaded by name, in this order: an item two sources propose stays with the earlier
+one), `shared.contracts.Source` accepts exactly these names on the wire (the OpenAPI documents
+list them), and `Settings.candidate_caps` starts from these caps (VIDREC_CANDIDATE_CAPS, or
+VIDREC_CANDIDATES_<NAME> for one source, changes them).
+
+Adding a source: its module in services/retrieval/sources/, one line here, its test. The
+candidate ranker's source features are those of the sources it was trained with
+(shared/ranker_features.SOURCES, part of the model's input layout): a new source reaches a
+ranker trained before it as an unknown source, until a bundle is built with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from types import MappingProxyType
+
+# Most candidates one source may propose per query (faiss GPU answers at most 2048 neighbours).
+MAX_CANDIDATES_PER_SOURCE = 2000
+
+DEFAULT_CAPS = MappingProxyType({
+    "ann": 300,       # the user's learned vector against the item vectors (watched alike)
+    "content": 100,   # the recent history's content (title and tags) against the items'
+    "tags": 50,       # the tags the request or the user's profile asks for
+    "popular": 50,    # the bundle's popularity order (what a new user gets)
+})
+SOURCE_NAMES: tuple[str, ...] = tuple(DEFAULT_CAPS)
+
+
+def unknown_sources(names: Iterable[str]) -> list[str]:
+    """The names among `names` that are not candidate sources, sorted."""
+    return sorted(n for n in names if n not in DEFAULT_CAPS)
+
+
+def listed() -> str:
+    """The sources for a message: 'ann, content, tags, popular'."""
+    return ", ".join(SOURCE_NAMES)
