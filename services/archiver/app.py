@@ -29,6 +29,7 @@ def make_archivers(settings: Settings, redis, eventlog: EventLog) -> list[Stream
     base = ArchiverConfig(
         consumer=settings.archive_consumer or socket.gethostname(),
         batch=settings.archive_batch, block_ms=settings.archive_block_ms,
+        linger_ms=settings.archive_linger_ms,
         claim_idle_ms=int(settings.archive_claim_idle_s * 1000),
         pause_before_ack_s=settings.archive_pause_before_ack_s)
     # markers live in the user's slot (docs/feature_store.md): cheap on a cluster, and gone

@@ -3,7 +3,8 @@
 A batch goes through these steps (docs/learning_loop.md):
 1. Read: first this consumer's own pending entries (a batch it read before a crash), then
    entries other consumers left pending longer than `archive_claim_idle_s` (XAUTOCLAIM),
-   then new ones (XREADGROUP >, blocking).
+   then new ones (XREADGROUP >, blocking; a read short of a full batch waits
+   `archive_linger_ms` once and takes what arrived meanwhile).
 2. Claim each record id with a marker in Redis, `SET <marker> <file> NX GET`: the marker names
    the file that holds (or will hold) the record. A record whose marker names another file
    that exists is a duplicate (the events stream holds an event twice when a client retried
@@ -53,8 +54,9 @@ BATCH_SECONDS = Histogram("vidrec_archiver_batch_seconds", "Time to archive one 
 class ArchiverConfig:
     group: str = "archiver"
     consumer: str = "archiver-1"
-    batch: int = 2000
+    batch: int = 20_000
     block_ms: int = 500
+    linger_ms: int = 0
     claim_idle_ms: int = 60_000
     marker_ttl_s: int = 7 * 86_400
     pause_before_ack_s: float = 0.0  # failure tests only: a window to kill the process in
@@ -119,9 +121,16 @@ class StreamArchiver:
         if entries:
             return entries
         await self.check_trim()
-        new = await self.redis.xreadgroup(c.group, c.consumer, {self.stream: ">"},
-                                          count=self._count(), block=c.block_ms)
-        return _entries(new)
+        count = self._count()
+        new = _entries(await self.redis.xreadgroup(c.group, c.consumer, {self.stream: ">"},
+                                                   count=count, block=c.block_ms))
+        if new and len(new) < count and c.linger_ms:
+            # a short read: let more arrive before writing, so that a steady flow of small
+            # batches makes a few big files rather than many small ones (and costs less CPU)
+            await asyncio.sleep(c.linger_ms / 1000)
+            new += _entries(await self.redis.xreadgroup(
+                c.group, c.consumer, {self.stream: ">"}, count=count - len(new)))
+        return new
 
     # ---- one batch -----------------------------------------------------------------------
     async def step(self) -> int:

@@ -66,7 +66,7 @@ class EventRecorder:
         for i, state in zip(todo, states, strict=True):
             status[i] = "accepted" if state is None else "duplicate"
         await self._append_to_stream(unstreamed)
-        return [EventOutcome(event_id=e.event_id, status=s)  # type: ignore[arg-type]
+        return [EventOutcome.model_construct(event_id=e.event_id, status=s)
                 for e, s in zip(events, status, strict=True)]
 
     def event_keys(self, e: Event) -> list[str]:
