@@ -1,19 +1,22 @@
-"""Event ingest through one gateway process, side by side: the per-event Lua path (before) and
-the one-call-per-batch path (VIDREC_EVENTS_BATCH_SCRIPT), with `vidrec archive` running.
+"""Event ingest through one gateway process with `vidrec archive` keeping up, side by side: this
+checkout against a baseline checkout of the code before (`--baseline`, a folder or a git ref).
 
-For each path, alternating, `--repeats` times: its own redis-server (AOF everysec, as in
-compose), the small test bundle loaded, `vidrec serve all` (one process) and `vidrec archive`;
-one client posts batches of `--batch` events over HTTP for `--seconds`; then the archiver's lag
-(from its /metrics) right after the load, and how long it takes to drain.
+For each repeat, the two codes alternate. Each gets its own redis-server (AOF everysec, as in
+compose), the small test bundle loaded by its own `vidrec load`, `vidrec serve all` (one
+process) and `vidrec archive`, all run from that checkout (PYTHONPATH). One client posts
+pre-encoded batches of each size in `--batches` over HTTP, one at a time, for `--seconds`;
+then the archiver's lag on its /metrics right after, and how long it takes to drain.
 
-    .venv/bin/python -m bench.event_ingest [--bundle PATH] [--seconds 15] [--batch 1000]
+    .venv/bin/python -m bench.event_ingest --baseline 683a1eb [--seconds 10] [--repeats 3]
+        [--batches 1000,100] [--bundle PATH] [--port-base 18320]
 
-Also the CPU time each process (gateway, redis-server, archiver) spent per event during the
-run and the drain, and from it the rate the machine's cores could take when nobody else uses
-them (one gateway process is limited to one core). On a shared, overloaded box the wall-clock
-rate says more about the neighbours than about vidrec; the CPU cost does not.
+Reported per run: CPU time per event of each process (gateway, redis-server, archiver) over the
+load and the drain, and from it the rate two idle cores could take (one gateway process runs
+on one core; all three share the machine's cores); the wall-clock rate, which on a shared,
+loaded box says more about the neighbours than about vidrec; and the load average around it.
 
-Writes bench/results/event_ingest.json (medians, all runs, load average). Ports 18320-18329.
+Writes bench/results/event_ingest.json (medians per code and batch size, every run, load).
+Ports: --port-base .. +2.
 """
 
 from __future__ import annotations
@@ -30,12 +33,12 @@ import time
 from pathlib import Path
 
 import httpx
+import orjson
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "results" / "event_ingest.json"
-BIN = Path(sys.executable).parent
-REDIS_PORT, SERVE_PORT, ARCHIVE_PORT = 18320, 18321, 18322
+PROCS = ("redis", "gateway", "archiver")
 
 
 def _wait(url: str, timeout_s: float = 300) -> None:
@@ -60,126 +63,190 @@ def _stop(p: subprocess.Popen) -> None:
             p.wait()
 
 
-def _lag() -> float:
-    text = httpx.get(f"http://127.0.0.1:{ARCHIVE_PORT}/metrics", timeout=5).text
+def _metric(port: int, name: str) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     for line in text.splitlines():
-        if line.startswith('vidrec_archiver_lag_entries{stream="events"}'):
+        if line.startswith(f'{name}{{stream="events"}}'):
             return float(line.rsplit(" ", 1)[1])
     return float("nan")
 
 
-def one_run(batch_script: bool, bundle: Path, seconds: float, batch: int, tmp: Path) -> dict:
-    from services.feature_store.loader import load_bundle
-    from shared.bundle import Bundle
-    from shared.settings import Settings
+def _cpu(procs: dict[str, psutil.Process]) -> dict[str, float]:
+    return {n: sum(p.cpu_times()[:2]) for n, p in procs.items()}
 
+
+def _checkout(baseline: str, tmp: Path) -> tuple[Path, str]:
+    """The baseline's folder and commit: a folder as given, or a git ref checked out into a
+    temporary worktree."""
+    if Path(baseline).is_dir():
+        folder = Path(baseline).resolve()
+    else:
+        folder = tmp / "baseline"
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(folder),
+                        baseline], check=True, capture_output=True)
+    commit = subprocess.run(["git", "-C", str(folder), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    return folder, commit
+
+
+def _bodies(users: list[str], items: list[str], batch: int, count: int, tag: str) -> list[bytes]:
+    """Pre-encoded request bodies, so the client spends its time sending, not building."""
+    rng = random.Random(1)
+    types = ("view", "view", "complete", "like", "skip")
+    now = time.time()
+    return [orjson.dumps({"events": [
+        {"event_id": f"{tag}{b}-{j}", "user_id": rng.choice(users), "item_id": rng.choice(items),
+         "type": rng.choice(types), "watch_fraction": 0.7, "timestamp": now + b * 1e-3}
+        for j in range(batch)]}) for b in range(count)]
+
+
+def one_run(code: str, folder: Path, bundle: Path, batches: list[int], seconds: float,
+            tmp: Path, ports: tuple[int, int, int]) -> list[dict]:
+    from shared.bundle import Bundle
+
+    redis_port, serve_port, archive_port = ports
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("VIDREC_")},
+           "PYTHONPATH": str(folder),
            "VIDREC_ARTIFACTS_DIR": str(bundle.parent), "VIDREC_BUNDLE": bundle.name,
-           "VIDREC_REDIS_URL": f"redis://127.0.0.1:{REDIS_PORT}/0",
+           "VIDREC_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
            "VIDREC_KEY_PREFIX": "vidrec:ingest", "VIDREC_EVENT_LOG": str(tmp / "log"),
            "VIDREC_STATE_DIR": str(tmp / "state"), "VIDREC_USE_GPU": "false",
-           "VIDREC_EVENTS_BATCH_SCRIPT": "true" if batch_script else "false",
-           "VIDREC_ROLLOUT_FOLLOW": "false", "VIDREC_ARCHIVE_BATCH": "5000",
-           "VIDREC_ADMIN_TOKEN": "bench-ingest",
+           "VIDREC_ROLLOUT_FOLLOW": "false", "VIDREC_ARCHIVE_BATCH": "20000",
+           "VIDREC_ADMIN_TOKEN": "bench-ingest", "VIDREC_ENVIRONMENT": "development",
            "VIDREC_MAX_BODY_BYTES": str(8 << 20), "PYTHONUNBUFFERED": "1"}
-    procs = [subprocess.Popen(["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1",
+    vidrec = [sys.executable, "-m", "vidrec_cli"]
+    procs = [subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
                                "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
                                "--dir", str(tmp)], stdout=subprocess.DEVNULL)]
     try:
         time.sleep(0.5)
-        settings = Settings(artifacts_dir=bundle.parent, bundle=bundle.name,
-                            redis_url=env["VIDREC_REDIS_URL"], key_prefix="vidrec:ingest")
-        load_bundle(settings, bundle.name, progress=False)
+        subprocess.run([*vidrec, "load"], env=env, cwd=folder, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         b = Bundle(bundle)
         users, items = sorted(b.users()), [it["item_id"] for it in b.items]
-        procs.append(subprocess.Popen([str(BIN / "vidrec"), "serve", "all", "--port",
-                                       str(SERVE_PORT)], env=env, stdout=(tmp / "serve.log")
-                                      .open("wb"), stderr=subprocess.STDOUT))
-        procs.append(subprocess.Popen([str(BIN / "vidrec"), "archive", "--port",
-                                       str(ARCHIVE_PORT)], env=env, stdout=(tmp / "archive.log")
-                                      .open("wb"), stderr=subprocess.STDOUT))
-        _wait(f"http://127.0.0.1:{SERVE_PORT}/readyz")
-        _wait(f"http://127.0.0.1:{ARCHIVE_PORT}/readyz")
-        cpu = {name: psutil.Process(p.pid) for name, p in
-               zip(("redis", "gateway", "archiver"), procs, strict=True)}
-        rng = random.Random(1)
-        k, sent, failed = 0, 0, 0
-        types = ("view", "view", "complete", "like", "skip")
-        with httpx.Client(base_url=f"http://127.0.0.1:{SERVE_PORT}", timeout=60) as http:
-            for _ in range(3):  # warm-up
-                http.post("/v1/events", json={"events": [
-                    {"event_id": f"w{k}-{j}", "user_id": rng.choice(users),
-                     "item_id": rng.choice(items), "type": "view", "timestamp": time.time()}
-                    for j in range(batch)]})
-                k += 1
-            t0 = time.perf_counter()
-            cpu0 = {n: sum(p.cpu_times()[:2]) for n, p in cpu.items()}
-            while time.perf_counter() - t0 < seconds:
-                events = [{"event_id": f"b{k}-{j}", "user_id": rng.choice(users),
-                           "item_id": rng.choice(items), "type": rng.choice(types),
-                           "watch_fraction": 0.7, "timestamp": time.time()}
-                          for j in range(batch)]
-                k += 1
-                r = http.post("/v1/events", json={"events": events})
-                if r.status_code == 200:
-                    sent += batch
-                else:
-                    failed += 1
-            elapsed = time.perf_counter() - t0
-        lag_at_end = _lag()
-        t1 = time.perf_counter()
-        while _lag() > 0 and time.perf_counter() - t1 < 300:
-            time.sleep(0.2)
-        # CPU per event of each process (load + drain): what the box would need, busy or not
-        us = {f"{n}_cpu_us_per_event": round((sum(p.cpu_times()[:2]) - cpu0[n]) * 1e6 / sent, 1)
-              for n, p in cpu.items()}
-        total = sum(us.values())
-        # one gateway process runs on one core; all three share the machine's cores
-        capacity = min(1e6 / us["gateway_cpu_us_per_event"],
-                       (os.cpu_count() or 1) * 1e6 / total)
-        return {**us, "capacity_events_per_s_from_cpu": round(capacity),
-                "batch_script": batch_script, "events_per_s": round(sent / elapsed, 1),
-                "events": sent, "failed_batches": failed, "seconds": round(elapsed, 2),
-                "archiver_lag_at_end": lag_at_end,
-                "archiver_drain_s": round(time.perf_counter() - t1, 2),
-                "archiver_events_per_s_overall": round(sent / (elapsed + time.perf_counter()
-                                                               - t1), 1)}
+        for name, argv, port in (("serve", ["serve", "all"], serve_port),
+                                 ("archive", ["archive"], archive_port)):
+            procs.append(subprocess.Popen([*vidrec, *argv, "--port", str(port)], env=env,
+                                          cwd=folder, stdout=(tmp / f"{name}.log").open("wb"),
+                                          stderr=subprocess.STDOUT))
+        _wait(f"http://127.0.0.1:{serve_port}/readyz")
+        _wait(f"http://127.0.0.1:{archive_port}/readyz")
+        cpu = {n: psutil.Process(p.pid) for n, p in zip(PROCS, procs, strict=True)}
+        runs = []
+        with httpx.Client(base_url=f"http://127.0.0.1:{serve_port}", timeout=60,
+                          headers={"content-type": "application/json"}) as http:
+            for body in _bodies(users, items, 1000, 3, "warm"):
+                http.post("/v1/events", content=body)
+            for batch in batches:
+                # enough bodies for 15,000 events/s; reused (as duplicates) if ever faster
+                bodies = _bodies(users, items, batch, int(15_000 * seconds / batch) + 1,
+                                 f"b{batch}-")
+                runs.append(_load(http, cpu, bodies, batch, seconds, archive_port, code))
+        return runs
     finally:
         for p in reversed(procs):
             _stop(p)
 
 
+def _load(http: httpx.Client, cpu: dict[str, psutil.Process], bodies: list[bytes], batch: int,
+          seconds: float, archive_port: int, code: str) -> dict:
+    load_before = os.getloadavg()[0]
+    cpu0 = _cpu(cpu)
+    sent = failed = k = 0
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        r = http.post("/v1/events", content=bodies[k % len(bodies)])
+        k += 1
+        if r.status_code == 200:
+            sent += batch
+        else:
+            failed += 1
+    elapsed = time.perf_counter() - t0
+    lag_entries = _metric(archive_port, "vidrec_archiver_lag_entries")
+    lag_s = _metric(archive_port, "vidrec_archiver_lag_seconds")
+    t1 = time.perf_counter()
+    time.sleep(1.2)  # the gauge is refreshed by the archiver's next pass
+    while _metric(archive_port, "vidrec_archiver_lag_entries") > 0 and \
+            time.perf_counter() - t1 < 300:
+        time.sleep(0.2)
+    drain = time.perf_counter() - t1 - 1.2
+    # CPU per event of each process (load + drain): what the box needs, busy or not
+    used = _cpu(cpu)
+    us = {f"{n}_cpu_us_per_event": round((used[n] - cpu0[n]) * 1e6 / max(sent, 1), 1)
+          for n in PROCS}
+    total = sum(us.values())
+    capacity = min(1e6 / max(us["gateway_cpu_us_per_event"], 1e-9),
+                   2 * 1e6 / max(total, 1e-9))
+    return {"code": code, "batch": batch, **us, "total_cpu_us_per_event": round(total, 1),
+            "capacity_events_per_s_2_idle_cores": round(capacity),
+            "events_per_s": round(sent / elapsed, 1), "events": sent, "failed_batches": failed,
+            "seconds": round(elapsed, 2), "archiver_lag_entries_at_end": lag_entries,
+            "archiver_lag_seconds_at_end": lag_s, "archiver_drain_s": round(max(drain, 0), 2),
+            "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--baseline", default=None,
+                    help="A checkout (folder) or git ref of the code to compare against.")
     ap.add_argument("--bundle", type=Path, default=None)
-    ap.add_argument("--seconds", type=float, default=15)
-    ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--batches", default="1000,100")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--port-base", type=int, default=18320)
     args = ap.parse_args()
-    bundle = args.bundle or next((REPO / "artifacts" / ".test-bundles").glob("*/latest"))
+    bundle = (args.bundle or next((REPO / "artifacts" / ".test-bundles").glob("*/latest")))
     bundle = bundle.resolve()
-    runs = []
+    batches = [int(b) for b in args.batches.split(",")]
+    ports = (args.port_base, args.port_base + 1, args.port_base + 2)
+    here = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
+    runs: list[dict] = []
     load_before = os.getloadavg()
-    for _ in range(args.repeats):
-        for batch_script in (False, True):
-            with tempfile.TemporaryDirectory() as tmp:
-                run = one_run(batch_script, bundle, args.seconds, args.batch, Path(tmp))
-                print(run, flush=True)
-                runs.append(run)
-    out = {"bundle": bundle.name, "batch": args.batch, "seconds_per_run": args.seconds,
-           "load_average_before": load_before, "load_average_after": os.getloadavg(),
-           "cpus": os.cpu_count(), "runs": runs}
-    for name, flag in (("per_event_script", False), ("batch_script", True)):
-        mine = [r for r in runs if r["batch_script"] is flag]
-        out[name] = {k: statistics.median(r[k] for r in mine)
-                     for k in ("events_per_s", "archiver_lag_at_end", "archiver_drain_s",
-                          "gateway_cpu_us_per_event", "redis_cpu_us_per_event",
-                          "archiver_cpu_us_per_event", "capacity_events_per_s_from_cpu")}
-    out["speedup"] = round(out["batch_script"]["events_per_s"] /
-                           out["per_event_script"]["events_per_s"], 2)
+    with tempfile.TemporaryDirectory() as keep:
+        codes = [("current", REPO, here)]
+        if args.baseline:
+            folder, commit = _checkout(args.baseline, Path(keep))
+            codes.insert(0, ("baseline", folder, commit))
+        try:
+            for _ in range(args.repeats):
+                for code, folder, _commit in codes:
+                    with tempfile.TemporaryDirectory() as tmp:
+                        for run in one_run(code, folder, bundle, batches, args.seconds,
+                                           Path(tmp), ports):
+                            print(json.dumps(run), flush=True)
+                            runs.append(run)
+        finally:
+            if args.baseline and not Path(args.baseline).is_dir():
+                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force",
+                                str(Path(keep) / "baseline")], capture_output=True)
+    keys = ("events_per_s", "gateway_cpu_us_per_event", "redis_cpu_us_per_event",
+            "archiver_cpu_us_per_event", "total_cpu_us_per_event",
+            "capacity_events_per_s_2_idle_cores", "archiver_lag_entries_at_end",
+            "archiver_lag_seconds_at_end", "archiver_drain_s")
+    medians: dict = {}
+    for code, _folder, commit in codes:
+        for batch in batches:
+            mine = [r for r in runs if r["code"] == code and r["batch"] == batch]
+            medians[f"{code}/{batch}"] = {"commit": commit, "runs": len(mine), **{
+                k: statistics.median(r[k] for r in mine) for k in keys}}
+    ratios = {}
+    if args.baseline:
+        for batch in batches:
+            old, new = medians[f"baseline/{batch}"], medians[f"current/{batch}"]
+            ratios[str(batch)] = {
+                "total_cpu_per_event_old_over_new": round(
+                    old["total_cpu_us_per_event"] / new["total_cpu_us_per_event"], 2),
+                "events_per_s_new_over_old": round(old["events_per_s"] and
+                                                   new["events_per_s"] / old["events_per_s"], 2)}
+    out = {"bundle": bundle.name, "batches": batches, "seconds_per_run": args.seconds,
+           "repeats": args.repeats, "cpus": os.cpu_count(),
+           "load_average_before": [round(x, 2) for x in load_before],
+           "load_average_after": [round(x, 2) for x in os.getloadavg()],
+           "medians": medians, "ratios": ratios, "runs": runs}
     OUT.write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps({k: out[k] for k in ("per_event_script", "batch_script", "speedup",
-                                           "load_average_before")}, indent=2))
+    print(json.dumps({k: out[k] for k in ("medians", "ratios", "load_average_before",
+                                          "load_average_after")}, indent=2))
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ def make_redis_sync(settings: Settings, *, socket_timeout_s: float = 30.0,
     return redis.Redis.from_url(url, retry=retry, **kwargs)
 
 
-def as_fields(mapping: Mapping[str, str | float]) -> dict[FieldT, EncodableT]:
+def as_fields(mapping: Mapping[str, str | bytes | float]) -> dict[FieldT, EncodableT]:
     """`mapping` as the dict redis-py's types ask of XADD fields and HSET mappings (theirs is
     invariant, so a dict[str, str] is not one)."""
     return dict(mapping.items())

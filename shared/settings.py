@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     redis_password: str | None = None
     redis_tls: bool = False
     redis_cluster: bool = False
-    key_prefix: str = Field("vidrec:v2", description="Versioned prefix of every Redis key.")
+    key_prefix: str = Field("vidrec:v3", description="Versioned prefix of every Redis key.")
     history_cap: int = Field(200, ge=1, le=100_000)
     tag_half_life_days: float = Field(14.0, gt=0)
     event_dedupe_ttl_s: int = Field(7 * 24 * 3600, ge=1)
@@ -115,9 +115,12 @@ class Settings(BaseSettings):
     event_log: str = Field(
         ".state/event-log", description="Where `vidrec archive` writes the event log: a local "
         "folder, or a URI pyarrow's filesystems open (s3://bucket/prefix, gs://…, hdfs://…).")
-    archive_batch: int = Field(2000, ge=1, description="Stream entries per archived batch.")
+    archive_batch: int = Field(20_000, ge=1, description="Records (events, impressions) per "
+                               "archived batch, about: one Parquet file per batch and day.")
     archive_block_ms: int = Field(500, ge=1, description="How long a read waits for new "
                                   "entries.")
+    archive_linger_ms: int = Field(500, ge=0, description="A read short of a full batch waits "
+                                   "this long once for more (fewer, bigger files; less CPU).")
     archive_claim_idle_s: float = Field(60.0, gt=0, description="Entries another archiver "
                                         "left unacknowledged this long are taken over.")
     archive_consumer: str | None = Field(

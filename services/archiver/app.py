@@ -31,14 +31,16 @@ def make_archivers(settings: Settings, redis: AsyncRedis,
     base = ArchiverConfig(
         consumer=settings.archive_consumer or socket.gethostname(),
         batch=settings.archive_batch, block_ms=settings.archive_block_ms,
+        linger_ms=settings.archive_linger_ms,
         claim_idle_ms=int(settings.archive_claim_idle_s * 1000),
         pause_before_ack_s=settings.archive_pause_before_ack_s)
     # markers live in the user's slot (docs/feature_store.md): cheap on a cluster, and gone
-    # with the dedupe window
+    # with the dedupe window; a batch entry written "once" has one marker for all its events
     events = StreamArchiver(
         redis, eventlog, EVENTS, keys.events,
         lambda f: f"{prefix}:{{u:{f.get('user_id', '')}}}:arch:ev:{f.get('event_id', '')}",
-        ArchiverConfig(**{**base.__dict__, "marker_ttl_s": settings.event_dedupe_ttl_s}))
+        ArchiverConfig(**{**base.__dict__, "marker_ttl_s": settings.event_dedupe_ttl_s}),
+        entry_marker=lambda sid: f"{prefix}:arch:ev-entry:{sid}")
     impressions = StreamArchiver(
         redis, eventlog, IMPRESSIONS, f"{prefix}:{settings.impressions_stream}",
         lambda f: f"{prefix}:{{u:{f.get('user_id', '')}}}:arch:imp:{f.get('request_id', '')}",

@@ -3,13 +3,15 @@
 A batch goes through these steps (docs/learning_loop.md):
 1. Read: first this consumer's own pending entries (a batch it read before a crash), then
    entries other consumers left pending longer than `archive_claim_idle_s` (XAUTOCLAIM),
-   then new ones (XREADGROUP >, blocking).
+   then new ones (XREADGROUP >, blocking; a read short of a full batch waits
+   `archive_linger_ms` once and takes what arrived meanwhile).
 2. Claim each record id with a marker in Redis, `SET <marker> <file> NX GET`: the marker names
    the file that holds (or will hold) the record. A record whose marker names another file
    that exists is a duplicate (the events stream holds an event twice when a client retried
    after a failure between its XADD and the dedupe marker) and is left out; a marker naming a
    file that was never written (a crash before the write, then a different batch) is taken
-   over.
+   over. A batch entry of events written "once" (by the script that also marked its events
+   "done", so no other entry holds them) is claimed with one marker for the entry.
 3. Write the file (its name is derived from the entries it covers: a replayed batch maps to
    the same name, and a file that exists is never written twice), durably.
 4. XACK, only now.
@@ -30,14 +32,15 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram
 from redis.exceptions import ResponseError
 
-from services.archiver.eventlog import EventLog, LogKind, entry_day
+from services.archiver.eventlog import EventLog, LogKind, Records, entry_day
 from shared.redis_conn import AsyncRedis
 
 log = logging.getLogger("vidrec.archiver")
 
 ENTRIES = Counter("vidrec_archiver_entries_total",
-                  "Stream entries handled by outcome: archived, duplicate (record id already "
-                  "in the log), lost (trimmed from the stream before it was archived).",
+                  "Records (events, impressions) handled by outcome: archived, duplicate "
+                  "(record id already in the log); and lost: stream entries trimmed before they "
+                  "were archived (an events entry holds one request's batch).",
                   ["stream", "outcome"])
 FILES = Counter("vidrec_archiver_files_total", "Parquet files written.", ["stream"])
 LAG = Gauge("vidrec_archiver_lag_entries",
@@ -53,25 +56,32 @@ BATCH_SECONDS = Histogram("vidrec_archiver_batch_seconds", "Time to archive one 
 class ArchiverConfig:
     group: str = "archiver"
     consumer: str = "archiver-1"
-    batch: int = 2000
+    batch: int = 20_000
     block_ms: int = 500
+    linger_ms: int = 0
     claim_idle_ms: int = 60_000
     marker_ttl_s: int = 7 * 86_400
     pause_before_ack_s: float = 0.0  # failure tests only: a window to kill the process in
 
 
 Entry = tuple[str, dict[str, str] | None]
+MAX_ENTRY_RECORDS = 1000  # a batch entry holds one POST /v1/events: at most 1,000 events
 
 
 class StreamArchiver:
     def __init__(self, redis: AsyncRedis, eventlog: EventLog, kind: LogKind, stream: str,
-                 marker_key: Callable[[dict[str, str]], str], cfg: ArchiverConfig) -> None:
+                 marker_key: Callable[[dict[str, str]], str], cfg: ArchiverConfig,
+                 entry_marker: Callable[[str], str] | None = None) -> None:
         self.redis = redis
         self.log = eventlog
         self.kind = kind
         self.stream = stream
-        self.marker_key = marker_key
+        self.marker_key = marker_key  # a record's marker, from its fields
+        # the marker of a whole batch entry written "once" (services/feature_store/codec.py)
+        self.entry_marker = entry_marker or (lambda sid: f"{stream}:arch:entry:{sid}")
         self.cfg = cfg
+        # records per entry as last read; until then the most a batch entry holds
+        self._per_entry = float(MAX_ENTRY_RECORDS)
         self.label = kind.name
         self.last_error: str | None = None
         self.last_batch_at: float | None = None
@@ -89,15 +99,21 @@ class StreamArchiver:
             if "BUSYGROUP" not in str(exc):
                 raise
 
+    def _count(self) -> int:
+        """Entries per read: about `batch` records, whether an entry holds one record or a
+        whole batch of events."""
+        return max(1, min(self.cfg.batch, round(self.cfg.batch / self._per_entry)))
+
     async def _read(self) -> list[Entry]:
         c = self.cfg
-        own = await self.redis.xreadgroup(c.group, c.consumer, {self.stream: "0"}, count=c.batch)
+        own = await self.redis.xreadgroup(c.group, c.consumer, {self.stream: "0"},
+                                          count=self._count())
         entries = _entries(own)
         if entries:
             return entries
         claimed = await self.redis.xautoclaim(self.stream, c.group, c.consumer,
                                               min_idle_time=c.claim_idle_ms,
-                                              start_id=self._claim_cursor, count=c.batch)
+                                              start_id=self._claim_cursor, count=self._count())
         self._claim_cursor = claimed[0] or "0-0"
         entries = [(i, f) for i, f in claimed[1]]
         deleted = list(claimed[2]) if len(claimed) > 2 else []
@@ -107,9 +123,16 @@ class StreamArchiver:
         if entries:
             return entries
         await self.check_trim()
-        new = await self.redis.xreadgroup(c.group, c.consumer, {self.stream: ">"},
-                                          count=c.batch, block=c.block_ms)
-        return _entries(new)
+        count = self._count()
+        new = _entries(await self.redis.xreadgroup(c.group, c.consumer, {self.stream: ">"},
+                                                   count=count, block=c.block_ms))
+        if new and len(new) < count and c.linger_ms:
+            # a short read: let more arrive before writing, so that a steady flow of small
+            # batches makes a few big files rather than many small ones (and costs less CPU)
+            await asyncio.sleep(c.linger_ms / 1000)
+            new += _entries(await self.redis.xreadgroup(
+                c.group, c.consumer, {self.stream: ">"}, count=count - len(new)))
+        return new
 
     # ---- one batch -----------------------------------------------------------------------
     async def step(self) -> int:
@@ -124,6 +147,8 @@ class StreamArchiver:
             await self._lost(gone, "pending entries trimmed from the stream")
         live = [(i, f) for i, f in entries if f]
         archived, duplicates = await self._archive(live)
+        if live:  # records per entry: the next read asks for about `batch` records
+            self._per_entry = max(1.0, (archived + duplicates) / len(live))
         if self.cfg.pause_before_ack_s:
             log.warning("archiver %s: batch of %d written; acknowledging in %.1f s",
                         self.label, len(entries), self.cfg.pause_before_ack_s)
@@ -136,46 +161,50 @@ class StreamArchiver:
         return len(entries)
 
     async def _archive(self, entries: list[tuple[str, dict[str, str]]]) -> tuple[int, int]:
+        groups = [g for sid, fields in entries
+                  for g in self.kind.split(sid, fields, self.marker_key, self.entry_marker)]
         # the same record twice in one batch: the first one stands
-        firsts: dict[str, tuple[str, dict[str, str]]] = {}
-        for sid, fields in entries:
-            firsts.setdefault(self.marker_key(fields), (sid, fields))
-        duplicates = len(entries) - len(firsts)
-        by_day: dict[str, list[tuple[str, str, dict[str, str]]]] = {}
-        for marker, (sid, fields) in firsts.items():
-            by_day.setdefault(entry_day(sid), []).append((marker, sid, fields))
+        firsts: dict[str, Records] = {}
+        for g in groups:
+            firsts.setdefault(g.marker, g)
+        duplicates = sum(map(len, groups)) - sum(map(len, firsts.values()))
+        by_day: dict[str, list[Records]] = {}
+        for g in firsts.values():
+            by_day.setdefault(entry_day(g.entry), []).append(g)
         archived = 0
-        for day, rows in sorted(by_day.items()):
+        for day, day_groups in sorted(by_day.items()):
             # named after every entry of the batch that falls on this day (before dedupe), so
             # that a replay of the same entries finds the same name
             day_ids = [sid for sid, _ in entries if entry_day(sid) == day]
             path = self.log.part_path(self.kind, day, day_ids[0], day_ids[-1])
-            keep = await self._claim(rows, path)
-            duplicates += len(rows) - len(keep)
+            keep = await self._claim(day_groups, path)
+            kept = sum(map(len, keep))
+            duplicates += sum(map(len, day_groups)) - kept
             if keep and not await asyncio.to_thread(self.log.exists, path):
-                records = [self.kind.row(sid, fields) for _, sid, fields in keep]
-                await asyncio.to_thread(self.log.write, self.kind, path, records)
+                await asyncio.to_thread(self._write, path, keep)
                 FILES.labels(self.label).inc()
-            archived += len(keep)
+            archived += kept
         return archived, duplicates
 
-    async def _claim(self, rows: list[tuple[str, str, dict[str, str]]],
-                     path: str) -> list[tuple[str, str, dict[str, str]]]:
+    def _write(self, path: str, groups: list[Records]) -> None:
+        self.log.write(self.kind, path, self.kind.table(groups))
+
+    async def _claim(self, groups: list[Records], path: str) -> list[Records]:
         pipe = self.redis.pipeline(transaction=False)
-        for marker, _, _ in rows:
-            pipe.set(marker, path, nx=True, get=True, ex=self.cfg.marker_ttl_s)
+        for g in groups:
+            pipe.set(g.marker, path, nx=True, get=True, ex=self.cfg.marker_ttl_s)
         owners = await pipe.execute()
         keep, takeover = [], []
         exists: dict[str, bool] = {}
-        for row, owner in zip(rows, owners, strict=True):
+        for g, owner in zip(groups, owners, strict=True):
             if owner is None or owner == path:
-                keep.append(row)
+                keep.append(g)
                 continue
             if owner not in exists:
                 exists[owner] = await asyncio.to_thread(self.log.exists, owner)
             if not exists[owner]:  # claimed by a batch that never wrote its file
-                keep.append(row)
-                takeover.append(row[0])
+                keep.append(g)
+                takeover.append(g.marker)
         if takeover:
             pipe = self.redis.pipeline(transaction=False)
             for marker in takeover:

@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from services.feature_store.codec import unpack_stream_events
 
 EVENT_SCHEMA = pa.schema([
     ("event_id", pa.string()), ("user_id", pa.string()), ("item_id", pa.string()),
@@ -49,20 +52,40 @@ def entry_day(stream_id: str) -> str:
     return datetime.fromtimestamp(entry_ms(stream_id) / 1000, UTC).date().isoformat()
 
 
+@dataclass
+class Records:
+    """Records from one stream entry that are claimed together (under one marker): a whole
+    batch entry written "once", or a single record. `cols` holds the schema's columns except
+    stream_id and received_at, one list each; `ids` the stream_id of each record."""
+
+    marker: str
+    entry: str
+    ids: list[str]
+    cols: dict[str, list[Any]]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
 @dataclass(frozen=True)
 class LogKind:
-    """One stream's table: its folder, schema and the field that identifies a record."""
+    """One stream's table: its folder, schema and the field that identifies a record.
+    `batch_field`: a stream entry with this field holds many records as JSON columns
+    (services/feature_store/codec.py); an entry without it is one record, one field each."""
 
     name: str
     schema: pa.Schema
     id_field: str
+    batch_field: str | None = None
 
     def row(self, stream_id: str, fields: dict[str, str]) -> dict[str, Any]:
-        import orjson
+        return {"stream_id": stream_id, "received_at": entry_ms(stream_id),
+                **self._typed(fields)}
 
-        row: dict[str, Any] = {"stream_id": stream_id, "received_at": entry_ms(stream_id)}
+    def _typed(self, fields: dict[str, str]) -> dict[str, Any]:
+        row: dict[str, Any] = {}
         for f in self.schema:
-            if f.name in row:
+            if f.name in ("stream_id", "received_at"):
                 continue
             value = fields.get(f.name)
             if value is None:
@@ -79,8 +102,48 @@ class LogKind:
                 row[f.name] = value
         return row
 
+    def split(self, stream_id: str, fields: dict[str, str],
+              marker: Callable[[dict[str, str]], str], entry_marker: Callable[[str], str]
+              ) -> list[Records]:
+        """The entry's records, grouped by the marker that claims them: one group for the
+        events of an entry written "once" (but its "replayed" ones, which may also sit in an
+        older entry), else one group per record."""
+        if self.batch_field is None or self.batch_field not in fields:
+            typed = self._typed(fields)
+            return [Records(marker(fields), stream_id, [stream_id],
+                            {k: [v] for k, v in typed.items()})]
+        cols, positions = unpack_stream_events(fields)
+        ids = [f"{stream_id}-{p}" for p in positions]
+        replayed = fields.get("replayed")
+        again = {int(p) for p in replayed.split(",")} if replayed else set()
+        once = fields.get("once") == "1"
+        whole = [i for i, p in enumerate(positions) if once and p not in again]
+        if len(whole) == len(positions):
+            return [Records(entry_marker(stream_id), stream_id, ids, cols)]
+        groups = [Records(entry_marker(stream_id), stream_id, [ids[i] for i in whole],
+                          {k: [c[i] for i in whole] for k, c in cols.items()})] if whole else []
+        in_whole = set(whole)
+        groups += [Records(marker({"user_id": cols["user_id"][i],
+                                   "event_id": cols["event_id"][i]}),
+                           stream_id, [ids[i]], {k: [c[i]] for k, c in cols.items()})
+                   for i in range(len(positions)) if i not in in_whole]
+        return groups
 
-EVENTS = LogKind("events", EVENT_SCHEMA, "event_id")
+    def table(self, groups: Sequence[Records]) -> pa.Table:
+        """One Parquet table from record groups, column by column (no dict per row)."""
+        arrays = []
+        for f in self.schema:
+            if f.name == "stream_id":
+                values: list[Any] = [i for g in groups for i in g.ids]
+            elif f.name == "received_at":
+                values = [ms for g in groups for ms in [entry_ms(g.entry)] * len(g)]
+            else:
+                values = [v for g in groups for v in g.cols.get(f.name) or [None] * len(g)]
+            arrays.append(pa.array(values, type=f.type))
+        return pa.Table.from_arrays(arrays, schema=self.schema)
+
+
+EVENTS = LogKind("events", EVENT_SCHEMA, "event_id", batch_field="events")
 IMPRESSIONS = LogKind("impressions", IMPRESSION_SCHEMA, "request_id")
 
 
@@ -100,9 +163,11 @@ class EventLog:
     def exists(self, path: str) -> bool:
         return bool(self.fs.get_file_info(path).type == pafs.FileType.File)
 
-    def write(self, kind: LogKind, path: str, rows: list[dict[str, Any]]) -> None:
-        """Write `rows` to `path` durably; the file appears whole or not at all."""
-        table = pa.Table.from_pylist(rows, schema=kind.schema)
+    def write(self, kind: LogKind, path: str, rows: list[dict[str, Any]] | pa.Table) -> None:
+        """Write `rows` (dicts, or a table of the kind's schema) to `path` durably; the file
+        appears whole or not at all."""
+        table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows,
+                                                                             schema=kind.schema)
         folder = path.rsplit("/", 1)[0]
         self.fs.create_dir(folder, recursive=True)
         if not self.local:  # an object store's PUT is atomic and durable when it returns
@@ -147,10 +212,12 @@ class EventLog:
         return table
 
 
-def _stream_key(ids: list[str]) -> Callable[[int], tuple[int, int]]:
-    def key(i: int) -> tuple[int, int]:
-        ms, _, seq = ids[i].partition("-")
-        return int(ms), int(seq or 0)
+def _stream_key(ids: list[str]) -> Callable[[int], tuple[int, int, int]]:
+    """Arrival order: `<ms>-<seq>` of the stream entry, then `-<position>` in a batch entry."""
+    def key(i: int) -> tuple[int, int, int]:
+        parts = ids[i].split("-")
+        return (int(parts[0]), int(parts[1]) if len(parts) > 1 else 0,
+                int(parts[2]) if len(parts) > 2 else -1)
     return key
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import orjson
 from pydantic import BaseModel
 
@@ -58,13 +61,44 @@ def unpack_overlay(packed: str | bytes) -> OverlayItem:
     return OverlayItem.model_validate_json(packed)
 
 
-# ---- events stream entry -------------------------------------------------------------------
-def stream_fields(event: Event) -> dict[str, str]:
-    fields = {"event_id": event.event_id, "user_id": event.user_id, "item_id": event.item_id,
-              "type": event.type, "timestamp": repr(float(event.timestamp)),
-              "watch_fraction": repr(float(event.watch_fraction))}
-    if event.request_id is not None:  # attribution fields only when the client sent them
-        fields["request_id"] = event.request_id
-    if event.position is not None:
-        fields["position"] = str(event.position)
-    return fields
+# ---- events stream entry: one per recorded batch (layout v3, docs/feature_store.md) ------
+# Field "events": the batch's events as JSON columns, one list per column of STREAM_COLUMNS
+# (null where a client sent no request_id / position). Field "skip" (only when some): the
+# comma-separated positions of events the stream already holds (not part of the entry).
+# Field "once" ("1"): written by the same Lua script that moved the markers of its events to
+# "done", so none of its events is in any other entry (the archiver claims the entry, not each
+# event) except those listed in "replayed": retries of events whose marker was still "pending",
+# which an entry written outside a script may hold too.
+STREAM_COLUMNS = ("event_id", "user_id", "item_id", "type", "timestamp", "watch_fraction",
+                  "request_id", "position")
+
+
+def pack_stream_events(events: Sequence[Event]) -> bytes:
+    """The "events" field of a stream entry: column lists, so that a batch is one value to
+    write and the archiver builds Parquet columns without a loop per event."""
+    return orjson.dumps({
+        "event_id": [e.event_id for e in events], "user_id": [e.user_id for e in events],
+        "item_id": [e.item_id for e in events], "type": [e.type for e in events],
+        "timestamp": [float(e.timestamp) for e in events],
+        "watch_fraction": [float(e.watch_fraction) for e in events],
+        "request_id": [e.request_id for e in events],
+        "position": [e.position for e in events]})
+
+
+def stream_entry(events: Sequence[Event]) -> dict[str, bytes]:
+    """A stream entry for events appended outside the Lua script (a cluster, the per-event
+    path): not "once", so the archiver checks each event for a copy in another entry."""
+    return {"events": pack_stream_events(events)}
+
+
+def unpack_stream_events(fields: dict[str, str]) -> tuple[dict[str, list[Any]], list[int]]:
+    """The columns of a stream entry's events without its skipped positions, and the position
+    in the entry of each event kept."""
+    cols: dict[str, list[Any]] = orjson.loads(fields["events"])
+    n = len(cols["event_id"])
+    skip = fields.get("skip")
+    if not skip:
+        return cols, list(range(n))
+    gone = {int(i) for i in skip.split(",")}
+    keep = [i for i in range(n) if i not in gone]
+    return {name: [col[i] for i in keep] for name, col in cols.items()}, keep

@@ -1,6 +1,6 @@
 """Every Redis key the feature store uses, in one place (the spec is docs/feature_store.md).
 
-All keys start with the versioned prefix (settings.key_prefix, default `vidrec:v2`); a layout
+All keys start with the versioned prefix (settings.key_prefix, default `vidrec:v3`); a layout
 change bumps the version so old and new layouts can live side by side during a migration.
 
 Redis Cluster: every key of one user carries the hash tag `{u:<user_id>}` so one user's reads

@@ -65,21 +65,25 @@ def import_profile(tag_lists: Iterable[Sequence[str]]) -> dict[str, float]:
     return profile
 
 
-# The state change of one new event, shared by both scripts (a Lua function).
+# The state change of one new event, shared by both scripts (a Lua function). `refs` caches
+# each tagref read or written during one script run (a batch often holds one user many times).
 _APPLY_LUA = f"""
 local function apply(k_hist, k_seen, k_tags, k_ref, entry, cap, item, weight, t_arg,
-                     half_life, tags)
-  if entry ~= '' then
-    redis.call('RPUSH', k_hist, entry)
-    redis.call('LTRIM', k_hist, -tonumber(cap), -1)
+                     half_life, tags, refs)
+  if entry ~= '' and redis.call('RPUSH', k_hist, entry) > cap then
+    redis.call('LTRIM', k_hist, -cap, -1)
   end
   redis.call('SADD', k_seen, item)
   if weight == 0 or #tags == 0 then return end
   local t = tonumber(t_arg)
-  local ref = tonumber(redis.call('GET', k_ref))
-  if not ref then
-    ref = t
-    redis.call('SET', k_ref, t_arg)
+  local ref = refs[k_ref]
+  if ref == nil then
+    ref = tonumber(redis.call('GET', k_ref))
+    if not ref then
+      ref = t
+      redis.call('SET', k_ref, t_arg)
+    end
+    refs[k_ref] = ref
   end
   local e = (t - ref) / half_life
   if e > {REBASE_HALF_LIVES} then
@@ -94,6 +98,7 @@ local function apply(k_hist, k_seen, k_tags, k_ref, entry, cap, item, weight, t_
       end
     end
     redis.call('SET', k_ref, t_arg)
+    refs[k_ref] = t
     e = 0
   end
   local inc = weight * 2 ^ e
@@ -113,59 +118,63 @@ end
 # confirmed), else the marker's value: "pending" (applied, stream append not confirmed) or
 # "done".
 RECORD_EVENT_LUA = _APPLY_LUA + """
-local state = redis.call('GET', KEYS[1])
+local state = redis.call('SET', KEYS[1], 'pending', 'NX', 'GET', 'EX', ARGV[1])
 if state then return state end
-redis.call('SET', KEYS[1], 'pending', 'EX', ARGV[1])
 local tags = {}
 for i = 8, #ARGV do tags[#tags + 1] = ARGV[i] end
-apply(KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]),
-      ARGV[6], tonumber(ARGV[7]), tags)
+apply(KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[2], tonumber(ARGV[3]), ARGV[4],
+      tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7]), tags, {})
 return false
 """
 
 # A batch of events in one call (services/feature_store/batch.py). KEYS: 5 per event as above,
-# then the stream when ARGV[1] == '1' (a single Redis: the stream joins the script, and each
-# appended event's marker becomes "done" in the same run; on a cluster the stream lives in
-# another slot and the caller appends it, as for the single-event script).
-# ARGV: stream?, dedupe_ttl_s, history_cap, half_life_s, stream_maxlen, then per event:
-#       entry, item_id, weight, t, n_tags, tag..., n_fields, field, value, ...
+# then the stream when ARGV[1] == '1' (a single Redis: the batch's one stream entry is written
+# by the script, and its events' markers become "done" in the same run; on a cluster the
+# stream lives in another slot and the caller appends it, as for the single-event script).
+# ARGV: stream?, dedupe_ttl_s, history_cap, half_life_s, stream_maxlen,
+#       the events as one JSON array of [entry, item_id, weight, t, [tag, ...]] (the order of
+#       KEYS), and (with the stream) the entry's "events" value (codec.pack_stream_events of
+#       the same events, in the same order).
 # Returns per event "" (new) or the marker's previous value ("pending" or "done"); with the
-# stream, a "pending" replay is appended now and becomes "done" too.
+# stream, a "pending" replay goes into the entry now and becomes "done" too. The entry lists
+# the positions of events that were "done" already ("skip": not in the entry) and of "pending"
+# replays ("replayed": an older entry written outside a script may hold them too).
 RECORD_BATCH_LUA = _APPLY_LUA + """
 local with_stream = ARGV[1] == '1'
-local stream = with_stream and KEYS[#KEYS] or nil
-local ttl, cap, half_life, maxlen = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
-local n = (#KEYS - (with_stream and 1 or 0)) / 5
-local out = {}
-local queued = {}
-local a = 6
-for i = 0, n - 1 do
-  local k = 5 * i
-  local entry, item, weight, t = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3]
-  local n_tags = tonumber(ARGV[a + 4])
-  local tags = {}
-  for j = 1, n_tags do tags[j] = ARGV[a + 4 + j] end
-  a = a + 5 + n_tags
-  local n_fields = tonumber(ARGV[a])
-  local fields = {}
-  for j = 1, n_fields do fields[j] = ARGV[a + j] end
-  a = a + 1 + n_fields
-  local state = redis.call('GET', KEYS[k + 1])
+local ttl, cap, half_life, maxlen = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local events = cjson.decode(ARGV[6])
+local out, queued, skip, replayed, refs = {}, {}, {}, {}, {}
+for i, ev in ipairs(events) do
+  local k = 5 * (i - 1)
+  local state = redis.call('SET', KEYS[k + 1], 'pending', 'NX', 'GET', 'EX', ttl)
   if state then
-    out[i + 1] = state
+    out[i] = state
   else
-    out[i + 1] = ''
-    redis.call('SET', KEYS[k + 1], 'pending', 'EX', ttl)
-    apply(KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], entry, cap, item, weight, t,
-          half_life, tags)
+    out[i] = ''
+    apply(KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], ev[1], cap, ev[2], ev[3], ev[4],
+          half_life, ev[5], refs)
   end
-  if with_stream and state ~= 'done' then queued[#queued + 1] = {KEYS[k + 1], fields} end
+  if state == 'done' then
+    skip[#skip + 1] = i - 1
+  else
+    queued[#queued + 1] = KEYS[k + 1]
+    if state then replayed[#replayed + 1] = i - 1 end
+  end
 end
--- every state first, then the stream: an XADD that fails stops here and leaves the rest
+-- every state first, then the stream: an XADD that fails stops here and leaves the markers
 -- "pending", which the caller's retry appends (the same contract as the per-event script)
-for _, q in ipairs(queued) do
-  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(q[2]))
-  redis.call('SET', q[1], 'done', 'XX', 'KEEPTTL')
+if with_stream and #queued > 0 then
+  local fields = {'events', ARGV[7], 'once', '1'}
+  if #skip > 0 then
+    fields[#fields + 1] = 'skip'
+    fields[#fields + 1] = table.concat(skip, ',')
+  end
+  if #replayed > 0 then
+    fields[#fields + 1] = 'replayed'
+    fields[#fields + 1] = table.concat(replayed, ',')
+  end
+  redis.call('XADD', KEYS[#KEYS], 'MAXLEN', '~', maxlen, '*', unpack(fields))
+  for _, key in ipairs(queued) do redis.call('SET', key, 'done', 'XX', 'KEEPTTL') end
 end
 return out
 """

@@ -63,9 +63,12 @@ class EventIn(BaseModel):
             if ts.tzinfo is None:
                 ts = ts.replace(tzinfo=UTC)
             ts = ts.timestamp()
-        return Event(event_id=self.event_id, user_id=self.user_id, item_id=self.item_id,
-                     type=self.type, timestamp=float(ts), watch_fraction=self.watch_fraction,
-                     request_id=self.request_id, position=self.position)
+        # model_construct: every field was validated just now, under the same constraints
+        # as Event's (validating a second time was a tenth of the gateway's CPU per event)
+        return Event.model_construct(
+            event_id=self.event_id, user_id=self.user_id, item_id=self.item_id, type=self.type,
+            timestamp=float(ts), watch_fraction=self.watch_fraction,
+            request_id=self.request_id, position=self.position)
 
 
 class EventBatchIn(BaseModel):

@@ -2,7 +2,9 @@
 feature store's HTTP app as separate processes, killed by pid.
 
 - SIGKILL between writing a batch and acknowledging it, and at an arbitrary moment, then a
-  restart: every event in the log exactly once (stream duplicates from retries included).
+  restart: every event in the log exactly once (stream duplicates from retries included),
+  with batch entries claimed per event and whole ("once") ones claimed per entry; a whole
+  entry replayed into a differently cut batch after a SIGKILL is still archived once.
 - Redis SIGKILLed and restarted from its AOF while events flow over HTTP: every event that got
   a 2xx is in the log.
 - The stream trimmed below the archiver's backlog: counted on /metrics and logged.
@@ -22,8 +24,8 @@ import pytest
 import redis
 
 from services.archiver.consumer import ENTRIES, ArchiverConfig, StreamArchiver
-from services.archiver.eventlog import EVENTS, EventLog
-from services.feature_store.codec import stream_fields
+from services.archiver.eventlog import EVENTS, IMPRESSIONS, EventLog
+from services.feature_store.codec import stream_entry
 from services.feature_store.keys import Keys
 from shared.contracts import Event
 from shared.redis_conn import make_redis
@@ -70,6 +72,12 @@ def _event(k: int, user: int | None = None) -> Event:
                  timestamp=1_700_000_000.0 + k, watch_fraction=0.5)
 
 
+def _entry(first: int, n: int, once: bool = False, **extra: str) -> dict:
+    """A batch entry of events first .. first+n-1, as the gateway writes it (codec)."""
+    fields: dict = stream_entry([_event(k) for k in range(first, first + n)])
+    return {**fields, **({"once": "1"} if once else {}), **extra}
+
+
 def _caught_up(client: redis.Redis, stream: str) -> bool:
     groups = {g["name"]: g for g in client.xinfo_groups(stream)}
     g = groups.get("archiver")
@@ -86,10 +94,17 @@ def test_sigkill_mid_batch_loses_and_duplicates_nothing(tmp_path: Path,
     client = redis.Redis(port=server.port, decode_responses=True)
     stream = Keys(PREFIX).events
     pipe = client.pipeline(transaction=False)
-    for k in range(1200):
-        pipe.xadd(stream, stream_fields(_event(k)))
-        if k % 50 == 7:  # a client retry after a failure between XADD and its marker
-            pipe.xadd(stream, stream_fields(_event(k)))
+    for c in range(120):  # 1,200 events in entries of 10
+        if c % 4 == 3:  # written by the batch script: claimed as a whole
+            pipe.xadd(stream, _entry(10 * c, 10, once=True))
+        else:  # appended outside the script (a cluster): claimed event by event
+            pipe.xadd(stream, _entry(10 * c, 10))
+        if c % 4 == 3:
+            continue  # its events are "done": no retry can append them again
+        if c % 5 == 2:  # a client retry after a failure between XADD and the markers
+            pipe.xadd(stream, _entry(10 * c + 4, 6))
+        if c % 9 == 1:  # a retry's entry, written once, with two "pending" replays in it
+            pipe.xadd(stream, _entry(10 * c, 2, once=True, replayed="0,1"))
     pipe.execute()
     env = _env(tmp_path, server.url, VIDREC_ARCHIVE_BATCH="150")
 
@@ -102,12 +117,12 @@ def test_sigkill_mid_batch_loses_and_duplicates_nothing(tmp_path: Path,
 
     # 2. restarted, killed again at an arbitrary moment while it works through the backlog
     proc, _ = _archiver(tmp_path, env, 2)
-    wait_for(lambda: client.xinfo_groups(stream)[0]["entries-read"] >= 500, "archiving",
+    wait_for(lambda: client.xinfo_groups(stream)[0]["entries-read"] >= 60, "archiving",
              proc, 60)
     proc.proc.kill()
     proc.stop()
-    for k in range(1200, 1400):  # and events keep arriving while it is down
-        client.xadd(stream, stream_fields(_event(k)))
+    for c in range(120, 140):  # and events keep arriving while it is down
+        client.xadd(stream, _entry(10 * c, 10, once=c % 2 == 0))
 
     # 3. restarted: it finishes its pending batch first, then the rest
     proc, url = _archiver(tmp_path, env, 3)
@@ -129,6 +144,43 @@ def test_sigkill_mid_batch_loses_and_duplicates_nothing(tmp_path: Path,
             GROUP BY day, type ORDER BY day, type""").fetchall()
         assert sum(r[2] for r in rows) == 1400
         assert {r[1] for r in rows} == {"view", "like", "complete", "skip"}
+    finally:
+        proc.stop()
+        client.close()
+
+
+def test_a_whole_batch_entry_replayed_in_another_cut_is_archived_once(
+        tmp_path: Path, redis_servers: ServerPool) -> None:
+    """Entries of 1,000 events written once (the gateway's batches). Killed between writing
+    its first file (two entries) and acknowledging; restarted with bigger reads, it replays
+    those entries inside a batch of another cut, so a file of another name: the entry markers
+    keep every event in the log once."""
+    server = redis_servers("--appendonly", "yes", "--appendfsync", "always")
+    client = redis.Redis(port=server.port, decode_responses=True)
+    stream = Keys(PREFIX).events
+    for c in range(6):
+        client.xadd(stream, _entry(1000 * c, 1000, once=True))
+    env = _env(tmp_path, server.url, VIDREC_ARCHIVE_BATCH="2000")
+    proc, _ = _archiver(tmp_path, {**env, "VIDREC_ARCHIVE_PAUSE_BEFORE_ACK_S": "30"}, 1)
+    wait_for(lambda: "acknowledging in" in proc.log_tail(), "first batch written", proc, 60)
+    proc.proc.kill()
+    proc.stop()
+    (first,) = (tmp_path / "log" / "events").rglob("*.parquet")
+    assert len(_logged_ids(tmp_path / "log")) == 2000  # two whole entries, not acknowledged
+
+    proc, _ = _archiver(tmp_path, {**env, "VIDREC_ARCHIVE_BATCH": "3000"}, 2)
+    try:
+        wait_for(lambda: _caught_up(client, stream), "archiver caught up", proc, 60)
+        files = sorted((tmp_path / "log" / "events").rglob("*.parquet"))
+        assert first in files and len(files) >= 3  # the replay was cut differently
+        ids = _logged_ids(tmp_path / "log")
+        assert len(ids) == len(set(ids)) == 6000
+        assert set(ids) == {f"e{k}" for k in range(6000)}
+        # each event keeps its place: <entry id>-<position in the entry>
+        table = EventLog(str(tmp_path / "log")).read(EVENTS, ["event_id", "stream_id"])
+        assert [s.rsplit("-", 1)[1] for s in table.column("stream_id").to_pylist()[:3]] == [
+            "0", "1", "2"]
+        assert table.column("event_id").to_pylist()[:3] == ["e0", "e1", "e2"]
     finally:
         proc.stop()
         client.close()
@@ -200,14 +252,46 @@ async def test_a_stream_trimmed_below_the_backlog_is_reported(
                               ArchiverConfig(consumer="t", batch=50, block_ms=10))
     try:
         await archiver.ensure_group()
-        for k in range(100):
-            await redis_client.xadd(stream, stream_fields(_event(k)))
+        for c in range(100):  # entries of 3 events
+            await redis_client.xadd(stream, _entry(3 * c, 3, once=True))
         await redis_client.xtrim(stream, maxlen=10, approximate=False)
         before = ENTRIES.labels("events", "lost")._value.get()
         while await archiver.step():
             pass
+        # lost counts stream entries: how many events they held is gone with them
         assert ENTRIES.labels("events", "lost")._value.get() - before == 90
         assert "90 entries LOST" in caplog.text
-        assert sorted(_logged_ids(tmp_path / "log")) == sorted(f"e{k}" for k in range(90, 100))
+        assert sorted(_logged_ids(tmp_path / "log")) == sorted(f"e{k}" for k in range(270, 300))
+    finally:
+        await redis_client.aclose()
+
+
+@pytest.mark.anyio
+async def test_one_record_entries_are_archived_once(tmp_path: Path,
+                                                    redis_servers: ServerPool) -> None:
+    """Impressions are one record per entry, claimed one by one."""
+    server = redis_servers()
+    redis_client = make_redis(Settings(redis_url=server.url, key_prefix=PREFIX))
+    stream = f"{PREFIX}:impressions"
+    log = EventLog(str(tmp_path / "log"))
+    archiver = StreamArchiver(redis_client, log, IMPRESSIONS, stream,
+                              lambda f: f"{PREFIX}:m:{f['request_id']}",
+                              ArchiverConfig(consumer="t", batch=4, block_ms=10))
+
+    def impression(k: int) -> dict[str, str]:
+        return {"request_id": f"r{k}", "user_id": "u", "experiment": "x", "arm": "a",
+                "model_version": "m", "items": '["v1", "v2"]', "timestamp": "1.5",
+                "ctr_k": "10", "forced": "0"}
+
+    try:
+        await archiver.ensure_group()
+        for k in [0, 1, 2, 1, 3, 4, 0, 5]:  # r0 and r1 twice
+            await redis_client.xadd(stream, impression(k))
+        while await archiver.step():
+            pass
+        table = log.read(IMPRESSIONS)
+        assert table.column("request_id").to_pylist() == [f"r{k}" for k in range(6)]
+        assert table.column("items").to_pylist()[0] == ["v1", "v2"]
+        assert table.column("forced").to_pylist()[0] is False
     finally:
         await redis_client.aclose()

@@ -16,6 +16,7 @@ from pathlib import Path
 from tests.support import free_port, stop_process
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def vidrec_executable() -> str:
@@ -34,6 +35,10 @@ class Process:
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.name, self.argv, self.log_path = name, argv, log
         self._log = log.open("wb")
+        # the checkout under test, not the one the environment's editable install points at
+        # (a git worktree shares the venv of the main checkout)
+        env = {**env, "PYTHONPATH": os.pathsep.join(
+            p for p in (str(REPO), env.get("PYTHONPATH")) if p)}
         self.proc = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
 

@@ -22,6 +22,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from services.feature_store.codec import unpack_stream_events
 from shared.settings import Settings
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
@@ -47,6 +48,16 @@ def free_port(also_free: int = 0) -> int:
                     return port
                 except OSError:
                     continue
+
+
+async def streamed(redis, stream: str) -> list[dict]:
+    """Every event the stream holds, in order, one dict per event (an entry holds a batch;
+    its "skip" positions are left out, as the archiver leaves them out)."""
+    out: list[dict] = []
+    for _, fields in await redis.xrange(stream):
+        cols, _ = unpack_stream_events(fields)
+        out += [dict(zip(cols, row, strict=True)) for row in zip(*cols.values(), strict=True)]
+    return out
 
 
 def delete_prefix(client: redis.Redis, prefix: str) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
+import orjson
 import pytest
 from prometheus_client import REGISTRY
 from redis.exceptions import ResponseError
@@ -14,6 +15,8 @@ from services.feature_store.store import FeatureStore
 from shared.contracts import Event, ItemMeta
 from shared.redis_conn import make_redis
 from shared.settings import Settings
+
+from .conftest import streamed
 
 pytestmark = pytest.mark.anyio
 
@@ -55,14 +58,18 @@ async def test_replaying_a_batch_changes_nothing(store: FeatureStore) -> None:
     again = await store.record_events(batch)
     assert [(o.event_id, o.status) for o in again] == [(e.event_id, "duplicate") for e in batch]
     assert await snapshot(store) == before
-    assert await store.redis.xlen(store.keys.events) == 6
+    # one stream entry for the batch, none for the replay
+    assert await store.redis.xlen(store.keys.events) == 1
+    assert [e["event_id"] for e in await streamed(store.redis, store.keys.events)] == [
+        e.event_id for e in batch]
 
 
 async def test_same_event_twice_in_one_batch_counts_once(store: FeatureStore) -> None:
     out = await store.record_events([ev("e1"), ev("e1"), ev("e2", "v1")])
     assert [o.status for o in out] == ["accepted", "duplicate", "accepted"]
     assert (await store.hydrate("u", 10)).history == ["v0", "v1"]
-    assert await store.redis.xlen(store.keys.events) == 2
+    assert [e["event_id"] for e in await streamed(store.redis, store.keys.events)] == [
+        "e1", "e2"]
 
 
 async def test_event_ids_are_scoped_to_their_user(store: FeatureStore) -> None:
@@ -80,14 +87,30 @@ async def test_unknown_items_raise_with_indexes_before_any_write(store: FeatureS
     assert await snapshot(store) == before  # not even the valid events were written
 
 
-async def test_stream_entry_carries_the_whole_event(store: FeatureStore) -> None:
+async def test_stream_entry_carries_the_whole_batch(store: FeatureStore) -> None:
     e = Event(event_id="e1", user_id="u", item_id="v1", type="complete",
               timestamp=1_700_000_000.5, watch_fraction=1.0)
-    await store.record_events([e])
+    f = Event(event_id="e2", user_id="w", item_id="v0", type="view", timestamp=1_700_000_001,
+              request_id="r-1", position=3)
+    await store.record_events([e, f])
     ((_, fields),) = await store.redis.xrange(store.keys.events)
-    assert fields == {"event_id": "e1", "user_id": "u", "item_id": "v1", "type": "complete",
-                      "timestamp": "1700000000.5", "watch_fraction": "1.0"}
+    # written by the script that marked both "done": no other entry holds them
+    assert fields["once"] == "1" and "skip" not in fields and "replayed" not in fields
+    assert orjson.loads(fields["events"]) == {
+        "event_id": ["e1", "e2"], "user_id": ["u", "w"], "item_id": ["v1", "v0"],
+        "type": ["complete", "view"], "timestamp": [1_700_000_000.5, 1_700_000_001.0],
+        "watch_fraction": [1.0, 0.0], "request_id": [None, "r-1"], "position": [None, 3]}
     assert await store.redis.get(store.keys.dedupe("u", "e1")) == "done"
+
+
+async def test_a_partly_replayed_batch_skips_what_the_stream_holds(store: FeatureStore) -> None:
+    await store.record_events([ev("e1", "v0")])
+    out = await store.record_events([ev("e1", "v0"), ev("e2", "v1")])
+    assert [o.status for o in out] == ["duplicate", "accepted"]
+    (_, first), (_, second) = await store.redis.xrange(store.keys.events)
+    assert second["skip"] == "0"  # e1: in the first entry already
+    assert [e["event_id"] for e in await streamed(store.redis, store.keys.events)] == [
+        "e1", "e2"]
 
 
 async def test_a_skip_is_seen_but_neither_history_nor_taste(store: FeatureStore) -> None:
@@ -106,8 +129,8 @@ async def test_a_dislike_is_seen_pushes_taste_down_and_stays_out_of_history(
     assert sorted(state.seen) == ["v0", "v1"]  # never recommended again
     assert state.tag_profile["t0"] > 0 > state.tag_profile["t1"]
     assert state.tag_profile["all"] == pytest.approx(0.0, abs=1e-3)  # +2 like, -2 dislike
-    ((_, first), (_, second)) = await store.redis.xrange(store.keys.events)
-    assert (first["type"], second["type"]) == ("like", "dislike")  # streamed for retraining
+    assert [e["type"] for e in await streamed(store.redis, store.keys.events)] == [
+        "like", "dislike"]  # streamed for retraining
     again = await store.record_events([ev("d", "v1", "dislike")])
     assert again[0].status == "duplicate"  # idempotent like every event type
     assert (await store.hydrate("u", 10)).tag_profile["t1"] == pytest.approx(
@@ -132,11 +155,14 @@ async def test_a_failed_stream_append_is_retried_not_lost(store: FeatureStore) -
     out = await store.record_events([ev("e1", "v0"), ev("e2", "v1")])
     assert [o.status for o in out] == ["duplicate", "duplicate"]  # state not applied twice
     assert (await store.hydrate("u", 10)).history == ["v0", "v1"]
-    entries = await store.redis.xrange(store.keys.events)
-    assert [f["event_id"] for _, f in entries] == ["e1", "e2"]  # and now streamed
+    ((_, fields),) = await store.redis.xrange(store.keys.events)
+    assert [e["event_id"] for e in await streamed(store.redis, store.keys.events)] == [
+        "e1", "e2"]  # and now streamed
+    # retries of "pending" events: the archiver checks each against older entries
+    assert fields["replayed"] == "0,1"
     assert await store.redis.get(store.keys.dedupe("u", "e1")) == "done"
     await store.record_events([ev("e1", "v0")])
-    assert await store.redis.xlen(store.keys.events) == 2  # done: no third append
+    assert await store.redis.xlen(store.keys.events) == 1  # done: no second append
 
 
 async def test_script_is_reloaded_after_script_flush(store: FeatureStore) -> None:

@@ -13,7 +13,7 @@ from shared.contracts import Event, ItemMeta, ServiceUnavailable
 from shared.redis_conn import make_redis, make_redis_sync, redis_target
 from shared.settings import Settings
 
-from .conftest import ServerPool, free_port
+from .conftest import ServerPool, free_port, streamed
 
 pytestmark = pytest.mark.anyio
 
@@ -101,7 +101,8 @@ async def test_events_survive_a_crash_through_the_aof(settings: Settings,
         after = await store.hydrate("u", 10)
         assert after.history == before.history == ["v0", "v1"]
         assert after.tag_profile == pytest.approx(before.tag_profile, rel=1e-6)
-        assert await store.redis.xlen(store.keys.events) == 3
+        assert [e["event_id"] for e in await streamed(store.redis, store.keys.events)] == [
+            "1", "2", "3"]
         out = await store.record_events([ev("1", "v0"), ev("4", "v1")])
         assert [o.status for o in out] == ["duplicate", "accepted"]  # dedupe markers survived
     finally:

@@ -18,40 +18,41 @@ pytestmark = pytest.mark.anyio
 
 
 def test_user_keys_are_pinned() -> None:
-    k = Keys("vidrec:v2")
-    assert k.hist("42") == "vidrec:v2:{u:42}:hist"
-    assert k.seen("42") == "vidrec:v2:{u:42}:seen"
-    assert k.tags("42") == "vidrec:v2:{u:42}:tags"
-    assert k.tagref("42") == "vidrec:v2:{u:42}:tagref"
-    assert k.dedupe("42", "e-1") == "vidrec:v2:{u:42}:ev:e-1"
+    k = Keys("vidrec:v3")
+    assert k.hist("42") == "vidrec:v3:{u:42}:hist"
+    assert k.seen("42") == "vidrec:v3:{u:42}:seen"
+    assert k.tags("42") == "vidrec:v3:{u:42}:tags"
+    assert k.tagref("42") == "vidrec:v3:{u:42}:tagref"
+    assert k.dedupe("42", "e-1") == "vidrec:v3:{u:42}:ev:e-1"
 
 
-def test_the_default_prefix_is_the_v2_layout() -> None:
-    # v2: tag profile fields and item meta carry tag clusters (docs/feature_store.md)
-    assert Settings().key_prefix == "vidrec:v2"
+def test_the_default_prefix_is_the_v3_layout() -> None:
+    # v2: tag profile fields and item meta carry tag clusters; v3: one events stream entry per
+    # recorded batch (docs/feature_store.md)
+    assert Settings().key_prefix == "vidrec:v3"
 
 
 def test_item_and_global_keys_are_pinned() -> None:
-    k = Keys("vidrec:v2", "events")
+    k = Keys("vidrec:v3", "events")
     assert ITEM_BUCKETS == 16
-    assert k.item("v7") == "vidrec:v2:{i:00}:item:v7"
-    assert k.item("42") == "vidrec:v2:{i:08}:item:42"
-    assert k.item("b") == "vidrec:v2:{i:09}:item:b"
-    assert k.overlay == "vidrec:v2:items:overlay"
-    assert k.events == "vidrec:v2:events"
-    assert k.loaded == "vidrec:v2:loaded"
+    assert k.item("v7") == "vidrec:v3:{i:00}:item:v7"
+    assert k.item("42") == "vidrec:v3:{i:08}:item:42"
+    assert k.item("b") == "vidrec:v3:{i:09}:item:b"
+    assert k.overlay == "vidrec:v3:items:overlay"
+    assert k.events == "vidrec:v3:events"
+    assert k.loaded == "vidrec:v3:loaded"
     assert Keys("p:v2", "ev").events == "p:v2:ev"
 
 
 @pytest.mark.parametrize("user_id", ["42", "a}b", "{x}", "x{", "ü/ :|", ""])
 def test_one_users_keys_share_one_cluster_slot(user_id: str) -> None:
-    k = Keys("vidrec:v2")
+    k = Keys("vidrec:v3")
     slots = {key_slot(key.encode()) for key in [*k.user_keys(user_id), k.dedupe(user_id, "e")]}
     assert len(slots) == 1
 
 
 def test_item_keys_spread_over_buckets_and_bucket_is_the_slot() -> None:
-    k = Keys("vidrec:v2")
+    k = Keys("vidrec:v3")
     ids = [str(i) for i in range(1000)]
     assert {item_bucket(i) for i in ids} == set(range(ITEM_BUCKETS))
     for i in ids[:50]:

@@ -17,7 +17,6 @@ from offline.promotion import decide, gate
 from offline.retrain import assemble
 from offline.warm_start import warm_state
 from services.archiver.eventlog import EVENTS, EventLog
-from services.feature_store.codec import stream_fields
 from shared.bundle import FIRST_ITEM_INDEX, Bundle
 from shared.contracts import Event
 from shared.data import Item, load_dataset
@@ -47,7 +46,8 @@ def _log(tmp: Path, bundle: Bundle, base) -> tuple[EventLog, list[str]]:
         for item, type_ in events:
             e = Event(event_id=f"e{k}", user_id=user, item_id=item, type=type_,
                       timestamp=time.time() + k, watch_fraction=0.9)
-            rows.append(EVENTS.row(f"{now_ms + k}-0", stream_fields(e)))
+            rows.append({**e.model_dump(), "stream_id": f"{now_ms + k}-0",
+                         "received_at": now_ms + k})
             k += 1
     eventlog.write(EVENTS, eventlog.part_path(EVENTS, "2026-01-01", "a", "b"), rows)
     return eventlog, users
