@@ -379,12 +379,15 @@ def check(run: Run, faults: list[Fault], traffic: Traffic, topo: Topology) -> di
 
 
 def lost_events(topo: Topology, traffic: Traffic, accepted: list[Outcome]) -> list[str]:
+    from services.feature_store.codec import unpack_stream_events
     from services.feature_store.keys import Keys
 
     keys = Keys(topo.prefix)
     client = topo.redis()
     try:
-        streamed = {fields["event_id"] for _, fields in client.xrange(keys.events)}
+        # one stream entry per recorded batch (docs/feature_store.md)
+        streamed = {event_id for _, fields in client.xrange(keys.events)
+                    for event_id in unpack_stream_events(fields)[0]["event_id"]}
         pipe = client.pipeline(transaction=False)
         for o in accepted:
             user, _ = traffic.picks[o.index]
