@@ -82,7 +82,7 @@ class Topology:
                               if value == p or value.startswith(p + "/")), value)
                 assert not value.startswith(("/var/lib/vidrec", "/data")), (name, key, value)
             env[key] = value
-        return path_with_venv(subprocess_env(**env, **GENEROUS))
+        return path_with_venv(subprocess_env(**{**env, **GENEROUS}))
 
     def healthcheck(self, name: str) -> bool:
         argv = as_argv(self.services[name]["healthcheck"]["test"])
