@@ -73,9 +73,9 @@ class EventRecorder:
 
     def event_keys(self, e: Event) -> list[str]:
         """The script's KEYS for one event, all in the user's slot."""
-        user = self.keys.user_tag(e.user_id)
-        return [self.keys.dedupe(e.user_id, e.event_id), f"{user}:hist", f"{user}:seen",
-                f"{user}:tags", f"{user}:tagref"]
+        k, user = self.keys, e.user_id
+        return [k.dedupe(user, e.event_id), k.hist(user), k.seen(user), k.tags(user),
+                k.tagref(user)]
 
     def state_change(self, e: Event, meta: ItemMeta,
                      now: float) -> tuple[str, str, float, str, list[str]]:
