@@ -78,10 +78,6 @@ class LogKind:
     id_field: str
     batch_field: str | None = None
 
-    def row(self, stream_id: str, fields: dict[str, str]) -> dict[str, Any]:
-        return {"stream_id": stream_id, "received_at": entry_ms(stream_id),
-                **self._typed(fields)}
-
     def _typed(self, fields: dict[str, str]) -> dict[str, Any]:
         row: dict[str, Any] = {}
         for f in self.schema:
