@@ -10,7 +10,7 @@ import numpy as np
 
 from offline import baselines
 from offline.evaluate import evaluate
-from offline.ranker_eval import bundle_caps, two_stage_metrics
+from offline.ranker_eval import serving_caps, two_stage_metrics
 from offline.report import metrics_document, write_reports
 from offline.split import Split, leave_one_out
 from offline.tag_eval import metrics_line
@@ -42,7 +42,7 @@ def compute_metrics(bundle: Bundle, split: Split, dataset_name: str, settings: S
     staged, recall = two_stage_metrics(bundle, split, settings, lambda hs: user_vectors(state, [
         (h - FIRST_ITEM_INDEX)[-state.max_history:] for h in hs]), models=models, only=users)
     results.update(staged)
-    caps = bundle_caps(settings)
+    caps = serving_caps(settings)
     # Which candidate source earns its place: the share of users whose test item it proposed.
     (bundle.path / "retrieval.json").write_text(json.dumps({
         "recall_of_test_item": recall, "caps": caps}, indent=2) + "\n")

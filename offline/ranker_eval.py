@@ -26,10 +26,20 @@ from offline.train import left_pad
 from shared import ranker_features
 from shared.bundle import FIRST_ITEM_INDEX, Bundle
 from shared.settings import Settings
+from shared.sources import ranked_caps
 
 
 def bundle_caps(settings: Settings) -> dict[str, int]:
+    """The ranker's training candidates: every source at its configured cap, a superset of
+    what it is given when serving (serving_caps: the head of each source's list), so that it
+    learns from the harder negatives further down too."""
     return dict(settings.candidate_caps)
+
+
+def serving_caps(settings: Settings) -> dict[str, int]:
+    """What the gateway asks retrieval for a user with a history when the bundle has a
+    candidate ranker (services/gateway/pipeline/retrieve.py): its budget within the caps."""
+    return ranked_caps(settings.candidate_caps, settings.ranker_caps)
 
 
 def item_tag_keys(bundle_dir: Path, item_tags: list[list[str]]) -> list[list[str]]:
@@ -82,7 +92,7 @@ def serving_examples(models, split: Split, which: str, users: np.ndarray,
     from services.retrieval.retrieve import prepare, propose, resolve_caps, union
     from services.retrieval.sources import SOURCES as REGISTRY
 
-    state, caps = models.state, settings.candidate_caps
+    state, caps = models.state, serving_caps(settings)
     position = np.array([ranker_features.SOURCES.index(s.name) for s in REGISTRY], np.int8)
     ids = state.item_ids
     histories = [split.history(u, which) - FIRST_ITEM_INDEX for u in users]

@@ -10,8 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from offline.evaluate import ScoreFn
-from offline.metrics import candidate_hits
+from offline.ranker_eval import serving_caps
 from offline.split import Split
 from offline.train import left_pad
 from services.feature_store.loader import imported_user
@@ -58,11 +57,14 @@ class BundleModels:
 
 
 def candidates_for(models: BundleModels, sequences: Sequence[Sequence[str]], settings: Settings,
-                   by_source: dict[str, list[np.ndarray]] | None = None) -> list[np.ndarray]:
+                   by_source: dict[str, list[np.ndarray]] | None = None,
+                   caps: dict[str, int] | None = None) -> list[np.ndarray]:
     """Per user (their whole sequence of item ids, oldest first, as `vidrec load` imports it):
     the retrieval service's candidates as bundle rows, in its order. by_source, when given,
-    also receives each source's own proposals per user."""
-    state, caps = models.state, settings.candidate_caps
+    also receives each source's own proposals per user. caps: per source (default: what the
+    gateway asks for a user with a history when a candidate ranker scores, serving_caps)."""
+    state = models.state
+    caps = serving_caps(settings) if caps is None else caps
     queries = [retrieval_query(imported_user("offline", list(seq), models.tags_of,
                                              settings.history_len), caps)
                for seq in sequences]
@@ -84,31 +86,3 @@ def candidate_rows(models: BundleModels, split: Split, which: str, users: np.nda
     sequences = [[ids[r] for r in (split.history(u, which) - FIRST_ITEM_INDEX).tolist()]
                  for u in users]
     return candidates_for(models, sequences, settings, by_source)
-
-
-def two_stage_fn(models: BundleModels, split: Split, which: str, settings: Settings,
-                 hits: dict[str, list[float]] | None = None) -> ScoreFn:
-    """Score function for offline.evaluate. `hits`, when given, receives per user whether the
-    target was among the candidates: key "union" for the whole set, and one key per source."""
-    targets = getattr(split, which)
-
-    def score(users: np.ndarray) -> np.ndarray:
-        by_source: dict[str, list[np.ndarray]] = {}
-        rows = candidate_rows(models, split, which, users, settings, by_source)
-        if hits is not None:
-            wanted = targets[users] - FIRST_ITEM_INDEX
-            for name, lists in [("union", rows), *by_source.items()]:
-                hits.setdefault(name, []).extend(candidate_hits(lists, wanted).tolist())
-        histories = [split.history(u, which) for u in users]
-        scores = np.full((len(users), split.num_items), -np.inf, np.float32)
-        ranked = models.rank(histories, [c + FIRST_ITEM_INDEX for c in rows])
-        for r, (c, s) in enumerate(zip(rows, ranked, strict=True)):
-            if len(c):
-                scores[r, c] = s
-        return scores
-
-    return score
-
-
-def candidates_per_request(settings: Settings) -> int:
-    return sum(settings.candidate_caps.values())

@@ -65,15 +65,19 @@ class ArmConfig:
     retrieval_url: str | None = None
     ranking_url: str | None = None
 
-    def settings_overrides(self, caps: Mapping[str, int]) -> dict[str, Any]:
+    def settings_overrides(self, caps: Mapping[str, int],
+                           ranker_caps: Mapping[str, int] | None = None) -> dict[str, Any]:
         """Settings fields this arm changes (pipeline/config.py reads them), over the
-        gateway's candidate caps `caps`."""
+        gateway's candidate caps `caps` and its candidate ranker's budget `ranker_caps`: a
+        count the arm names is both (the arm asks for that many, ranked or not)."""
         out: dict[str, Any] = {}
         changed = dict(self.candidates)
         if self.sources is not None:
             changed.update({s: 0 for s in SOURCES if s not in self.sources})
         if changed:
             out["candidate_caps"] = {**caps, **changed}
+            if ranker_caps is not None:
+                out["ranker_caps"] = {**ranker_caps, **changed}
         if self.max_per_tag is not None:
             out["max_per_tag"] = self.max_per_tag
         return out

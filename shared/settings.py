@@ -7,14 +7,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
 
-from shared.sources import DEFAULT_CAPS, SOURCE_NAMES, listed, unknown_sources
+from shared.sources import DEFAULT_CAPS, RANKER_CAPS, SOURCE_NAMES, listed, unknown_sources
 from shared.sources import MAX_CANDIDATES_PER_SOURCE as MAX_CANDIDATES_PER_SOURCE
 
 # The admin token a fresh checkout has: refused by the services outside `environment=development`.
@@ -93,6 +93,11 @@ class Settings(BaseSettings):
             "Candidates per query, by source name (shared/sources.py): every source, those not "
             "given at their default. VIDREC_CANDIDATE_CAPS='{\"tags\": 80}' (JSON), or "
             "VIDREC_CANDIDATES_<NAME>=n for one source; the JSON wins where both name one."))
+    ranker_caps: dict[str, Cap] = Field(
+        default_factory=lambda: dict(RANKER_CAPS), description=(
+            "With a candidate ranker, what a user with a history is asked for per source (each "
+            "at most its candidate_caps): the ranker's budget, by source name, those not given "
+            "at their default. VIDREC_RANKER_CAPS='{\"ann\": 300}' (JSON)."))
     max_per_tag: int = Field(3, ge=0)
     timeout_hydrate_s: float = Field(0.05, gt=0, le=60)
     timeout_retrieve_s: float = Field(0.08, gt=0, le=60)
@@ -211,15 +216,18 @@ class Settings(BaseSettings):
                 caps if caps is not None else single
         return data
 
-    @field_validator("candidate_caps")
+    @field_validator("candidate_caps", "ranker_caps")
     @classmethod
-    def _every_source(cls, caps: dict[str, int]) -> dict[str, int]:
+    def _every_source(cls, caps: dict[str, int], info: ValidationInfo) -> dict[str, int]:
+        ranker = info.field_name == "ranker_caps"
         unknown = unknown_sources(caps)
         if unknown:
-            raise ValueError(
-                f"not a candidate source: {', '.join(unknown)} (from VIDREC_CANDIDATE_CAPS or "
-                f"VIDREC_CANDIDATES_<NAME>); the sources are {listed()}")
-        return {name: caps.get(name, DEFAULT_CAPS[name]) for name in SOURCE_NAMES}
+            came_from = ("VIDREC_RANKER_CAPS" if ranker
+                         else "VIDREC_CANDIDATE_CAPS or VIDREC_CANDIDATES_<NAME>")
+            raise ValueError(f"not a candidate source: {', '.join(unknown)} (from {came_from}); "
+                             f"the sources are {listed()}")
+        defaults = RANKER_CAPS if ranker else DEFAULT_CAPS
+        return {name: caps.get(name, defaults[name]) for name in SOURCE_NAMES}
 
     def check_serving(self, service: str) -> None:
         """Raise ValueError when a service must not start with these settings: the default

@@ -5,9 +5,11 @@ Everything else follows from this list: services/retrieval/sources/<name>.py imp
 source (loaded by name, in this order: an item two sources propose stays with the earlier
 one), `shared.contracts.Source` accepts exactly these names on the wire (the OpenAPI documents
 list them), and `Settings.candidate_caps` starts from these caps (VIDREC_CANDIDATE_CAPS, or
-VIDREC_CANDIDATES_<NAME> for one source, changes them).
+VIDREC_CANDIDATES_<NAME> for one source, changes them), `Settings.ranker_caps` from
+RANKER_CAPS (VIDREC_RANKER_CAPS).
 
-Adding a source: its module in services/retrieval/sources/, one line here, its test. The
+Adding a source: its module in services/retrieval/sources/, one line in each list here, its
+test. The
 candidate ranker's source features are those of the sources it was trained with
 (shared/ranker_features.SOURCES, part of the model's input layout): a new source reaches a
 ranker trained before it as an unknown source, until a bundle is built with it.
@@ -15,7 +17,7 @@ ranker trained before it as an unknown source, until a bundle is built with it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
 # Most candidates one source may propose per query (faiss GPU answers at most 2048 neighbours).
@@ -28,6 +30,20 @@ DEFAULT_CAPS = MappingProxyType({
     "popular": 50,    # the bundle's popularity order (what a new user gets)
 })
 SOURCE_NAMES: tuple[str, ...] = tuple(DEFAULT_CAPS)
+
+# What the candidate ranker is given for a user with a history: the head of each source's
+# list. Every candidate costs the request its explanation, its transfer, its features and its
+# model run; past this budget the ranker's NDCG gains little (bench/results/candidate_budget.json:
+# quality against cost per request for each budget, on MicroLens-50k). A user without a
+# history, and a request with tag filters, still get DEFAULT_CAPS.
+RANKER_CAPS = MappingProxyType({"ann": 150, "content": 30, "tags": 15, "popular": 5})
+
+
+def ranked_caps(candidate_caps: Mapping[str, int],
+                ranker_caps: Mapping[str, int]) -> dict[str, int]:
+    """Per source, what a candidate ranker is given: its budget within the configured caps (a
+    source switched off by candidate_caps, by an experiment arm say, stays off)."""
+    return {name: min(cap, ranker_caps.get(name, 0)) for name, cap in candidate_caps.items()}
 
 
 def unknown_sources(names: Iterable[str]) -> list[str]:

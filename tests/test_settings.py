@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from shared.settings import DEFAULT_ADMIN_TOKEN, Settings
-from shared.sources import DEFAULT_CAPS, MAX_CANDIDATES_PER_SOURCE
+from shared.sources import DEFAULT_CAPS, MAX_CANDIDATES_PER_SOURCE, RANKER_CAPS, ranked_caps
 
 
 @pytest.mark.parametrize(("field", "value"), [
@@ -26,7 +26,8 @@ def test_a_value_out_of_bounds_fails_naming_the_field(field: str, value: object)
 def no_cap_variables(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """An environment without candidate-cap variables (the developer's own left out)."""
     for name in list(os.environ):
-        if name.upper().startswith(("VIDREC_CANDIDATES_", "VIDREC_CANDIDATE_CAPS")):
+        if name.upper().startswith(("VIDREC_CANDIDATES_", "VIDREC_CANDIDATE_CAPS",
+                                    "VIDREC_RANKER_CAPS")):
             monkeypatch.delenv(name)
     return monkeypatch
 
@@ -62,7 +63,23 @@ def test_the_caps_come_from_json_and_from_one_variable_per_source(
     assert Settings().candidate_caps == {"ann": 9, "content": 7, "tags": 50, "popular": 5}
 
 
+def test_the_rankers_budget_is_a_mapping_by_source_within_the_caps(
+        no_cap_variables: pytest.MonkeyPatch) -> None:
+    assert Settings().ranker_caps == dict(RANKER_CAPS)
+    assert list(RANKER_CAPS) == list(DEFAULT_CAPS)  # every source, in the union's order
+    assert all(RANKER_CAPS[s] <= DEFAULT_CAPS[s] for s in DEFAULT_CAPS)
+    no_cap_variables.setenv("VIDREC_RANKER_CAPS", '{"ann": 400}')
+    assert Settings().ranker_caps == {**RANKER_CAPS, "ann": 400}
+    # what the ranker is given: the budget within the caps
+    caps = Settings(candidate_caps={"ann": 200, "popular": 0})
+    assert ranked_caps(caps.candidate_caps, caps.ranker_caps) == {
+        "ann": 200, "content": RANKER_CAPS["content"], "tags": RANKER_CAPS["tags"],
+        "popular": 0}
+
+
 @pytest.mark.parametrize(("name", "value", "words"), [
+    ("VIDREC_RANKER_CAPS", '{"bogus": 5}', r"not a candidate source: bogus \(from VIDREC_RANK"),
+    ("VIDREC_RANKER_CAPS", '{"ann": 2001}', "ranker_caps.ann"),
     ("VIDREC_CANDIDATES_BOGUS", "5", "not a candidate source: bogus"),
     ("VIDREC_CANDIDATE_CAPS", '{"bogus": 5}', "not a candidate source: bogus"),
     ("VIDREC_CANDIDATES_TAGS", "2001", "candidate_caps.tags"),

@@ -102,7 +102,8 @@ class Gateway:
             return recommendation_pipeline(self.settings, self.feature_store, self.retrieval,
                                            self.ranking, catalog)
         settings = self.settings.model_copy(
-            update=arm.settings_overrides(self.settings.candidate_caps))
+            update=arm.settings_overrides(self.settings.candidate_caps,
+                                          self.settings.ranker_caps))
         retrieval = self._arm_client("retrieval", arm.retrieval_url) or self.retrieval
         ranking = self._arm_client("ranking", arm.ranking_url) or self.ranking
         return recommendation_pipeline(settings, self.feature_store, retrieval, ranking,

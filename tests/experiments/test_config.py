@@ -48,6 +48,10 @@ def test_parses_arms_weights_and_pipeline_settings() -> None:
     assert weak.settings_overrides(caps) == {
         "candidate_caps": {"ann": 0, "content": 0, "tags": 0, "popular": 80}, "max_per_tag": 0}
     assert caps["popular"] == 50  # the gateway's own caps stay as they were
+    # with the candidate ranker's budget, the arm's counts change it too
+    budget = {"ann": 150, "content": 30, "tags": 15, "popular": 5}
+    assert weak.settings_overrides(caps, budget)["ranker_caps"] == {
+        "ann": 0, "content": 0, "tags": 0, "popular": 80}
     assert exp.arm("current").settings_overrides(caps) == {}
     assert not config.experiments["old"].active
 

@@ -280,6 +280,31 @@ def test_retrieve_asks_only_what_can_reach_the_answer() -> None:
     assert stage.caps_for(RecRequest("u", k=20, exclude_tags=frozenset({"x"})), True) == caps
 
 
+def test_a_candidate_ranker_gets_the_head_of_every_source() -> None:
+    caps = {"ann": 300, "content": 100, "tags": 50, "popular": 50}
+    budget = {"ann": 150, "content": 30, "tags": 15, "popular": 5}
+    catalog = Catalog.empty()
+    catalog.candidate_ranker = True
+    stage = Retrieve(None, caps, catalog, None, budget)  # type: ignore[arg-type]
+    assert stage.caps_for(RecRequest("u", k=20), True) == budget
+    assert stage.caps_for(RecRequest("u", k=5, interests=("x",)), True) == budget
+    # no history or tag filters: every source at its full cap, as without the ranker
+    assert stage.caps_for(RecRequest("u", k=20), False) == caps
+    assert stage.caps_for(RecRequest("u", k=20, exclude_tags=frozenset({"x"})), True) == caps
+    # the budget stays within the caps: a source switched off (an arm's, say) stays off
+    off = Retrieve(None, {**caps, "content": 0, "ann": 100}, catalog, None,  # type: ignore[arg-type]
+                   budget)
+    assert off.caps_for(RecRequest("u", k=20), True) == {"ann": 100, "content": 0, "tags": 15,
+                                                         "popular": 5}
+    # without a budget the ranker gets every source's full cap
+    assert Retrieve(None, caps, catalog).caps_for(  # type: ignore[arg-type]
+        RecRequest("u", k=20), True) == caps
+    # an arm that keeps retrieval's order (ranker off) asks only what can reach the answer
+    plain = Retrieve(None, caps, catalog, None, budget, ranker=False)  # type: ignore[arg-type]
+    assert plain.caps_for(RecRequest("u", k=20), True) == {"ann": 60, "content": 0, "tags": 0,
+                                                           "popular": 0}
+
+
 def test_the_head_keeps_the_best_interest_matches_behind_it() -> None:
     ctx = RecContext(RecRequest("u", k=8, interests=("cats",)))  # head 30, quota 2
     ctx.candidates = ([cand(f"a{i}") for i in range(50)]

@@ -45,7 +45,8 @@ def recommendation_pipeline(settings: Settings, feature_store: FeatureStoreAPI,
         # Redis down or slow -> answer as for a new user (cold start).
         Step(Hydrate(feature_store, settings.history_len), settings.timeout_hydrate_s),
         # Retrieval down -> the bundle's popular list held by the gateway.
-        Step(Retrieve(retrieval, settings.candidate_caps, catalog, bundle),
+        Step(Retrieve(retrieval, settings.candidate_caps, catalog, bundle,
+                      settings.ranker_caps, ranker),
              settings.timeout_retrieve_s),
         Step(FilterStage("prefilter", [SeenFilter(), ExcludedIdsFilter()]), fail_open=False),
         # Ranker down or answering the wrong shape -> keep the retrieval order and scores.

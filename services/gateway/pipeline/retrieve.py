@@ -16,6 +16,7 @@ from shared.contracts import (
     sources_only,
 )
 from shared.observability import CANDIDATES
+from shared.sources import ranked_caps
 
 PROFILE_TAGS = 10  # strongest tag-profile tags sent to the tag source
 
@@ -44,10 +45,14 @@ class Retrieve:
     name = "retrieve"
 
     def __init__(self, retrieval: RetrievalAPI, caps: dict[Source, int],
-                 catalog: Catalog, bundle: str | None = None) -> None:
+                 catalog: Catalog, bundle: str | None = None,
+                 ranker_caps: dict[Source, int] | None = None, ranker: bool = True) -> None:
         self.retrieval = retrieval
         self.bundle = bundle  # a bundle served side by side (experiment arm); None: the main
         self.caps = caps
+        # A candidate ranker's budget within the caps (None: the caps themselves)
+        self.ranker_caps = ranked_caps(caps, caps if ranker_caps is None else ranker_caps)
+        self.ranker = ranker  # False: an arm that keeps the retrieval order
         self.catalog = catalog  # for the fallback only
         # vidrec_candidates_total has no service label: an in-process retrieval service already
         # counts its candidates in this process's registry, a remote one only in its own.
@@ -59,20 +64,26 @@ class Retrieve:
     def caps_for(self, request: RecRequest, has_history: bool) -> dict[Source, int]:
         """Candidates to ask of each source for this request.
 
-        The ranker scores an item by user_vec . item_vec, exactly what the ANN source searches
-        (docs/bundle.md), and ANN returns the best items by that score among everything not
-        excluded. So for a user with a history, no candidate of another source can beat ANN's
-        top `head` items, and nothing past them is looked at (items.py): asking for more costs
-        time and cannot change the answer. The tag source is still asked when the request names
-        `interests` (they get reserved places, select.py). A bundle with a candidate ranker
-        (which can prefer any source's candidate) gets every source. Tag filters may remove
-        most of the list, and a user without a history has nothing to search with: those get
-        every source, as configured (and so does a user whose history gave ANN nothing, see `run`).
+        Tag filters may remove most of the list, and a user without a history has nothing to
+        search with: those get every source, as configured (and so does a user whose history
+        gave too few candidates, see `run`). Otherwise:
+
+        - a bundle with a candidate ranker, which can prefer any source's candidate, gets the
+          head of every source (`ranker_caps`, settings): every candidate costs the request
+          its transfer, features and model run, and past that budget the ranker gains little
+          (shared/sources.py RANKER_CAPS, bench/results/candidate_budget.json);
+        - a bundle whose ranker is the tower scores an item by user_vec . item_vec, exactly
+          what the ANN source searches (docs/bundle.md), and ANN returns the best items by that
+          score among everything not excluded. So no candidate of another source can beat
+          ANN's top `head` items, and nothing past them is looked at (items.py): only those
+          are asked for, plus the tag source when the request names `interests` (they get
+          reserved places, select.py). So is an experiment arm that keeps retrieval's order.
         """
         head = head_limit(request)
-        if (head is None or not has_history or not self.caps.get("ann")
-                or self.catalog.candidate_ranker):  # it may prefer any source's candidate
+        if head is None or not has_history or not self.caps.get("ann"):
             return self.caps
+        if self.ranker and self.catalog.candidate_ranker:
+            return self.ranker_caps
         caps = self.caps
         return sources_only(ann=min(caps.get("ann", 0), head),
                             tags=caps.get("tags", 0) if request.interests else 0)
