@@ -23,6 +23,8 @@ HNSW_EF_SEARCH = 128
 IVF_TRAIN_PER_LIST = 64  # k-means training rows per inverted list (FAISS warns below 39)
 IVF_NPROBE_SHARE = 1 / 32  # lists searched per query, as a share of nlist (at least 16)
 KINDS = ("auto", "flat", "hnsw", "ivf_sq8", "ivf_pq")
+FLOAT16_DIM_MULTIPLE = 8  # float16_rows: FAISS's SIMD decoders read 8 dims at a time
+FLOAT16_COPY_ROWS = 65_536
 
 
 def gpu_count() -> int:
@@ -112,8 +114,31 @@ def _inner(index: faiss.Index) -> faiss.Index:
     return faiss.downcast_index(index)
 
 
+def float16_rows(index: faiss.Index) -> faiss.Index:
+    """A flat inner-product index over float32 rows, served from float16 rows instead when
+    FAISS can decode them with SIMD (dims a multiple of 8); any other index is returned as it
+    is (a GPU index too). An exact search is bound by reading the rows: on MicroLens-50k's
+    content (19,220 x 384) one query took 0.32 ms instead of 0.86 ms, top-100 unchanged on 300
+    queries (recall 1.000). At 65 dims FAISS has no SIMD path for it: 1.88 ms against 0.23."""
+    inner = _inner(index)
+    if type(inner) is not faiss.IndexFlatIP or inner.d % FLOAT16_DIM_MULTIPLE:
+        return index
+    n = inner.ntotal
+    ids = (faiss.vector_to_array(index.id_map) if isinstance(index, faiss.IndexIDMap2)
+           else np.arange(n, dtype=np.int64))
+    half = faiss.IndexScalarQuantizer(inner.d, faiss.ScalarQuantizer.QT_fp16,
+                                      faiss.METRIC_INNER_PRODUCT)
+    out = faiss.IndexIDMap2(half)
+    for start in range(0, n, FLOAT16_COPY_ROWS):  # bounded: never a second full float32 copy
+        stop = min(n, start + FLOAT16_COPY_ROWS)
+        out.add_with_ids(inner.reconstruct_n(start, stop - start), ids[start:stop])
+    return out
+
+
 def index_kind(index: faiss.Index) -> str:
     inner = _inner(index)
+    if isinstance(inner, faiss.IndexScalarQuantizer):
+        return "flat_fp16"
     if isinstance(inner, faiss.IndexHNSWFlat):
         return "hnsw"
     if isinstance(inner, faiss.IndexIVFScalarQuantizer):

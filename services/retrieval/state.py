@@ -226,6 +226,7 @@ def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
     index_ann, faiss_device = ann.to_gpu_if_available(cpu_ann, settings.use_gpu)
     index_content, _ = ann.to_gpu_if_available(ann.load(bundle.file("index_content.faiss")),
                                                settings.use_gpu)
+    index_content = ann.float16_rows(index_content)  # on the CPU: half the rows to read
     for name, index, rows in (("index_ann.faiss", index_ann, vectors),
                               ("index_content.faiss", index_content, content)):
         if index.ntotal != n or index.d != rows.shape[1]:

@@ -68,3 +68,30 @@ def test_unknown_kind_and_pq_dimension_are_refused() -> None:
     assert ann.pq_codes(384) == 48 and ann.pq_codes(65) == 13
     with pytest.raises(ValueError, match="divisor"):
         ann.build_index(clustered(500, 67), kind="ivf_pq")
+
+
+def test_a_flat_index_is_served_from_float16_rows_with_its_ids() -> None:
+    x = clustered(3000, 64)
+    ids = np.arange(3000, dtype=np.int64) * 7 + 5  # FAISS ids that are not row numbers
+    flat = ann.build_index(x, ids, kind="flat")
+    half = ann.float16_rows(flat)
+    assert ann.index_kind(half) == "flat_fp16" and half.ntotal == 3000
+    queries = x[:50] + 0.05 * np.random.default_rng(1).standard_normal((50, 64)).astype(
+        np.float32)
+    exact_scores, exact_ids = ann.search(flat, queries, 100)
+    scores, got = ann.search(half, queries, 100)
+    overlap = np.mean([len(set(a) & set(b)) / 100 for a, b in zip(got, exact_ids, strict=True)])
+    assert overlap >= 0.99
+    assert np.abs(scores - exact_scores).max() < 1e-2  # float16 rows: scores to ~3 digits
+    # upserts and removals keep working on it (retrieval's writes)
+    half.add_with_ids(x[:1] * 1.0, np.array([10**9], dtype=np.int64))
+    assert ann.search(half, x[:1], 1)[1][0, 0] in (10**9, 5)
+    assert half.remove_ids(np.array([10**9, 5], dtype=np.int64)) == 2
+    assert 5 not in ann.search(half, x[:1], 10)[1][0]
+
+
+def test_float16_rows_leaves_other_indexes_alone() -> None:
+    odd = ann.build_index(clustered(500, 65), kind="flat")  # no SIMD path: slower, kept
+    assert ann.float16_rows(odd) is odd
+    ivf = ann.build_index(clustered(3000, 64), kind="ivf_sq8")
+    assert ann.float16_rows(ivf) is ivf
