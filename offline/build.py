@@ -4,7 +4,6 @@ complete, then `artifacts/latest` is repointed)."""
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import platform
@@ -155,9 +154,7 @@ def run_build(settings: Settings, dataset: str | Dataset, sample_users: int | No
                 # refit. Kept on the validation tower, the ranker lost to retrieval on test
                 # (MicroLens-50k, 3,000 test users: NDCG@10 0.0384 against 0.0529 for the
                 # refit tower's order; 0.0531 with the refit tower inside the ranker).
-                cand_ranker.tower = copy.deepcopy(model).eval()
-                for p in cand_ranker.tower.parameters():
-                    p.requires_grad_(False)
+                cand_ranker.set_tower(model)
     with steps.step("export_onnx"):
         export_onnx(model, work, _export_examples(split, table))
         parity = check_parity(model, work, _parity_batches(split, table))
@@ -337,8 +334,6 @@ def _candidate_ranker(settings: Settings, ds: Dataset, work: Path, tower: Sequen
     except ValueError as exc:
         print(f"[build] no candidate ranker: {exc}", flush=True)
         return None, {"trained": False, "why": str(exc)}
-    # the ranker keeps its own copy of this tower (the refit trains a new one)
-    model.tower = copy.deepcopy(tower).eval()
     return model, {"trained": True, **facts}
 
 

@@ -19,6 +19,7 @@ per candidate, so 500 candidates stay within a few milliseconds on 2 cores.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 
 import torch
@@ -45,9 +46,7 @@ class CandidateRanker(nn.Module):
     def __init__(self, cfg: CandidateRankerConfig, tower: SequentialRanker) -> None:
         super().__init__()
         self.cfg = cfg
-        self.tower = tower
-        for p in self.tower.parameters():
-            p.requires_grad_(False)
+        self.set_tower(tower)
         d_t = tower.cfg.dim
         self.query = nn.Linear(d_t, cfg.dim)
         self.key = nn.Linear(d_t, cfg.dim)
@@ -60,6 +59,13 @@ class CandidateRanker(nn.Module):
                                  nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, cfg.hidden // 2),
                                  nn.GELU(), nn.Linear(cfg.hidden // 2, 1))
         self.tower_weight = nn.Parameter(torch.ones(1))
+
+    def set_tower(self, tower: SequentialRanker) -> None:
+        """Hold a frozen copy of `tower`: its own weights (training the tower further, or the
+        build's refit, leaves the ranker's as they were), in eval mode, none of them trained."""
+        self.tower = copy.deepcopy(tower).eval()
+        for p in self.tower.parameters():
+            p.requires_grad_(False)
 
     def train(self, mode: bool = True) -> CandidateRanker:
         super().train(mode)

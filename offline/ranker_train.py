@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from offline.early_stopping import EarlyStopping
 from offline.metrics import summarise
 from offline.model import SequentialRanker
 from offline.ranker_data import Example
@@ -178,7 +179,8 @@ def train_candidate_ranker(tower: SequentialRanker, table: torch.Tensor,
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tcfg.lr,
                                                    total_steps=tcfg.epochs * steps + 1,
                                                    pct_start=0.1)
-    best, best_state, history, bad = -1.0, None, [], 0
+    stopper = EarlyStopping(tcfg.patience, tcfg.max_minutes)
+    best_state, history = None, []
     started = time.monotonic()
     for epoch in range(1, tcfg.epochs + 1):
         model.train()
@@ -209,17 +211,15 @@ def train_candidate_ranker(tower: SequentialRanker, table: torch.Tensor,
         print(f"ranker epoch {epoch}: loss {total / steps:.4f} valid NDCG@10 "
               f"{metrics['NDCG@10']:.4f} HR@10 {metrics['HR@10']:.4f} ({minutes:.1f} min)",
               flush=True)
-        if metrics["NDCG@10"] > best:
-            best, bad = metrics["NDCG@10"], 0
+        verdict = stopper.update(metrics["NDCG@10"], minutes)
+        if verdict.best:
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
-        else:
-            bad += 1
-        if bad >= tcfg.patience or minutes >= tcfg.max_minutes:
+        if verdict.stop:
             break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return model, {"epochs_run": len(history), "best_valid_NDCG@10": best,
+    return model, {"epochs_run": len(history), "best_valid_NDCG@10": stopper.best,
                    "history": history, "train_examples": len(train),
                    "train_examples_with_target": len(usable), "batch_size": batch_size,
                    "config": cfg.to_dict(), "train_config": asdict(tcfg)}

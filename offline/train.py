@@ -12,6 +12,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from offline.early_stopping import EarlyStopping
 from offline.evaluate import evaluate, sample_users
 from offline.model import RankerConfig, SequentialRanker
 from offline.split import Split
@@ -146,7 +147,8 @@ def train_ranker(split: Split, content: np.ndarray, model_cfg: RankerConfig,
         anneal_strategy="cos") if cfg.cosine else None
     valid_users = sample_users(split, "valid", cfg.valid_users, cfg.seed)
     all_ids = torch.arange(table.shape[0])
-    best, best_state, history, bad = -1.0, None, [], 0
+    stopper = EarlyStopping(cfg.patience, cfg.max_minutes)
+    best_state, history = None, []
     started = time.monotonic()
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -173,7 +175,7 @@ def train_ranker(split: Split, content: np.ndarray, model_cfg: RankerConfig,
                             "minutes": round(minutes, 2)})
             print(f"epoch {epoch}: loss {total / max(steps, 1):.4f} ({minutes:.1f} min)",
                   flush=True)
-            if minutes >= cfg.max_minutes:
+            if stopper.out_of_time(minutes):
                 break
             continue
         metrics = evaluate(split, "valid", ranker_score_fn(model, table, split, "valid"),
@@ -185,15 +187,14 @@ def train_ranker(split: Split, content: np.ndarray, model_cfg: RankerConfig,
         print(f"epoch {epoch}: loss {total / max(steps, 1):.4f} valid NDCG@10 "
               f"{metrics['NDCG@10']:.4f} HR@10 {metrics['HR@10']:.4f} ({minutes:.1f} min)",
               flush=True)
-        if metrics["NDCG@10"] > best:
-            best, bad = metrics["NDCG@10"], 0
+        verdict = stopper.update(metrics["NDCG@10"], minutes)
+        if verdict.best:
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
-        else:
-            bad += 1
-        if bad >= cfg.patience or minutes >= cfg.max_minutes:
+        if verdict.stop:
             break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return model, {"epochs_run": len(history), "best_valid_NDCG@10": best, "history": history,
-                   "windows": len(windows), "batch_size": batch_size, "config": cfg.__dict__}
+    return model, {"epochs_run": len(history), "best_valid_NDCG@10": stopper.best,
+                   "history": history, "windows": len(windows), "batch_size": batch_size,
+                   "config": cfg.__dict__}

@@ -39,11 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from shared.admin import VERSION_PATTERN
-from shared.sources import SOURCE_NAMES
+from shared.sources import MAX_CANDIDATES_PER_SOURCE, SOURCE_NAMES
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")  # label- and key-safe
 SOURCES = SOURCE_NAMES
-MAX_CANDIDATES = 5000
 DEFAULT_CTR_K = 10
 
 
@@ -120,6 +119,11 @@ class ExperimentsConfig:
 
 # ---- locating lines ----------------------------------------------------------------------------
 _HEADER = re.compile(r"^\s*\[\[?\s*([^\[\]]+?)\s*\]\]?\s*(#.*)?$")
+
+
+def _dotted(path: tuple[str, ...]) -> str:
+    """A key path as TOML writes it: experiments.ranker-v2.arms."v.2".candidates.ann"""
+    return ".".join(p if re.fullmatch(r"[A-Za-z0-9_-]+", p) else f'"{p}"' for p in path)
 
 
 def _split_key(dotted: str) -> tuple[str, ...]:
@@ -276,11 +280,7 @@ class _Checker:
             caps = self.typed(table, body, "candidates", (dict,),
                               f"a table of source = count (sources: {', '.join(SOURCES)})")
             for source, n in caps.items():
-                if source not in SOURCES or isinstance(n, bool) or not isinstance(n, int) \
-                        or not 0 <= n <= MAX_CANDIDATES:
-                    self.fail(table, "candidates", f"candidates.{source} = {n!r}: expected a "
-                              f"source in {SOURCES} and a count from 0 to {MAX_CANDIDATES}")
-                candidates[source] = n
+                candidates[source] = self.cap((*table, "candidates"), source, n)
         sources = None
         if "sources" in body:
             listed = self.typed(table, body, "sources", (list,), "a list of sources")
@@ -304,6 +304,20 @@ class _Checker:
             sources=sources,
             ranker=self.typed(table, body, "ranker", (bool,), "true or false")
             if "ranker" in body else True)
+
+    def cap(self, table: tuple[str, ...], source: str, n: Any) -> int:
+        """One per-source cap of an arm, held to what retrieval accepts (shared/sources.py):
+        refused here, naming the experiment, arm and source, rather than by retrieval on every
+        request of the arm (a degraded answer)."""
+        where = _dotted((*table, source))
+        if source not in SOURCES:
+            self.fail(table, source, f"{where}: not a candidate source (the sources are "
+                      f"{', '.join(SOURCES)})")
+        if isinstance(n, bool) or not isinstance(n, int) \
+                or not 0 <= n <= MAX_CANDIDATES_PER_SOURCE:
+            self.fail(table, source, f"{where}: must be an integer between 0 and "
+                      f"{MAX_CANDIDATES_PER_SOURCE}, got {n!r}")
+        return int(n)
 
 
 def bundles_to_serve(path: Path | None) -> list[str]:

@@ -10,6 +10,7 @@ import pytest
 
 from services.gateway.experiments.registry import ExperimentsRegistry
 from shared.experiments import ConfigError, parse
+from shared.sources import MAX_CANDIDATES_PER_SOURCE
 
 GOOD = """\
 [experiments.ranker]
@@ -84,6 +85,78 @@ def test_bad_file_is_refused_naming_the_line(text: str, line: int, words: str) -
     message = str(exc.value)
     assert words in message
     assert f"line {line}" in message, message
+
+
+CAPS = """\
+[experiments.ranker-v2.arms.current]
+weight = 50
+
+[experiments.ranker-v2.arms.candidate]
+weight = 50
+candidates = {{ ann = {ann}, popular = 20 }}
+"""
+
+
+BETWEEN = f"must be an integer between 0 and {MAX_CANDIDATES_PER_SOURCE}, got"
+
+
+@pytest.mark.parametrize(("ann", "words"), [
+    (MAX_CANDIDATES_PER_SOURCE + 1, f"{BETWEEN} {MAX_CANDIDATES_PER_SOURCE + 1}"),
+    (5000, f"{BETWEEN} 5000"),
+    (-1, f"{BETWEEN} -1"),
+    ("300", f"{BETWEEN} '300'"),
+    (2.5, f"{BETWEEN} 2.5"),
+])
+def test_an_arms_cap_outside_what_retrieval_accepts_is_refused(ann: object, words: str) -> None:
+    """Retrieval refuses a cap above MAX_CANDIDATES_PER_SOURCE on every request: the file is
+    refused instead, naming the experiment, the arm and the source."""
+    value = f'"{ann}"' if isinstance(ann, str) else ann
+    with pytest.raises(ConfigError) as exc:
+        parse(CAPS.format(ann=value), "exp.toml")
+    assert str(exc.value) == (f"exp.toml, line 6: experiments.ranker-v2.arms.candidate."
+                              f"candidates.ann: {words}")
+
+
+def test_an_arms_unknown_source_is_refused_at_its_line() -> None:
+    text = ("[experiments.x.arms.\"v.2\"]\nweight = 1\n\n"
+            "[experiments.x.arms.\"v.2\".candidates]\npopular = 3\nweb = 4\n")
+    with pytest.raises(ConfigError) as exc:
+        parse(text, "exp.toml")
+    assert str(exc.value) == ("exp.toml, line 6: experiments.x.arms.\"v.2\".candidates.web: not "
+                              "a candidate source (the sources are ann, content, tags, popular)")
+
+
+def test_an_arms_caps_at_the_bounds_are_kept() -> None:
+    exp = parse(CAPS.format(ann=MAX_CANDIDATES_PER_SOURCE).replace("popular = 20",
+                                                                   "popular = 0")).active
+    assert exp is not None and exp.arm("candidate") is not None
+    assert exp.arm("candidate").candidates == {"ann": MAX_CANDIDATES_PER_SOURCE, "popular": 0}
+
+
+def test_a_file_with_a_cap_too_high_at_start_runs_no_experiment_and_says_why(
+        tmp_path: Path) -> None:
+    """Start-up (the gateway's ExperimentsRegistry.start): the file is refused with the same
+    message; the gateway serves without an experiment and shows the error (docs/experiments.md)."""
+    path = tmp_path / "experiments.toml"
+    path.write_text(CAPS.format(ann=5000))
+    applied: list[object] = []
+
+    async def scenario() -> ExperimentsRegistry:
+        registry = ExperimentsRegistry(path, check_s=0)
+
+        async def on_change(old, new) -> None:
+            applied.append(new)
+
+        registry.on_change = on_change
+        await registry.start()
+        await registry.close()
+        return registry
+
+    registry = asyncio.run(scenario())
+    assert registry.config.active is None and applied == []  # no arm pipeline was built
+    assert registry.last_error == (f"{path}, line 6: experiments.ranker-v2.arms.candidate."
+                                   f"candidates.ann: {BETWEEN} 5000")
+    assert registry.status()["error"] == registry.last_error
 
 
 def test_unknown_bundle_is_refused_at_its_line() -> None:
