@@ -56,8 +56,6 @@ def create_app(settings: Settings, service: RetrievalService | None = None) -> F
             else:
                 yield
         finally:
-            if service is None and svc is not None:
-                svc.close()
             if store is not None:
                 await store.aclose()
 

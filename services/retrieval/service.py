@@ -1,12 +1,10 @@
 """RetrievalService: the in-process RetrievalAPI (shared/contracts.py).
 
-Concurrency: every read and every in-memory mutation of the served state runs on one worker
-thread (`_worker`), one at a time, so a request sees the state either before or after an upsert,
-never between, and the event loop stays free for other requests meanwhile: FAISS and onnxruntime
-release the GIL, so in one process a search overlaps the gateway's own work on the other core.
-Slow work runs in other threads on objects no request can see yet: embedding a new item's text,
-appending to the overlay file, and loading a whole bundle for `reload`, which then replaces one
-reference on the event loop. A request already running keeps the state it started with.
+Concurrency: every read and every in-memory mutation of the served state runs on the event loop
+thread and contains no await, so a request sees the state either before or after an upsert, never
+between. Slow work runs in worker threads on objects no request can see yet: embedding a new
+item's text, appending to the overlay file, and loading a whole bundle for `reload`, which then
+replaces one reference. A request already running keeps the state it started with.
 
 Catalogue changes (upsert, delete) are written to the overlay file before they are applied, then
 to the feature store (item metadata for the gateway, embedding for a standalone ranker, and a
@@ -20,9 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from threadpoolctl import threadpool_limits
 
@@ -54,7 +50,6 @@ from shared.text import item_text
 
 log = logging.getLogger(__name__)
 SERVICE = "retrieval"
-T = TypeVar("T")
 
 
 @runtime_checkable
@@ -83,8 +78,6 @@ class RetrievalService:
         # version that is the main bundle under another name (e.g. "latest").
         self._extra: dict[str, RetrievalState | None] = {}
         self._changes = asyncio.Lock()  # one upsert/delete/reload at a time
-        # Reads and in-memory writes of the served state, one at a time (see the module doc)
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrieval")
         # One request's matrix products are tiny; a multi-threaded BLAS only waits on its own
         # threads, which on a busy 2-core machine turned a 20 us product into 15 ms.
         threadpool_limits(limits=1, user_api="blas")
@@ -215,21 +208,10 @@ class RetrievalService:
                 "rows": s.n_rows, "overlay_changes": s.overlay_applied,
                 "text_encoder": s.text_encoder is not None, "notes": s.notes}
 
-    async def _on_worker(self, work: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._worker, work)
-
-    def close(self) -> None:
-        self._worker.shutdown(wait=False, cancel_futures=True)
-
     # ---- reads --------------------------------------------------------------------------
     async def retrieve(self, queries: list[RetrievalQuery],
                        bundle: str | None = None) -> list[RetrievalResult]:
-        return (await self.retrieve_versioned(queries, bundle))[0]
-
-    async def retrieve_versioned(self, queries: list[RetrievalQuery], bundle: str | None = None,
-                                 ) -> tuple[list[RetrievalResult], str]:
-        """`retrieve_now` on the worker thread: the results and the bundle version."""
-        return await self._on_worker(partial(self.retrieve_now, queries, bundle))
+        return self.retrieve_now(queries, bundle)[0]
 
     def retrieve_now(self, queries: list[RetrievalQuery],
                      bundle: str | None = None) -> tuple[list[RetrievalResult], str]:
@@ -242,7 +224,7 @@ class RetrievalService:
         return results, state.version
 
     async def similar(self, item_id: str, k: int) -> list[Neighbour]:
-        return await self._on_worker(partial(self.similar_now, item_id, k))
+        return self.similar_now(item_id, k)
 
     def similar_now(self, item_id: str, k: int) -> list[Neighbour]:
         """Up to k items like `item_id` (similar.py); ItemNotFound for an id not in the live
@@ -282,14 +264,10 @@ class RetrievalService:
                 raise ServiceUnavailable("retrieval: the bundle changed its embedding size "
                                          "during the upsert; repeat it")
             await asyncio.to_thread(self.overlay.append, entry)  # durable before visible
-            targets = [state, *(extra for extra in self._extra_states()  # arms' bundles see
-                                if extra.content_dim == len(embedding))]  # the same catalogue
-
-            def put() -> None:
-                for target in targets:
-                    apply_put(target, entry, embedding)
-
-            await self._on_worker(put)
+            apply_put(state, entry, embedding)
+            for extra in self._extra_states():  # arms' bundles see the same catalogue
+                if extra.content_dim == len(embedding):
+                    apply_put(extra, entry, embedding)
         await self._tell_store(self._store_put(meta, entry.embedding), item_id)
         return meta
 
@@ -304,15 +282,10 @@ class RetrievalService:
         async with self._changes:
             await asyncio.to_thread(self.overlay.append,
                                     OverlayItem(meta=meta, updated_at=self.clock()))
-            states = (self.state, *self._extra_states())
-
-            def kill() -> None:
-                for state in states:
-                    row = state.row_of.get(item_id)
-                    if row is not None:
-                        state.kill(row)
-
-            await self._on_worker(kill)
+            for state in (self.state, *self._extra_states()):
+                row = state.row_of.get(item_id)
+                if row is not None:
+                    state.kill(row)
         await self._tell_store(self._store_delete(item_id), item_id)
 
     async def _store_put(self, meta: ItemMeta, embedding: list[float] | None) -> None:

@@ -20,7 +20,7 @@ router = APIRouter(tags=["items"])
 async def similar(item_id: str, svc: Service,
                   k: Annotated[int, Query(ge=1, le=MAX_SIMILAR)] = 10) -> Response:
     try:
-        items = await svc.similar(item_id, k)
+        items = svc.similar_now(item_id, k)
     except ItemNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
     version = svc.state.version
