@@ -27,7 +27,7 @@ async def connect(settings: Settings, feature_store: FeatureStoreAPI | None,
     if retrieval is None:
         retrieval = await _retrieval(settings, feature_store, closers)
     if ranking is None:
-        ranking = await _ranking(settings, retrieval, closers)
+        ranking = await _ranking(settings, closers)
     return (feature_store, retrieval, ranking), closers
 
 
@@ -74,8 +74,7 @@ async def _retrieval(settings: Settings, feature_store: FeatureStoreAPI,
     return service
 
 
-async def _ranking(settings: Settings, retrieval: RetrievalAPI,
-                   closers: list[Closer]) -> RankingAPI:
+async def _ranking(settings: Settings, closers: list[Closer]) -> RankingAPI:
     if settings.ranking_url:
         from services.ranking.client import RankingClient
 
@@ -83,17 +82,13 @@ async def _ranking(settings: Settings, retrieval: RetrievalAPI,
                                transport=transport_for(settings.ranking_url))
         closers.append(client.aclose)
         return client
+    from services.ranking.new_items import RedisOverlayContent
     from services.ranking.service import RankingService
 
-    # Items upserted while serving: in one process, their content comes from retrieval's memory;
-    # otherwise from the feature store's overlay in Redis.
-    new_items = getattr(retrieval, "content_of", None)
-    if new_items is None:
-        from services.ranking.new_items import RedisOverlayContent
-
-        overlay = RedisOverlayContent.from_settings(settings)
-        closers.append(overlay.aclose)
-        new_items = overlay
+    # Items upserted while serving: their content comes from the feature store's overlay in
+    # Redis (retrieval writes it there), in one process as in four.
+    new_items = RedisOverlayContent.from_settings(settings)
+    closers.append(new_items.aclose)
     service = RankingService(settings, new_item_content=new_items)
     await service.reload()
     closers.append(service.close)
