@@ -115,18 +115,26 @@ class ItemStats:
         return self.tag_ids[np.repeat(starts, counts) + offsets], owner
 
 
-def tag_profile(stats: ItemStats, history: np.ndarray) -> dict[int, float]:
-    """Cluster id -> weight from the history's items (newest weighs 1, each older one
-    PROFILE_DECAY times the next), normalised to sum 1."""
+def profile_weights(stats: ItemStats, history: np.ndarray) -> np.ndarray:
+    """float64 [clusters]: each cluster's weight from the history's items (newest weighs 1,
+    each older one PROFILE_DECAY times the next), normalised to sum 1; all zero without tags.
+    Dense, so that a candidate's clusters are read with one gather, not a lookup per tag."""
     hist = np.asarray(history, np.int64)[-PROFILE_ITEMS:]
     weights = PROFILE_DECAY ** np.arange(len(hist) - 1, -1, -1, dtype=np.float64)
     tags, owner = stats.tags_of(hist)
+    out = np.zeros(len(stats.tag_names), np.float64)
     if not len(tags):
-        return {}
-    summed = np.bincount(tags, weights=weights[owner])
+        return out
+    summed = np.bincount(tags, weights=weights[owner], minlength=len(out))
     nz = np.flatnonzero(summed)
-    total = summed[nz].sum()
-    return {int(t): float(summed[t] / total) for t in nz}
+    out[nz] = summed[nz] / summed[nz].sum()
+    return out
+
+
+def tag_profile(stats: ItemStats, history: np.ndarray) -> dict[int, float]:
+    """profile_weights as cluster id -> weight, the clusters the history holds only."""
+    dense = profile_weights(stats, history)
+    return {int(t): float(dense[t]) for t in np.flatnonzero(dense)}
 
 
 def build(stats: ItemStats, history: np.ndarray, cand_rows: np.ndarray, source: np.ndarray,
@@ -162,11 +170,11 @@ def build(stats: ItemStats, history: np.ndarray, cand_rows: np.ndarray, source: 
     out[:, col["src_rank"]] = np.log1p(np.asarray(rank, np.float32))
 
     # tags
-    profile = tag_profile(stats, history)
-    if profile:
+    profile = profile_weights(stats, history)
+    if profile.any():
         tags, owner = stats.tags_of(cand_rows)
         if len(tags):
-            w = np.fromiter((profile.get(int(t), 0.0) for t in tags), np.float64, len(tags))
+            w = profile[tags]
             out[:, col["tag_affinity"]] = np.bincount(owner, weights=w, minlength=c)
             mx = np.zeros(c)
             np.maximum.at(mx, owner, w)
