@@ -19,7 +19,7 @@ from services.gateway.pipeline.filters import (
     UnavailableFilter,
 )
 from services.gateway.pipeline.head import CutToHead, keep_head
-from services.gateway.pipeline.items import ItemMetaStage
+from services.gateway.pipeline.items import ItemMetaStage, wanted_ids
 from services.gateway.pipeline.order import SortByScore
 from services.gateway.pipeline.retrieve import Retrieve, query_tags
 from services.gateway.pipeline.score import Score
@@ -113,6 +113,14 @@ def test_the_head_step_then_items_fallback_looks_up_the_head_in_the_catalog() ->
     run(CutToHead().run(ctx))
     ItemMetaStage(feature_store=None, catalog=cat).fallback(ctx)  # type: ignore[arg-type]
     assert len(ctx.candidates) == 90  # tag filters may remove most: keep them all
+
+
+def test_items_fetches_one_watched_item_per_candidate_the_rankers_when_it_gave_one() -> None:
+    ctx = RecContext(RecRequest("u", k=5))
+    ctx.candidates = [cand("a", nearest_history="n1"), cand("b", nearest_history="n2"),
+                      cand("c")]
+    ctx.attended = {"a": "w1", "c": "w3"}  # the candidate ranker's reasons win (explain.py)
+    assert wanted_ids(ctx) == ["a", "b", "c", "w1", "n2", "w3"]
 
 
 # ---- explain --------------------------------------------------------------------------------

@@ -4,16 +4,21 @@ tag cluster (`matches #king glory` for an item tagged `kingglory`)."""
 from __future__ import annotations
 
 from services.gateway.pipeline.context import Pick, RecContext
+from shared.contracts import Candidate
 
 MAX_TAG_REASONS = 2
+
+
+def watched_reason(ctx: RecContext, c: Candidate) -> str | None:
+    """The watched item that explains `c`: the candidate ranker's own reason (the history item
+    it attended to most), else retrieval's nearest watched item (items.py fetches only these)."""
+    return ctx.attended.get(c.item_id) or c.nearest_history
 
 
 def reasons_for(pick: Pick, ctx: RecContext, profile_tags: set[str]) -> list[str]:
     c = pick.candidate
     reasons: list[str] = []
-    # the candidate ranker's own reason (the watched item it attended to most), else
-    # retrieval's nearest watched item
-    because = ctx.attended.get(c.item_id) or c.nearest_history
+    because = watched_reason(ctx, c)
     if because:
         watched = ctx.meta.get(because)
         if watched is not None and watched.title:

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from services.gateway.catalog import Catalog
 from services.gateway.pipeline.context import RecContext
+from services.gateway.pipeline.explain import watched_reason
 from shared.contracts import FeatureStoreAPI
 
 
 def wanted_ids(ctx: RecContext) -> list[str]:
+    """The candidates, and the one watched item that explains each (explain.py)."""
     ids = dict.fromkeys(c.item_id for c in ctx.candidates)
-    ids.update(dict.fromkeys(c.nearest_history for c in ctx.candidates if c.nearest_history))
-    ids.update(dict.fromkeys(ctx.attended[c.item_id] for c in ctx.candidates
-                             if c.item_id in ctx.attended))  # the candidate ranker's reasons
+    ids.update(dict.fromkeys(w for c in ctx.candidates if (w := watched_reason(ctx, c))))
     return list(ids)
 
 
