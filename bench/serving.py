@@ -311,10 +311,13 @@ async def measure_parts(settings, users: list[str], n: int) -> dict:
     from services.gateway.pipeline.head import HEAD_PER_K, MIN_HEAD
     from services.gateway.pipeline.retrieve import Retrieve, query_tags
     from services.gateway.wiring import connect
+    from shared.bundle import Bundle
     from shared.contracts import RetrievalQuery, ScoreItem
 
     (fs, retrieval, ranking), closers = await connect(settings, None, None, None)
-    planner = Retrieve(retrieval, settings.candidate_caps, Catalog.empty())
+    # the served bundle's catalogue: with a candidate ranker, the caps are its budget
+    catalog = Catalog.from_bundle(Bundle.open(settings.artifacts_dir, settings.bundle))
+    planner = Retrieve(retrieval, settings.candidate_caps, catalog, None, settings.ranker_caps)
     times: dict[str, list[float]] = {"hydrate": [], "retrieve": [], "item_meta": [], "score": []}
     try:
         for i in range(n + 20):
@@ -330,8 +333,10 @@ async def measure_parts(settings, users: list[str], n: int) -> dict:
             ids = [c.item_id for c in res.candidates]
             scores = None
             if state.history and ids:
-                (scores,), _ = await ranking.score([ScoreItem(history=state.history,
-                                                              candidates=ids)])
+                (scores,), _ = await ranking.score([ScoreItem(
+                    history=state.history, candidates=ids,  # sources: the ranker's features
+                    sources=[c.source for c in res.candidates],
+                    source_scores=[c.score for c in res.candidates])])
             t3 = time.perf_counter()
             # as the gateway does: metadata of the head of the ranked list only
             order = (sorted(range(len(ids)), key=scores.__getitem__, reverse=True)
