@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.timing import median_p90_ms
 from offline.evaluate_bundle import bundle_split
 from offline.ranker_eval import two_stage_metrics
 from offline.two_stage import BundleModels
@@ -54,12 +55,6 @@ BUDGETS: dict[str, dict[str, int]] = {
         {"ann": 70, "content": 20, "tags": 10, "popular": 0},
     "60 (ann 60 only)": {"ann": 60, "content": 0, "tags": 0, "popular": 0},
 }
-
-
-def _ms(samples: list[float]) -> dict[str, float]:
-    arr = np.array(samples) * 1000
-    return {"median_ms": round(float(np.median(arr)), 3),
-            "p90_ms": round(float(np.percentile(arr, 90)), 3)}
 
 
 def main() -> None:
@@ -120,7 +115,7 @@ def main() -> None:
                 timings[name]["retrieve"].append(t1 - t0)
                 timings[name]["rank"].append(t2 - t1)
                 timings[name]["both"].append(t2 - t0)
-    cost = {name: {stage: _ms(t) for stage, t in parts.items()}
+    cost = {name: {stage: median_p90_ms(t) for stage, t in parts.items()}
             for name, parts in timings.items()}
 
     reference = next(iter(budgets))

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from bench.timing import median_p90_ms
 from offline.ranker_fallback import write_tower_only_bundle
 from services.ranking.batch import pack
 from services.ranking.scorer import OnnxRanker
@@ -32,12 +33,6 @@ from shared.settings import get_settings
 
 OUT = Path(__file__).parent / "results" / "ranking.json"
 SHAPES = [(1, 100), (1, 500), (1, 1000), (8, 100), (8, 500), (8, 1000)]
-
-
-def _ms(samples: list[float]) -> dict[str, float]:
-    arr = np.array(samples) * 1000
-    return {"median_ms": round(float(np.median(arr)), 3),
-            "p90_ms": round(float(np.percentile(arr, 90)), 3)}
 
 
 def main() -> None:
@@ -78,10 +73,10 @@ def main() -> None:
             t0 = time.perf_counter()
             pack(ranker.table, hists, cands, ranker.max_history)
             packing.append(time.perf_counter() - t0)
-        row = {"users": b, "candidates": c, **_ms(total[ranker.info.kind]),
-               "pack_median_ms": _ms(packing)["median_ms"]}
+        row = {"users": b, "candidates": c, **median_p90_ms(total[ranker.info.kind]),
+               "pack_median_ms": median_p90_ms(packing)["median_ms"]}
         if "tower" in rankers and ranker.info.kind != "tower":
-            row["tower"] = _ms(total["tower"])
+            row["tower"] = median_p90_ms(total["tower"])
             row["ratio_to_tower"] = round(row["median_ms"] / row["tower"]["median_ms"], 2)
         results.append(row)
         print(row, flush=True)

@@ -25,6 +25,7 @@ import faiss
 import numpy as np
 import onnxruntime as ort
 
+from bench.timing import median_p90_ms
 from services.retrieval import retrieve as stages
 from services.retrieval.service import RetrievalService
 from services.retrieval.sources import BY_NAME, SOURCES
@@ -34,12 +35,6 @@ from shared.settings import get_settings
 
 OUT = Path(__file__).parent / "results" / "retrieval.json"
 BATCHES = [1, 8, 32]
-
-
-def _ms(samples: list[float]) -> dict[str, float]:
-    arr = np.array(samples) * 1000
-    return {"median_ms": round(float(np.median(arr)), 3),
-            "p90_ms": round(float(np.percentile(arr, 90)), 3)}
 
 
 def _timed(fn, repeats: int) -> list[float]:
@@ -86,7 +81,7 @@ def run(service: RetrievalService, settings, repeats: int) -> dict:
     results = []
     for b in BATCHES:
         batch = queries[:b]
-        row = {"queries": b, **_ms(_timed(lambda batch=batch: service.retrieve_now(batch),
+        row = {"queries": b, **median_p90_ms(_timed(lambda batch=batch: service.retrieve_now(batch),
                                           repeats))}
         out, _ = service.retrieve_now(batch)
         row["candidates_per_query"] = round(float(np.mean([len(r.candidates) for r in out])), 1)
@@ -108,7 +103,8 @@ def run(service: RetrievalService, settings, repeats: int) -> dict:
         "assemble (union, nearest watched, tags, models)":
             lambda: stages.assemble(state, prepared[0], found),
     }
-    breakdown = {name: _ms(_timed(fn, repeats))["median_ms"] for name, fn in parts.items()}
+    breakdown = {name: median_p90_ms(_timed(fn, repeats))["median_ms"]
+                 for name, fn in parts.items()}
     print(breakdown, flush=True)
 
     content = state.content.view[0].tolist()
@@ -119,9 +115,9 @@ def run(service: RetrievalService, settings, repeats: int) -> dict:
                           embedding=embedding)
         asyncio.run(service.upsert_item(f"bench-{next(counter)}", item))
 
-    upserts = {"supplied_embedding": _ms(_timed(lambda: upsert(content), 30))}
+    upserts = {"supplied_embedding": median_p90_ms(_timed(lambda: upsert(content), 30))}
     if state.text_encoder is not None:
-        upserts["computed_embedding"] = _ms(_timed(lambda: upsert(None), 30))
+        upserts["computed_embedding"] = median_p90_ms(_timed(lambda: upsert(None), 30))
     print(upserts, flush=True)
 
     return {
