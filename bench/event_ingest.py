@@ -4,24 +4,28 @@ checkout against a baseline checkout of the code before (`--baseline`, a folder 
 For each repeat, the two codes alternate. Each gets its own redis-server (AOF everysec, as in
 compose), the small test bundle loaded by its own `vidrec load`, `vidrec serve all` (one
 process) and `vidrec archive`, all run from that checkout (PYTHONPATH). One client posts
-pre-encoded batches of each size in `--batches` over HTTP, one at a time, for `--seconds`;
-then the archiver's lag on its /metrics right after, and how long it takes to drain.
+pre-encoded batches of each size in `--batches` over HTTP, one at a time, for `--seconds`
+(`--clients 1,3`: also with 3 clients posting at once, each on its own connection and thread,
+so that the gateway never waits for a client's next request); then the archiver's lag on its
+/metrics right after, and how long it takes to drain.
 
     .venv/bin/python -m bench.event_ingest --baseline 683a1eb [--seconds 10] [--repeats 3]
-        [--batches 1000,100] [--bundle PATH] [--port-base 18320]
+        [--batches 1000,100] [--clients 1] [--bundle PATH] [--port-base 18320] [--out FILE]
 
 Reported per run: CPU time per event of each process (gateway, redis-server, archiver) over the
 load and the drain, and from it the rate two idle cores could take (one gateway process runs
 on one core; all three share the machine's cores); the wall-clock rate, which on a shared,
 loaded box says more about the neighbours than about vidrec; and the load average around it.
 
-Writes bench/results/event_ingest.json (medians per code and batch size, every run, load).
+Writes bench/results/event_ingest.json (medians per code, batch size and client count, every
+run, load).
 Ports: --port-base .. +2.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -30,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -101,7 +106,7 @@ def _bodies(users: list[str], items: list[str], batch: int, count: int, tag: str
 
 
 def one_run(code: str, folder: Path, bundle: Path, batches: list[int], seconds: float,
-            tmp: Path, ports: tuple[int, int, int]) -> list[dict]:
+            tmp: Path, ports: tuple[int, int, int], clients: list[int]) -> list[dict]:
     from shared.bundle import Bundle
 
     redis_port, serve_port, archive_port = ports
@@ -133,34 +138,49 @@ def one_run(code: str, folder: Path, bundle: Path, batches: list[int], seconds: 
         _wait(f"http://127.0.0.1:{archive_port}/readyz")
         cpu = {n: psutil.Process(p.pid) for n, p in zip(PROCS, procs, strict=True)}
         runs = []
-        with httpx.Client(base_url=f"http://127.0.0.1:{serve_port}", timeout=60,
-                          headers={"content-type": "application/json"}) as http:
+        base_url = f"http://127.0.0.1:{serve_port}"
+        with _client(base_url) as http:
             for body in _bodies(users, items, 1000, 3, "warm"):
                 http.post("/v1/events", content=body)
-            for batch in batches:
-                # enough bodies for 15,000 events/s; reused (as duplicates) if ever faster
-                bodies = _bodies(users, items, batch, int(15_000 * seconds / batch) + 1,
-                                 f"b{batch}-")
-                runs.append(_load(http, cpu, bodies, batch, seconds, archive_port, code))
+        for batch in batches:
+            for n in clients:
+                # enough bodies for 40,000 events/s; reused (as duplicates) if ever faster
+                bodies = _bodies(users, items, batch, int(40_000 * seconds / batch) + 1,
+                                 f"b{batch}c{n}-")
+                runs.append(_load(base_url, cpu, bodies, batch, seconds, archive_port, code,
+                                  n))
         return runs
     finally:
         for p in reversed(procs):
             _stop(p)
 
 
-def _load(http: httpx.Client, cpu: dict[str, psutil.Process], bodies: list[bytes], batch: int,
-          seconds: float, archive_port: int, code: str) -> dict:
+def _client(base_url: str) -> httpx.Client:
+    return httpx.Client(base_url=base_url, timeout=60,
+                        headers={"content-type": "application/json"})
+
+
+def _load(base_url: str, cpu: dict[str, psutil.Process], bodies: list[bytes], batch: int,
+          seconds: float, archive_port: int, code: str, clients: int = 1) -> dict:
     load_before = os.getloadavg()[0]
     cpu0 = _cpu(cpu)
-    sent = failed = k = 0
+    next_body = itertools.count()  # shared by the clients: each body is posted once
     t0 = time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        r = http.post("/v1/events", content=bodies[k % len(bodies)])
-        k += 1
-        if r.status_code == 200:
-            sent += batch
-        else:
-            failed += 1
+
+    def post_until_done() -> tuple[int, int]:
+        sent = failed = 0
+        with _client(base_url) as http:
+            while time.perf_counter() - t0 < seconds:
+                r = http.post("/v1/events", content=bodies[next(next_body) % len(bodies)])
+                if r.status_code == 200:
+                    sent += batch
+                else:
+                    failed += 1
+        return sent, failed
+
+    with ThreadPoolExecutor(clients) as pool:
+        counts = list(pool.map(lambda _: post_until_done(), range(clients)))
+    sent, failed = (sum(c[i] for c in counts) for i in (0, 1))
     elapsed = time.perf_counter() - t0
     lag_entries = _metric(archive_port, "vidrec_archiver_lag_entries")
     lag_s = _metric(archive_port, "vidrec_archiver_lag_seconds")
@@ -177,9 +197,12 @@ def _load(http: httpx.Client, cpu: dict[str, psutil.Process], bodies: list[bytes
     total = sum(us.values())
     capacity = min(1e6 / max(us["gateway_cpu_us_per_event"], 1e-9),
                    2 * 1e6 / max(total, 1e-9))
-    return {"code": code, "batch": batch, **us, "total_cpu_us_per_event": round(total, 1),
+    return {"code": code, "batch": batch, "clients": clients, **us,
+            "total_cpu_us_per_event": round(total, 1),
             "capacity_events_per_s_2_idle_cores": round(capacity),
             "events_per_s": round(sent / elapsed, 1), "events": sent, "failed_batches": failed,
+            # posts past the prepared bodies repeat them: duplicates, cheaper than new events
+            "repeated_batches": max(0, sent // batch + failed - len(bodies)),
             "seconds": round(elapsed, 2), "archiver_lag_entries_at_end": lag_entries,
             "archiver_lag_seconds_at_end": lag_s, "archiver_drain_s": round(max(drain, 0), 2),
             "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
@@ -193,8 +216,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--batches", default="1000,100")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--clients", default="1",
+                    help="Client counts posting at once, e.g. 1,3 (each a run of its own).")
     ap.add_argument("--port-base", type=int, default=18320)
+    ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
+    clients = [int(n) for n in args.clients.split(",")]
     bundle = (args.bundle or next((REPO / "artifacts" / ".test-bundles").glob("*/latest")))
     bundle = bundle.resolve()
     batches = [int(b) for b in args.batches.split(",")]
@@ -213,7 +240,7 @@ def main() -> None:
                 for code, folder, _commit in codes:
                     with tempfile.TemporaryDirectory() as tmp:
                         for run in one_run(code, folder, bundle, batches, args.seconds,
-                                           Path(tmp), ports):
+                                           Path(tmp), ports, clients):
                             print(json.dumps(run), flush=True)
                             runs.append(run)
         finally:
@@ -227,24 +254,28 @@ def main() -> None:
     medians: dict = {}
     for code, _folder, commit in codes:
         for batch in batches:
-            mine = [r for r in runs if r["code"] == code and r["batch"] == batch]
-            medians[f"{code}/{batch}"] = {"commit": commit, "runs": len(mine), **{
-                k: statistics.median(r[k] for r in mine) for k in keys}}
+            for n in clients:
+                mine = [r for r in runs
+                        if r["code"] == code and r["batch"] == batch and r["clients"] == n]
+                key = f"{code}/{batch}" if n == 1 else f"{code}/{batch}/{n}clients"
+                medians[key] = {"commit": commit, "runs": len(mine), "clients": n, **{
+                    k: statistics.median(r[k] for r in mine) for k in keys}}
     ratios = {}
     if args.baseline:
-        for batch in batches:
-            old, new = medians[f"baseline/{batch}"], medians[f"current/{batch}"]
-            ratios[str(batch)] = {
+        for key in (k for k in medians if k.startswith("current/")):
+            old, new = medians[key.replace("current/", "baseline/", 1)], medians[key]
+            ratios[key.split("/", 1)[1]] = {
                 "total_cpu_per_event_old_over_new": round(
                     old["total_cpu_us_per_event"] / new["total_cpu_us_per_event"], 2),
                 "events_per_s_new_over_old": round(old["events_per_s"] and
                                                    new["events_per_s"] / old["events_per_s"], 2)}
-    out = {"bundle": bundle.name, "batches": batches, "seconds_per_run": args.seconds,
+    out = {"bundle": bundle.name, "batches": batches, "clients": clients,
+           "seconds_per_run": args.seconds,
            "repeats": args.repeats, "cpus": os.cpu_count(),
            "load_average_before": [round(x, 2) for x in load_before],
            "load_average_after": [round(x, 2) for x in os.getloadavg()],
            "medians": medians, "ratios": ratios, "runs": runs}
-    OUT.write_text(json.dumps(out, indent=2) + "\n")
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({k: out[k] for k in ("medians", "ratios", "load_average_before",
                                           "load_average_after")}, indent=2))
 
