@@ -14,9 +14,12 @@
    new items reach top-20 lists of probe users under A and under B.
 
     .venv/bin/python -m bench.learning_loop [--dataset microlens-50k] [--sample-users N]
-        [--epochs N] [--train-minutes M]
+        [--epochs N] [--train-minutes M] [--content-cache content-*.npy]
+        [--work DIR] [--port-base 18310] [--build-a-only | --reuse-a] [--note TEXT]
 
-Writes bench/results/learning_loop.json. Ports 18310-18319 (loop's range on the shared box).
+Writes bench/results/learning_loop.json (with the argv it ran with). Ports 18310-18319 (loop's
+range on the shared box): --port-base picks three of them, so two runs can go side by side in
+two --work folders. --build-a-only builds bundle A ahead; --reuse-a then starts from it.
 """
 
 from __future__ import annotations
@@ -252,6 +255,7 @@ def reuse_content(cache: Path, data_dir: Path, artifacts: Path, dataset: str) ->
 
 
 def main() -> None:
+    global WORK, REDIS_PORT, SERVE_PORT, ARCHIVE_PORT
     ap = argparse.ArgumentParser()
     ap.add_argument("--dataset", default="microlens-50k")
     ap.add_argument("--sample-users", type=int, default=None)
@@ -260,18 +264,34 @@ def main() -> None:
     ap.add_argument("--retrain-epochs", type=int, default=None,
                     help="Epochs of the warm-started retrain (default: --epochs).")
     ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--reuse-a", action="store_true",
+                    help="Keep bundle A of an earlier run with the same flags (debugging the "
+                    "later steps, or one built ahead with --build-a-only); its wall time is "
+                    "then that build's (manifest build_seconds).")
+    ap.add_argument("--build-a-only", action="store_true",
+                    help="Prepare the data, build bundle A and stop (for a later --reuse-a).")
     ap.add_argument("--content-cache", type=Path, default=None,
                     help="A content-*.npy of the same items in the same order (e.g. from "
                     "artifacts/.test-bundles/*/.cache): skips the text encoder on a busy box.")
+    ap.add_argument("--work", type=Path, default=WORK,
+                    help="Folder of the run's data, logs and bundles (default: %(default)s).")
+    ap.add_argument("--note", default=None, help="Free text kept in the result file.")
+    ap.add_argument("--port-base", type=int, default=REDIS_PORT,
+                    help="redis-server, `vidrec serve all` and `vidrec archive` on this port "
+                    "and the next two (default: %(default)s).")
     args = ap.parse_args()
     from shared.settings import Settings
+
+    REDIS_PORT, SERVE_PORT, ARCHIVE_PORT = (args.port_base + k for k in range(3))
+    WORK = args.work.resolve()
 
     shutil.rmtree(WORK / "run", ignore_errors=True)
     run = WORK / "run"
     run.mkdir(parents=True)
     artifacts = WORK / "bundles"
     data_dir = run / "data"
-    facts: dict = {"dataset": args.dataset, "sample_users": args.sample_users,
+    facts: dict = {"argv": sys.argv[1:], "note": args.note, "dataset": args.dataset,
+                   "sample_users": args.sample_users,
                    "uptime_before": os.getloadavg(), "started_at": time.time()}
     facts["data"] = prepare(data_dir, args.dataset, args.sample_users)
     if args.content_cache:
@@ -296,8 +316,22 @@ def main() -> None:
         "--epochs", str(args.retrain_epochs), *(train[2:] if args.epochs else train)]
     vidrec = str(BIN / "vidrec")
     wall: dict[str, float] = {}
-    wall["build_A"] = _run([vidrec, "build", "--dataset", str(data_dir / "base"), "--version",
-                            "loop-A", *train], env, run / "build-A.log")
+    a_manifest, a_facts = artifacts / "loop-A" / "manifest.json", WORK / "build-A.json"
+    if args.reuse_a and a_manifest.is_file():
+        m = json.loads(a_manifest.read_text())
+        if m["sizes"]["interactions"] != facts["data"]["base_interactions"]:
+            raise SystemExit("--reuse-a: loop-A was built from other data")
+        facts["build_A_reused"] = {"built_at": m["built_at"], **(
+            json.loads(a_facts.read_text()) if a_facts.is_file() else {})}
+        wall["build_A"] = facts["build_A_reused"].get("wall_seconds", m["build_seconds"])
+    else:
+        wall["build_A"] = _run([vidrec, "build", "--dataset", str(data_dir / "base"),
+                                "--version", "loop-A", *train], env, WORK / "build-A.log")
+        a_facts.write_text(json.dumps({"argv": sys.argv[1:], "wall_seconds": wall["build_A"],
+                                       "load_average_after": os.getloadavg()}) + "\n")
+    if args.build_a_only:
+        print(f"[loop] bundle A built in {wall['build_A']} s; stopping (--build-a-only)")
+        return
     procs = Procs()
     try:
         procs.start(["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1",
