@@ -45,7 +45,9 @@ from shared.validation import MAX_TAG_LENGTH
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "results" / "learning_loop.json"
 WORK = REPO / "artifacts" / "bench-loop"
-BIN = Path(sys.executable).parent
+# `python -m vidrec_cli` from this checkout (cwd and PYTHONPATH): the venv's `vidrec` script
+# imports whichever checkout the venv was installed from (editable), not necessarily this one
+VIDREC = [sys.executable, "-m", "vidrec_cli"]
 REDIS_PORT, SERVE_PORT, ARCHIVE_PORT = 18310, 18311, 18312
 TOKEN = "bench-loop"
 NEW_ITEMS = 200
@@ -56,7 +58,8 @@ class Procs:
         self.procs: list[subprocess.Popen] = []
 
     def start(self, argv: list[str], env: dict, log: Path) -> subprocess.Popen:
-        p = subprocess.Popen(argv, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        p = subprocess.Popen(argv, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                             cwd=REPO)
         self.procs.append(p)
         return p
 
@@ -87,10 +90,10 @@ def _wait(url: str, what: str, timeout_s: float = 600) -> None:
 
 
 def _run(argv: list[str], env: dict, log: Path) -> float:
-    print(f"[loop] {' '.join(argv[1:])} (log {log})", flush=True)
+    print(f"[loop] {' '.join(argv[len(VIDREC):])} (log {log})", flush=True)
     t0 = time.perf_counter()
     with log.open("wb") as fh:
-        subprocess.run(argv, env=env, stdout=fh, stderr=subprocess.STDOUT, check=True)
+        subprocess.run(argv, env=env, stdout=fh, stderr=subprocess.STDOUT, check=True, cwd=REPO)
     return round(time.perf_counter() - t0, 1)
 
 
@@ -100,7 +103,7 @@ def _rows(path: Path) -> list[dict]:
 
 
 def serve(procs: Procs, env: dict, bundle: str, tag: str) -> subprocess.Popen:
-    p = procs.start([str(BIN / "vidrec"), "serve", "all", "--port", str(SERVE_PORT)],
+    p = procs.start([*VIDREC, "serve", "all", "--port", str(SERVE_PORT)],
                     {**env, "VIDREC_BUNDLE": bundle}, WORK / f"serve-{tag}.log")
     _wait(f"http://127.0.0.1:{SERVE_PORT}/readyz", f"serve {bundle}")
     return p
@@ -309,12 +312,13 @@ def main() -> None:
            "VIDREC_USE_GPU": "false", "VIDREC_ROLLOUT_FOLLOW": "false",
            "VIDREC_MAX_IN_FLIGHT": "64", "VIDREC_TIMEOUT_SCORE_S": "2",
            "VIDREC_TIMEOUT_RETRIEVE_S": "2", "VIDREC_TIMEOUT_HYDRATE_S": "1",
-           "VIDREC_TIMEOUT_ITEMS_S": "1", "PYTHONUNBUFFERED": "1"}
+           "VIDREC_TIMEOUT_ITEMS_S": "1", "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get(
+               "PYTHONPATH")])])}
     train = [*(["--epochs", str(args.epochs)] if args.epochs else []),
              *(["--train-minutes", str(args.train_minutes)] if args.train_minutes else [])]
     warm_train = train if args.retrain_epochs is None else [
         "--epochs", str(args.retrain_epochs), *(train[2:] if args.epochs else train)]
-    vidrec = str(BIN / "vidrec")
     wall: dict[str, float] = {}
     a_manifest, a_facts = artifacts / "loop-A" / "manifest.json", WORK / "build-A.json"
     if args.reuse_a and a_manifest.is_file():
@@ -325,7 +329,7 @@ def main() -> None:
             json.loads(a_facts.read_text()) if a_facts.is_file() else {})}
         wall["build_A"] = facts["build_A_reused"].get("wall_seconds", m["build_seconds"])
     else:
-        wall["build_A"] = _run([vidrec, "build", "--dataset", str(data_dir / "base"),
+        wall["build_A"] = _run([*VIDREC, "build", "--dataset", str(data_dir / "base"),
                                 "--version", "loop-A", *train], env, WORK / "build-A.log")
         a_facts.write_text(json.dumps({"argv": sys.argv[1:], "wall_seconds": wall["build_A"],
                                        "load_average_after": os.getloadavg()}) + "\n")
@@ -338,8 +342,8 @@ def main() -> None:
                      "--save", "", "--appendonly", "yes", "--dir", str(run)], env,
                     run / "redis.log")
         time.sleep(1)
-        wall["load_A"] = _run([vidrec, "load", "--bundle", "loop-A"], env, run / "load.log")
-        procs.start([vidrec, "archive", "--port", str(ARCHIVE_PORT)], env, run / "archive.log")
+        wall["load_A"] = _run([*VIDREC, "load", "--bundle", "loop-A"], env, run / "load.log")
+        procs.start([*VIDREC, "archive", "--port", str(ARCHIVE_PORT)], env, run / "archive.log")
         server = serve(procs, env, "loop-A", "A")
         rng = random.Random(7)
         items, item_events = new_items(data_dir / "base", rng)
@@ -352,12 +356,12 @@ def main() -> None:
             f"http://127.0.0.1:{ARCHIVE_PORT}/metrics").text.splitlines()
             if line.startswith("vidrec_archiver_") and "_bucket" not in line][:20]
         procs.stop(server)
-        wall["retrain_B_warm"] = _run([vidrec, "retrain", "--dataset", str(data_dir / "base"),
+        wall["retrain_B_warm"] = _run([*VIDREC, "retrain", "--dataset", str(data_dir / "base"),
                                        "--serving", "loop-A", "--version", "loop-B",
                                        *warm_train],
                                       env, run / "retrain-B.log")
         wall["retrain_scratch_cold"] = _run(
-            [vidrec, "retrain", "--dataset", str(data_dir / "base"), "--serving", "loop-A",
+            [*VIDREC, "retrain", "--dataset", str(data_dir / "base"), "--serving", "loop-A",
              "--cold", "--version", "loop-scratch", *train], env, run / "retrain-scratch.log")
         server = serve(procs, env, "loop-B", "B")
         facts["new_items_after"] = new_item_reach(items)
