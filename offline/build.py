@@ -126,9 +126,15 @@ def run_build(settings: Settings, dataset: str | Dataset, sample_users: int | No
                                             SequentialRanker(model_cfg).state_dict())
         print(f"[build] warm start from {warm_start.version}: {warm_facts}", flush=True)
     table = content_table(content)
+    # A warm start's weights learnt each user's last train item (`held`, the candidate
+    # ranker's target): the serving bundle trained on it. Started from them, the tower whose
+    # candidates teach the ranker finds those targets far more often than any new one (ANN
+    # recall 0.44 on the ranker's training examples against 0.08 on validation, MicroLens
+    # sample), and the ranker learns to trust it. That tower starts cold; the refit warm.
     with steps.step("train_tower"):
         model, train_facts = train_ranker(held_split if rank_stage else train_split, content,
-                                          model_cfg, train_cfg, init_state)
+                                          model_cfg, train_cfg,
+                                          None if rank_stage else init_state)
     cand_ranker, ranker_facts = None, {"trained": False, "why": "disabled (candidate_ranker)"}
     if rank_stage:
         with steps.step("train_candidate_ranker"):
