@@ -30,10 +30,11 @@ from shared.sources import ranked_caps
 
 
 def bundle_caps(settings: Settings) -> dict[str, int]:
-    """The ranker's training candidates: every source at its configured cap, a superset of
-    what it is given when serving (serving_caps: the head of each source's list), so that it
-    learns from the harder negatives further down too."""
-    return dict(settings.candidate_caps)
+    """The ranker's training candidates: the budget it is given when serving (serving_caps),
+    so it learns on what it will see. On MicroLens-50k, with the same tower, trained on the
+    budget it scored two-stage NDCG@10 0.0515 at serving against 0.0510 when trained on every
+    source's full cap (~471 candidates), and trained in 79 s instead of 123 s."""
+    return serving_caps(settings)
 
 
 def serving_caps(settings: Settings) -> dict[str, int]:
