@@ -25,7 +25,7 @@ from offline.evaluate_bundle import compute_metrics
 from offline.export import check_parity, export_onnx
 from offline.model import RankerConfig, SequentialRanker
 from offline.ranker_data import holdout_last_train
-from offline.ranker_eval import bundle_caps, item_tag_keys
+from offline.ranker_eval import item_tag_keys, serving_caps
 from offline.ranker_model import CandidateRanker
 from offline.ranker_stage import (
     RANKER_INPUTS,
@@ -336,7 +336,7 @@ def _candidate_ranker(settings: Settings, ds: Dataset, work: Path, tower: Sequen
     item_tags = item_tag_keys(work, [list(it.tags) for it in ds.items])
     try:
         model, facts = train_stage(tower, table, content, split, held_split, held, item_tags,
-                                   bundle_caps(settings))
+                                   serving_caps(settings))
     except ValueError as exc:
         print(f"[build] no candidate ranker: {exc}", flush=True)
         return None, {"trained": False, "why": str(exc)}

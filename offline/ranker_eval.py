@@ -29,17 +29,13 @@ from shared.settings import Settings
 from shared.sources import ranked_caps
 
 
-def bundle_caps(settings: Settings) -> dict[str, int]:
-    """The ranker's training candidates: the budget it is given when serving (serving_caps),
-    so it learns on what it will see. On MicroLens-50k, with the same tower, trained on the
-    budget it scored two-stage NDCG@10 0.0515 at serving against 0.0510 when trained on every
-    source's full cap (~471 candidates), and trained in 79 s instead of 123 s."""
-    return serving_caps(settings)
-
-
 def serving_caps(settings: Settings) -> dict[str, int]:
     """What the gateway asks retrieval for a user with a history when the bundle has a
-    candidate ranker (services/gateway/pipeline/retrieve.py): its budget within the caps."""
+    candidate ranker (services/gateway/pipeline/retrieve.py): its budget within the caps.
+    The ranker is trained on the same candidates, so it learns on what it will see: on
+    MicroLens-50k, with the same tower, trained on the budget it scored two-stage NDCG@10
+    0.0515 at serving against 0.0510 when trained on every source's full cap (~471
+    candidates), and trained in 79 s instead of 123 s."""
     return ranked_caps(settings.candidate_caps, settings.ranker_caps)
 
 
@@ -88,22 +84,18 @@ def serving_examples(models, split: Split, which: str, users: np.ndarray,
     """The retrieval service's own candidate sets (offline/two_stage.py: the serving code, for
     the query the gateway sends for an imported user) as ranking problems: rows in its union
     order, each with the source that kept it, its position there and that source's score."""
-    from services.feature_store.loader import imported_user
-    from services.gateway.pipeline.retrieve import retrieval_query
-    from services.retrieval.retrieve import prepare, propose, resolve_caps, union
+    from offline.two_stage import proposals
+    from services.retrieval.retrieve import union
     from services.retrieval.sources import SOURCES as REGISTRY
 
-    state, caps = models.state, serving_caps(settings)
     position = np.array([ranker_features.SOURCES.index(s.name) for s in REGISTRY], np.int8)
-    ids = state.item_ids
+    ids = models.state.item_ids
     histories = [split.history(u, which) - FIRST_ITEM_INDEX for u in users]
-    queries = [retrieval_query(imported_user("offline", [ids[r] for r in h.tolist()],
-                                             models.tags_of, settings.history_len), caps)
-               for h in histories]
-    batch = [prepare(state, q, resolve_caps(q, caps, i)) for i, q in enumerate(queries)]
+    found_per_user = proposals(models, [[ids[r] for r in h.tolist()] for h in histories],
+                               settings)
     targets = getattr(split, which)[users] - FIRST_ITEM_INDEX
     out = []
-    for u, h, t, found in zip(users, histories, targets, propose(state, batch), strict=True):
+    for u, h, t, found in zip(users, histories, targets, found_per_user, strict=True):
         rows, scores, source = union(found)
         src = position[source]
         out.append(Example(int(u), h, rows.astype(np.int64), src,
@@ -148,7 +140,7 @@ def two_stage_metrics(bundle: Bundle, split: Split, settings: Settings, user_vec
         else:
             ex = candidate_examples(items, uv, stats, [h - FIRST_ITEM_INDEX for h in hs],
                                     split.test[users[s:s + 2048]] - FIRST_ITEM_INDEX,
-                                    users[s:s + 2048], bundle_caps(settings))
+                                    users[s:s + 2048], serving_caps(settings))
         two = []
         for b in range(0, len(ex), batch):
             part = ex[b:b + batch]

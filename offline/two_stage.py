@@ -16,7 +16,7 @@ from offline.train import left_pad
 from services.feature_store.loader import imported_user
 from services.gateway.pipeline.retrieve import retrieval_query
 from services.retrieval.retrieve import prepare, propose, resolve_caps, union
-from services.retrieval.sources import SOURCES
+from services.retrieval.sources import SOURCES, Found
 from services.retrieval.state import RetrievalState, load_state
 from shared.bundle import FIRST_ITEM_INDEX, Bundle
 from shared.onnx_graphs import CANDIDATE_RANKER, RANKER
@@ -56,21 +56,28 @@ class BundleModels:
         return [scores[r, :len(c)] for r, c in enumerate(candidates)]
 
 
-def candidates_for(models: BundleModels, sequences: Sequence[Sequence[str]], settings: Settings,
-                   by_source: dict[str, list[np.ndarray]] | None = None,
-                   caps: dict[str, int] | None = None) -> list[np.ndarray]:
+def proposals(models: BundleModels, sequences: Sequence[Sequence[str]], settings: Settings,
+              caps: dict[str, int] | None = None) -> list[list[Found]]:
     """Per user (their whole sequence of item ids, oldest first, as `vidrec load` imports it):
-    the retrieval service's candidates as bundle rows, in its order. by_source, when given,
-    also receives each source's own proposals per user. caps: per source (default: what the
-    gateway asks for a user with a history when a candidate ranker scores, serving_caps)."""
+    what each retrieval source proposes (the registry's order) for the query the gateway
+    sends. caps: per source (default: what the gateway asks for a user with a history when a
+    candidate ranker scores, serving_caps)."""
     state = models.state
     caps = serving_caps(settings) if caps is None else caps
     queries = [retrieval_query(imported_user("offline", list(seq), models.tags_of,
                                              settings.history_len), caps)
                for seq in sequences]
     batch = [prepare(state, q, resolve_caps(q, caps, i)) for i, q in enumerate(queries)]
+    return propose(state, batch)
+
+
+def candidates_for(models: BundleModels, sequences: Sequence[Sequence[str]], settings: Settings,
+                   by_source: dict[str, list[np.ndarray]] | None = None,
+                   caps: dict[str, int] | None = None) -> list[np.ndarray]:
+    """`proposals` as the retrieval service's candidates: bundle rows, in its union order.
+    by_source, when given, also receives each source's own proposals per user."""
     out = []
-    for found in propose(state, batch):
+    for found in proposals(models, sequences, settings, caps):
         if by_source is not None:
             for source, (rows, _) in zip(SOURCES, found, strict=True):
                 by_source.setdefault(source.name, []).append(rows)

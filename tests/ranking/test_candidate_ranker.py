@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from offline.ranker_data import candidate_examples
-from offline.ranker_eval import BundleRanker, bundle_caps
+from offline.ranker_eval import BundleRanker, serving_caps
 from offline.ranker_fallback import write_tower_only_bundle
 from offline.two_stage import BundleModels
 from services.gateway.pipeline.context import RecContext, RecRequest
@@ -40,7 +40,7 @@ def offline_problem(bundle: Bundle, settings):
     rows = np.array([row_of[i] for i in history], np.int64)
     uv = user_vectors(BundleModels(bundle, settings).state, [rows])
     (ex,) = candidate_examples(bundle.item_vectors(), uv, stats, [rows], np.array([-1]),
-                               np.array([0]), bundle_caps(settings))
+                               np.array([0]), serving_caps(settings))
     feats = ranker_features.build(stats, ex.history, ex.rows, ex.source, ex.rank, ex.score)
     return history, ex, feats
 
