@@ -1,12 +1,17 @@
 """FAISS indexes: chosen by catalog size, moved to a GPU when faiss sees one, recall measured.
 
-All indexes are inner-product over float32 rows, wrapped in an IndexIDMap2 so FAISS ids are
-the bundle's row numbers (and rows added while serving get new ids).
+All indexes are inner-product over float32 rows whose FAISS ids are the bundle's row numbers (and
+rows added while serving get new ids). Flat and HNSW indexes are wrapped in an IndexIDMap2 for
+that; IVF indexes store the ids in their inverted lists themselves and are never wrapped: an
+IndexIDMap2 renumbers its id map when rows are removed but the IVF lists keep the old positions,
+so after one removal every later row came back as its neighbour's id (`load` unwraps bundles
+written that way).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import faiss
 import numpy as np
@@ -62,8 +67,12 @@ def build_index(vectors: np.ndarray, ids: np.ndarray | None = None,
         inner = _trained_ivf(vectors, kind, seed)
     else:
         raise ValueError(f"unknown index kind {kind!r}; use one of {', '.join(KINDS)}")
+    ids = np.arange(n, dtype=np.int64) if ids is None else ids
+    if isinstance(inner, faiss.IndexIVF):  # holds its own ids (see the module's docstring)
+        inner.add_with_ids(vectors, ids)
+        return inner
     index = faiss.IndexIDMap2(inner)
-    index.add_with_ids(vectors, np.arange(n, dtype=np.int64) if ids is None else ids)
+    index.add_with_ids(vectors, ids)
     return index
 
 
@@ -180,6 +189,48 @@ def save(index: faiss.Index, path: Path) -> None:
 
 
 def load(path: Path) -> faiss.Index:
-    index = faiss.read_index(str(path))
+    index = _unwrap_ivf(faiss.read_index(str(path)), path)
     set_nprobe(index)
     return index
+
+
+def _unwrap_ivf(index: faiss.Index, path: Path) -> faiss.Index:
+    """An IVF index inside an IndexIDMap2 (bundles built before the IVF held its own ids) as the
+    bare IVF index. Its lists hold positions 0..n-1, which are the row ids only when the id map
+    is the identity: true of every bundle the build wrote."""
+    if not isinstance(index, faiss.IndexIDMap2):
+        return index
+    inner = faiss.downcast_index(index.index)
+    if not isinstance(inner, faiss.IndexIVF):
+        return index
+    if not np.array_equal(faiss.vector_to_array(index.id_map),
+                          np.arange(index.ntotal, dtype=np.int64)):
+        raise ValueError(f"{path}: an IVF index under an id map that is not 0..n-1; rebuild "
+                         "the bundle (vidrec build) to store the ids in the IVF lists")
+    index.own_fields = False  # hand the inner index to Python: it outlives its wrapper
+    inner.this.own(True)  # type: ignore[attr-defined]
+    return inner
+
+
+def reconstructable(index: faiss.Index) -> bool:
+    """Whether `rows` can read vectors back from this CPU IVF index (after `enable_rows`)."""
+    return isinstance(_inner(index), faiss.IndexIVF) and not isinstance(index, faiss.IndexIDMap2)
+
+
+def enable_rows(index: faiss.Index) -> None:
+    """Let an IVF index answer `rows`: a hash map from id to list position (about 40 bytes per
+    row; a hash map, not an array, because ids are added out of order and removed)."""
+    ivf = cast(faiss.IndexIVF, faiss.downcast_index(index))
+    hashtable = faiss.DirectMap.Hashtable  # type: ignore[attr-defined]  # not in faiss's stubs
+    if ivf.direct_map.type != hashtable:
+        ivf.set_direct_map_type(hashtable)
+
+
+def rows(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
+    """The vectors of `ids` decoded from the index's own codes (float32 [len(ids), d]): for an
+    IVF-SQ8 index they are within half a quantisation step of what was added (<= 0.003 per
+    dimension on unit-length content rows)."""
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if not len(ids):
+        return np.empty((0, index.d), np.float32)
+    return index.reconstruct_batch(ids)

@@ -48,7 +48,7 @@ def test_compressed_kinds_recall_and_survive_save_load(kind: str, dim: int, min_
     loaded = ann.load(tmp_path / "i.faiss")
     assert ann.index_kind(loaded) == kind
     if kind.startswith("ivf"):
-        inner = faiss.downcast_index(loaded.index)
+        inner = faiss.downcast_index(loaded)
         assert inner.nprobe == max(16, int(inner.nlist * ann.IVF_NPROBE_SHARE))
     np.testing.assert_array_equal(loaded.search(queries, 10)[1], index.search(queries, 10)[1])
 
@@ -60,6 +60,55 @@ def test_ivf_removes_rows_hnsw_cannot() -> None:
     assert not {0, 1} & set(ivf.search(x[:2], 20)[1].ravel().tolist())
     with pytest.raises(RuntimeError):
         ann.build_index(x, kind="hnsw").remove_ids(np.array([0], np.int64))
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf_sq8", "ivf_pq"])
+def test_after_a_removal_every_other_row_keeps_its_id(kind: str) -> None:
+    """IndexIDMap2 over IVF renumbered its id map on removal while the IVF lists kept the old
+    positions: every row after the removed one came back as its neighbour's id."""
+    x = clustered(3000, 64)
+    index = ann.build_index(x, kind=kind)
+    if kind != "flat":
+        faiss.downcast_index(index).nprobe = faiss.downcast_index(index).nlist  # exhaustive
+    probe = np.arange(100, 3000, 97)
+    before = index.search(x[probe], 1)[1][:, 0]
+    assert index.remove_ids(np.array([3, 50], np.int64)) == 2
+    np.testing.assert_array_equal(index.search(x[probe], 1)[1][:, 0], before)
+    index.add_with_ids(x[7:8], np.array([5000], np.int64))  # an upsert's new row
+    assert set(index.search(x[7:8], 2)[1][0].tolist()) == {7, 5000}
+
+
+def test_an_ivf_index_saved_under_an_id_map_loads_bare_and_removes_correctly(
+        tmp_path: Path) -> None:
+    x = clustered(3000, 64)
+    inner = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(64), 64, 8,
+                                          faiss.ScalarQuantizer.QT_8bit,
+                                          faiss.METRIC_INNER_PRODUCT)
+    inner.train(x)
+    legacy = faiss.IndexIDMap2(inner)
+    legacy.add_with_ids(x, np.arange(3000, dtype=np.int64))  # as bundles were written before
+    faiss.write_index(legacy, str(tmp_path / "legacy.faiss"))
+    loaded = ann.load(tmp_path / "legacy.faiss")
+    assert not isinstance(loaded, faiss.IndexIDMap2) and ann.index_kind(loaded) == "ivf_sq8"
+    assert ann.reconstructable(loaded) and not ann.reconstructable(ann.build_index(x, kind="flat"))
+    faiss.downcast_index(loaded).nprobe = 8
+    assert loaded.remove_ids(np.array([3], np.int64)) == 1
+    assert loaded.search(x[2000:2001], 1)[1][0, 0] == 2000
+    ann.enable_rows(loaded)
+    decoded = ann.rows(loaded, np.array([2000, 10]))
+    assert np.abs(decoded - x[[2000, 10]]).max() < 0.01  # 8-bit codes
+    assert ann.rows(loaded, np.array([], np.int64)).shape == (0, 64)
+
+
+def test_an_ivf_index_under_a_shuffled_id_map_is_refused(tmp_path: Path) -> None:
+    x = clustered(1000, 16)
+    inner = faiss.IndexIVFFlat(faiss.IndexFlatIP(16), 16, 4, faiss.METRIC_INNER_PRODUCT)
+    inner.train(x)
+    wrapped = faiss.IndexIDMap2(inner)
+    wrapped.add_with_ids(x, np.arange(1000, dtype=np.int64)[::-1].copy())
+    faiss.write_index(wrapped, str(tmp_path / "odd.faiss"))
+    with pytest.raises(ValueError, match="rebuild the bundle"):
+        ann.load(tmp_path / "odd.faiss")
 
 
 def test_unknown_kind_and_pq_dimension_are_refused() -> None:
