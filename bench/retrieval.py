@@ -107,7 +107,7 @@ def run(service: RetrievalService, settings, repeats: int) -> dict:
                  for name, fn in parts.items()}
     print(breakdown, flush=True)
 
-    content = state.content.view[0].tolist()
+    content = state.content.take([0])[0].tolist()
     counter = iter(range(10**6))
 
     def upsert(embedding):

@@ -92,8 +92,9 @@ def assemble(state: RetrievalState, p: Prepared, found: list[Found]) -> Retrieva
     if len(p.hist_rows):
         # Cosine of learned vectors: the watched item most like each candidate.
         watched = np.unique(p.hist_rows)
-        unit = state.unit.view
-        best = watched[(unit[rows] @ unit[watched].T).argmax(axis=1)]
+        unit = state.unit.view  # float16 for large catalogues: multiplied in float32
+        best = watched[(unit[rows].astype(np.float32, copy=False)
+                        @ unit[watched].astype(np.float32, copy=False).T).argmax(axis=1)]
         nearest = [ids[r] for r in best.tolist()]
     else:
         nearest = [None] * len(row_list)

@@ -17,14 +17,20 @@ from services.retrieval.state import RetrievalState
 from shared.contracts import Neighbour
 
 MAX_SIMILAR = 100
+UNIT_BLOCK_ROWS = 65_536  # 16 MB of float32 per block of 64-dim rows
 
 
 def learned_neighbours(state: RetrievalState, row: int, k: int) -> list[tuple[int, float]]:
     """Exact cosine over every live row. index_ann cannot answer this: its vectors carry a
     per-item popularity bias and it scores user . item, not item-to-item likeness. The product
-    is one [rows x dim] matrix-vector product (about 1 ms for 50k items)."""
+    is one [rows x dim] matrix-vector product (about 1 ms for 50k items), in float32 blocks:
+    large catalogues hold `unit` as float16, which numpy multiplies without BLAS."""
     unit = state.unit.view
-    scores = unit @ unit[row]
+    query = unit[row].astype(np.float32)
+    scores = np.empty(len(unit), np.float32)
+    for start in range(0, len(unit), UNIT_BLOCK_ROWS):
+        block = unit[start:start + UNIT_BLOCK_ROWS]
+        scores[start:start + len(block)] = block.astype(np.float32, copy=False) @ query
     scores[state.dead.view] = -np.inf
     scores[row] = -np.inf
     k = min(k, len(scores))
@@ -40,7 +46,7 @@ def content_neighbours(state: RetrievalState, row: int, k: int) -> list[tuple[in
     if depth <= 0:
         return []
     faiss.omp_set_num_threads(1)  # one query: an OpenMP team only adds waits (retrieve.py)
-    query = np.ascontiguousarray(state.content.view[row][None], dtype=np.float32)
+    query = np.ascontiguousarray(state.content.take([row]), dtype=np.float32)
     scores, rows = state.index_content.search(query, depth)
     dead = state.dead.view
     out = [(r, float(s)) for r, s in zip(rows[0].tolist(), scores[0].tolist(), strict=True)

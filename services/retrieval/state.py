@@ -55,6 +55,9 @@ class GrowableRows:
     def view(self) -> np.ndarray:
         return self._buf[:self.n]
 
+    def take(self, rows: np.ndarray | list[int]) -> np.ndarray:
+        return self._buf[:self.n][np.asarray(rows, dtype=np.int64)]
+
     def append(self, row: ArrayLike) -> int:
         if self.n == len(self._buf):
             bigger = np.zeros((len(self._buf) * 3 // 2 + 1, *self._buf.shape[1:]), self._buf.dtype)
@@ -63,6 +66,46 @@ class GrowableRows:
         self._buf[self.n] = row
         self.n += 1
         return self.n - 1
+
+
+class IndexRows:
+    """The content rows of a large catalogue, decoded from the CPU IVF index's own codes
+    instead of held a second time: at 1M x 384 that is 768 MB of float16 rows not kept
+    (bench/scale.py), for reads of a few dozen rows per query (the history). IVF-SQ8 codes are
+    within half a quantisation step of the rows (<= 0.003 per dimension, shared/ann.py).
+
+    A row FAISS removes (a deleted or replaced item) is decoded first and kept here: a user's
+    history still holds deleted items, and their content still says what the user watched."""
+
+    def __init__(self, index: faiss.Index, n: int) -> None:
+        ann.enable_rows(index)
+        self.index = index
+        self.n = n
+        self.removed: dict[int, np.ndarray] = {}
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    def take(self, rows: np.ndarray | list[int]) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        if not self.removed:
+            return ann.rows(self.index, rows)
+        gone = np.array([r in self.removed for r in rows.tolist()], dtype=bool)
+        out = np.empty((len(rows), self.dim), np.float32)
+        out[~gone] = ann.rows(self.index, rows[~gone])
+        for i in np.flatnonzero(gone).tolist():
+            out[i] = self.removed[int(rows[i])]
+        return out
+
+    def append(self, row: ArrayLike) -> int:
+        """Count a row whose vector the caller adds to the index itself (add_item)."""
+        self.n += 1
+        return self.n - 1
+
+    def keep_before_removal(self, row: int) -> None:
+        if row not in self.removed:
+            self.removed[row] = ann.rows(self.index, np.array([row]))[0]
 
 
 def encoder_session(bundle: Bundle, graph: Graph, settings: Settings,
@@ -88,8 +131,9 @@ class RetrievalState:
     row_of: dict[str, int]              # item id -> its current row (dead rows stay mapped)
     bundle_row_of: dict[str, int]       # item id -> its row in the bundle (fixed)
     model_index: GrowableRows           # int64: row + 2 for bundle items, 1 for new ones
-    content: GrowableRows               # float32 [rows, E], L2-normalised
-    vectors: GrowableRows               # float32 [rows, D], learned item vectors
+    content: GrowableRows | IndexRows   # [rows, E], L2-normalised (IndexRows: large catalogues)
+    vectors: GrowableRows | None        # [rows, D] learned item vectors; None when index_ann
+                                        # holds the only copy (large catalogues: never read)
     unit: GrowableRows                  # unit-length taste part of vectors (nearest watched item)
     popularity: GrowableRows            # float32
     dead: GrowableRows                  # bool: deleted or replaced by a newer row
@@ -120,7 +164,8 @@ class RetrievalState:
 
     @property
     def content_dim(self) -> int:
-        return int(self.content.view.shape[1])
+        content = self.content
+        return content.dim if isinstance(content, IndexRows) else int(content.view.shape[1])
 
     @property
     def live_items(self) -> int:
@@ -129,7 +174,8 @@ class RetrievalState:
     def memory_bytes(self) -> int:
         """Roughly what this bundle costs in memory: the arrays, plus index and model files."""
         arrays = sum(a._buf.nbytes for a in (self.model_index, self.content, self.vectors,
-                                             self.unit, self.popularity, self.dead))
+                                             self.unit, self.popularity, self.dead)
+                     if isinstance(a, GrowableRows))
         files = files_bytes(self.bundle, ["index_ann.faiss", "index_content.faiss",
                                           "query_encoder.onnx", "item_encoder.onnx",
                                           "text_encoder.onnx"])
@@ -164,7 +210,8 @@ class RetrievalState:
         row = self.dead.append(False)
         for arr, value in ((self.model_index, model_index), (self.content, content),
                            (self.vectors, vector), (self.popularity, popularity)):
-            arr.append(value)
+            if arr is not None:
+                arr.append(value)
         taste = vector[:self.unit.view.shape[1]]
         self.unit.append(taste / max(float(np.linalg.norm(taste)), 1e-12))
         self.item_ids.append(item_id)
@@ -194,6 +241,8 @@ class RetrievalState:
         for cluster in self.clusters[row]:
             rows = self.tag_rows[cluster]
             self.tag_rows[cluster] = rows[rows != row]
+        if isinstance(self.content, IndexRows):
+            self.content.keep_before_removal(row)
         ids = np.array([row], dtype=np.int64)
         try:
             # faiss's Python wrapper takes an id array; its type stubs list only an IDSelector
@@ -227,6 +276,10 @@ def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
     index_content, _ = ann.to_gpu_if_available(ann.load(bundle.file("index_content.faiss")),
                                                settings.use_gpu)
     index_content = ann.float16_rows(index_content)  # on the CPU: half the rows to read
+    large = n > CONTENT_FLOAT16_ABOVE
+    # large catalogues: the IVF indexes' own codes are the only copy of the content rows and
+    # of the learned vectors (IndexRows; only the content rows are read while serving)
+    rows_in_index = large and ann.reconstructable(index_content)
     for name, index, rows in (("index_ann.faiss", index_ann, vectors),
                               ("index_content.faiss", index_content, content)):
         if index.ntotal != n or index.d != rows.shape[1]:
@@ -264,12 +317,15 @@ def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
         tags=tags, clusters=clusters,
         row_of=dict(bundle_rows), bundle_row_of=bundle_rows,
         model_index=GrowableRows(np.arange(n, dtype=np.int64) + FIRST_ITEM_INDEX),
-        content=GrowableRows(content, dtype=np.float16 if n > CONTENT_FLOAT16_ABOVE
-                             else np.float32),
-        # learned vectors: only read to append upserts (FAISS holds its own copy to search)
-        vectors=GrowableRows(vectors, dtype=np.float16 if n > CONTENT_FLOAT16_ABOVE
-                             else np.float32),
-        unit=GrowableRows(taste / norms), popularity=GrowableRows(popularity),
+        content=(IndexRows(index_content, n) if rows_in_index else
+                 GrowableRows(content, dtype=np.float16 if large else np.float32)),
+        # learned vectors: never read while serving (FAISS holds its own copy to search);
+        # kept for small catalogues, where tests and tools compare them with the bundle
+        vectors=(None if rows_in_index else
+                 GrowableRows(vectors, dtype=np.float16 if large else np.float32)),
+        # float16 when large: 128 MB at 1M instead of 256; read in float32 blocks (similar.py)
+        unit=GrowableRows(taste / norms, dtype=np.float16 if large else np.float32),
+        popularity=GrowableRows(popularity),
         dead=GrowableRows(np.zeros(n, dtype=bool)),
         tag_rows=_tag_index(clusters, popular_rows),
         popular_rows=popular_rows,

@@ -1,6 +1,7 @@
 """The large-catalogue path at small size: above ann.EXACT_MAX_ITEMS the content rows are held as
-float16 and the content index is IVF-SQ8 (shared/ann.py). Retrieval must still find what exact
-search over the float32 bundle finds, remove deleted rows, and upsert."""
+float16, the content index is IVF-SQ8 (shared/ann.py) and its codes are the only copy of the
+content rows (state.IndexRows). Retrieval must still find what exact search over the float32
+bundle finds, remove deleted rows without disturbing the others, and upsert."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 from services.retrieval import state as state_module
 from services.retrieval.service import RetrievalService
+from services.retrieval.state import IndexRows
 from services.retrieval.sources.content import RECENCY_DECAY, RECENT
 from shared import ann
 from shared.bundle import Bundle
@@ -46,8 +48,8 @@ def test_float16_content_and_ivf_sq8_index_serve_like_exact(settings, monkeypatc
         return service.state, before, gone, after
 
     state, before, gone, after = asyncio.run(go())
-    assert state.content.view.dtype == np.float16 and state.dead_in_index == 0
-    assert state.vectors.view.dtype == np.float16
+    assert isinstance(state.content, IndexRows) and state.vectors is None
+    assert state.unit.view.dtype == np.float16 and state.dead_in_index == 0
     assert ann.index_kind(state.index_content) == "ivf_sq8"
     # exact search over the float32 bundle rows, with the service's content query
     rows = np.array([bundle.row_of[i] for i in history][-RECENT:])
@@ -59,5 +61,9 @@ def test_float16_content_and_ivf_sq8_index_serve_like_exact(settings, monkeypatc
     got = [c.item_id for c in before.candidates]
     assert len(got) == 30 and len(exact & set(got)) >= 24  # recall@30 >= 0.8
     assert gone not in {c.item_id for c in after.candidates} and len(after.candidates) == 30
+    # the removal touched only the deleted row: every other candidate is still found
+    assert set(got) - {gone} <= {c.item_id for c in after.candidates}
     assert state.row_of["new-item"] == state.n_rows - 1 and state.item_encoder is not None
-    assert state.content.view[-1] == pytest.approx(content[0], abs=1e-3)
+    rows = np.array([state.n_rows - 1, bundle.row_of[gone], bundle.row_of[history[-1]]])
+    # decoded from the IVF-SQ8 codes (the deleted row from the copy kept before its removal)
+    assert np.abs(state.content.take(rows) - content[[0, rows[1], rows[2]]]).max() < 0.01

@@ -16,10 +16,10 @@ def user_vectors(state: RetrievalState, histories: list[np.ndarray]) -> np.ndarr
     length = max(len(h) for h in histories)
     ids = np.zeros((len(histories), length), np.int64)
     content = np.zeros((len(histories), length, state.content_dim), np.float32)
-    model_index, table = state.model_index.view, state.content.view
+    model_index = state.model_index.view
     for b, h in enumerate(histories):
         ids[b, length - len(h):] = model_index[h]
-        content[b, length - len(h):] = table[h]
+        content[b, length - len(h):] = state.content.take(h)
     return QUERY_ENCODER.run(state.query_encoder, hist_ids=ids, hist_content=content)["user_vec"]
 
 

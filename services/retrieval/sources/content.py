@@ -14,12 +14,11 @@ RECENCY_DECAY = 0.8   # weight of an item one step older than the next
 
 
 def content_queries(state: RetrievalState, histories: list[np.ndarray]) -> np.ndarray:
-    table = state.content.view
     out = np.empty((len(histories), state.content_dim), np.float32)
     for b, h in enumerate(histories):
         recent = h[-RECENT:]
         weights = RECENCY_DECAY ** np.arange(len(recent) - 1, -1, -1, dtype=np.float32)
-        out[b] = weights @ table[recent]
+        out[b] = weights @ state.content.take(recent)
     unit: np.ndarray = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
     return unit
 
