@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -20,6 +21,12 @@ J = TypeVar("J", dict[str, Any], list[Any])  # the shapes of a bundle's JSON fil
 
 class BundleError(RuntimeError):
     """The bundle is missing or incomplete; the message names the file."""
+
+
+def _skip_space(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    return pos
 
 
 def resolve_bundle(artifacts_dir: Path, version: str = "latest") -> Path:
@@ -58,6 +65,36 @@ class Bundle:
     @cached_property
     def items(self) -> list[dict[str, Any]]:
         return self._json("items.json", list)
+
+    def iter_items(self) -> Iterator[dict[str, Any]]:
+        """items.json one item at a time, for catalogues too large to hold as a list of dicts
+        (1M items: about 1 GB of dicts, and the holes they leave in the heap once freed).
+        The standard decoder parses each element (`raw_decode`); only the walk over the
+        top-level array is written here: ijson would do it too, at a few times the CPU."""
+        path = self.file("items.json")
+        text = path.read_text()
+        decoder = json.JSONDecoder()
+        pos = _skip_space(text, 0)
+        if text[pos:pos + 1] != "[":
+            raise BundleError(f"{path}: expected a JSON array")
+        pos = _skip_space(text, pos + 1)
+        if text[pos:pos + 1] == "]":
+            return
+        while True:
+            try:
+                item, pos = decoder.raw_decode(text, pos)
+            except json.JSONDecodeError as exc:
+                raise BundleError(f"{path}: {exc}") from exc
+            if not isinstance(item, dict):
+                raise BundleError(f"{path}: element at character {pos} is not an object")
+            yield item
+            pos = _skip_space(text, pos)
+            sep = text[pos:pos + 1]
+            if sep == "]":
+                return
+            if sep != ",":
+                raise BundleError(f"{path}: expected ',' or ']' at character {pos}")
+            pos = _skip_space(text, pos + 1)
 
     @cached_property
     def row_of(self) -> dict[str, int]:

@@ -14,15 +14,16 @@ worker thread and swaps one reference.
 from __future__ import annotations
 
 import logging
-import sys
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import faiss
 import numpy as np
 import onnxruntime as ort
-from numpy.typing import ArrayLike, DTypeLike
+from numpy.typing import ArrayLike
 
+from services.retrieval.columns import GrowableRows, TagColumn, TextColumn
 from shared import ann
 from shared.bundle import FIRST_ITEM_INDEX, UNKNOWN_INDEX, Bundle, BundleError, files_bytes
 from shared.onnx_graphs import ITEM_ENCODER, QUERY_ENCODER, TEXT_ENCODER, Graph, GraphMismatch
@@ -39,33 +40,6 @@ GPU_MAX_K = 2048  # faiss GPU indexes answer at most this many neighbours
 # ranking that matters, and FAISS searches its own float32 copy of the learned vectors; small
 # catalogues keep float32 so their results stay bit-identical to the offline evaluation.
 CONTENT_FLOAT16_ABOVE = ann.EXACT_MAX_ITEMS
-
-
-class GrowableRows:
-    """A numpy array that appends rows in amortised O(1); `view` is the filled part."""
-
-    def __init__(self, data: np.ndarray, spare: int = 1024, dtype: DTypeLike | None = None) -> None:
-        self._buf = np.zeros((len(data) + spare, *data.shape[1:]), dtype=dtype or data.dtype)
-        for start in range(0, len(data), 65536):  # in blocks: `data` may be a memory map
-            end = min(start + 65536, len(data))
-            self._buf[start:end] = data[start:end]
-        self.n = len(data)
-
-    @property
-    def view(self) -> np.ndarray:
-        return self._buf[:self.n]
-
-    def take(self, rows: np.ndarray | list[int]) -> np.ndarray:
-        return self._buf[:self.n][np.asarray(rows, dtype=np.int64)]
-
-    def append(self, row: ArrayLike) -> int:
-        if self.n == len(self._buf):
-            bigger = np.zeros((len(self._buf) * 3 // 2 + 1, *self._buf.shape[1:]), self._buf.dtype)
-            bigger[:self.n] = self._buf[:self.n]
-            self._buf = bigger
-        self._buf[self.n] = row
-        self.n += 1
-        return self.n - 1
 
 
 class IndexRows:
@@ -125,9 +99,10 @@ class RetrievalState:
     bundle: Bundle
     n_bundle: int
     item_ids: list[str]
-    titles: list[str]
-    tags: list[tuple[str, ...]]
-    clusters: list[tuple[str, ...]]     # per row: the clusters of its tags (shared/tags.py)
+    titles: TextColumn
+    tags: TagColumn
+    clusters: TagColumn                 # per row: the clusters of its tags (shared/tags.py);
+                                        # the `tags` column itself when the bundle has none
     row_of: dict[str, int]              # item id -> its current row (dead rows stay mapped)
     bundle_row_of: dict[str, int]       # item id -> its row in the bundle (fixed)
     model_index: GrowableRows           # int64: row + 2 for bundle items, 1 for new ones
@@ -216,8 +191,9 @@ class RetrievalState:
         self.unit.append(taste / max(float(np.linalg.norm(taste)), 1e-12))
         self.item_ids.append(item_id)
         self.titles.append(title)
-        self.tags.append(tuple(tags))
-        self.clusters.append(tuple(clusters))
+        self.tags.append(tags)
+        if self.clusters is not self.tags:
+            self.clusters.append(clusters)
         ids = np.array([row], dtype=np.int64)
         self.index_ann.add_with_ids(vector[None].astype(np.float32), ids)
         self.index_content.add_with_ids(content[None].astype(np.float32), ids)
@@ -262,11 +238,25 @@ def _insert_by_popularity(rows: np.ndarray, row: int, popularity: np.ndarray) ->
 
 def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
     """Load one bundle fully (called in a worker thread; nothing shared is touched)."""
-    items = bundle.items
+    # items.json streamed one item at a time into compact columns (columns.py): never a dict
+    # per item for the whole catalogue (1M items: a 5.1 GB peak and 3.2 GB kept before)
+    item_ids: list[str] = []
+    titles, tags = TextColumn(), TagColumn()
+    tag_clusters = TagClusters.load(bundle.path)  # identity when the bundle has no tags.json
+    clusters = TagColumn() if tag_clusters.enabled else tags
+    popularity_values = array("f")
+    for it in bundle.iter_items():
+        item_ids.append(str(it["item_id"]))
+        titles.append(str(it.get("title", "")))
+        item_tags = it.get("tags", [])
+        tags.append(item_tags)
+        if clusters is not tags:
+            clusters.append(tag_clusters.clusters(item_tags))
+        popularity_values.append(float(it.get("popularity", 0.0)))
     # Memory-mapped: GrowableRows copies them in blocks, so the file is never held twice.
     content = np.load(bundle.file("content_embeddings.npy"), mmap_mode="r")
     vectors = bundle.item_vectors().astype(np.float32, copy=False)
-    n = len(items)
+    n = len(item_ids)
     if content.shape[0] != n or vectors.shape[0] != n:
         raise BundleError(f"{bundle.path}: items.json has {n} items but content_embeddings.npy "
                           f"has {content.shape[0]} rows and item_vectors.npy {vectors.shape[0]}")
@@ -294,27 +284,17 @@ def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
     text_encoder = None
     if (bundle.path / TEXT_ENCODER.file).is_file():
         text_encoder = OnnxTextEncoder(bundle.path, settings)
-    bundle_rows = {str(it["item_id"]): r for r, it in enumerate(items)}
-    popularity = np.array([float(it.get("popularity", 0.0)) for it in items], np.float32)
+    bundle_rows = {item_id: r for r, item_id in enumerate(item_ids)}
+    popularity = np.array(popularity_values, dtype=np.float32)
     popular_rows = np.argsort(-popularity, kind="stable").astype(np.int64)
-    # one string object per distinct tag (json.loads makes one per occurrence: ~100 MB at 1M)
-    tags = [tuple(map(sys.intern, it.get("tags", []))) for it in items]
-    tag_clusters = TagClusters.load(bundle.path)  # identity when the bundle has no tags.json
-    clusters = [_same_or_new(t, tuple(tag_clusters.clusters(t))) for t in tags]
     # Similarity between items ignores the per-item bias dimension (model.json: vector_dim =
     # dim + 1), which says how popular an item is, not what it is like.
     width = int(vectors.shape[1])
     taste = vectors[:, :min(int(bundle.model_info.get("dim", width)), width)]
     norms = np.maximum(np.linalg.norm(taste, axis=1, keepdims=True), 1e-12)
-    # The state keeps what it needs of items.json in its own lists: drop the bundle's parsed
-    # copy (a dict per item: about 1 GB at 1M items), which is read again if asked for.
-    bundle.__dict__.pop("items", None)
-    bundle.__dict__.pop("row_of", None)
     return RetrievalState(
         bundle=bundle, n_bundle=n,
-        item_ids=[str(it["item_id"]) for it in items],
-        titles=[str(it.get("title", "")) for it in items],
-        tags=tags, clusters=clusters,
+        item_ids=item_ids, titles=titles, tags=tags, clusters=clusters,
         row_of=dict(bundle_rows), bundle_row_of=bundle_rows,
         model_index=GrowableRows(np.arange(n, dtype=np.int64) + FIRST_ITEM_INDEX),
         content=(IndexRows(index_content, n) if rows_in_index else
@@ -337,15 +317,19 @@ def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
     )
 
 
-def _same_or_new(tags: tuple[str, ...], clusters: tuple[str, ...]) -> tuple[str, ...]:
-    """Share the tags tuple when the clusters are the tags themselves (no tags.json)."""
-    return tags if clusters == tags else clusters
-
-
-def _tag_index(clusters: list[tuple[str, ...]], popular_rows: np.ndarray,
-               ) -> dict[str, np.ndarray]:
-    buckets: dict[str, list[int]] = {}
-    for row in popular_rows.tolist():  # visiting rows most popular first keeps buckets sorted
-        for cluster in clusters[row]:
-            buckets.setdefault(cluster, []).append(row)
-    return {tag: np.array(rows, dtype=np.int64) for tag, rows in buckets.items()}
+def _tag_index(clusters: TagColumn, popular_rows: np.ndarray) -> dict[str, np.ndarray]:
+    """cluster -> its rows, most popular first: one sort of every (cluster, row) pair by
+    cluster then popularity rank, split per cluster (a Python loop over 2M pairs at 1M items
+    took seconds)."""
+    codes, ends = clusters.codes_and_ends()
+    if not len(codes):
+        return {}
+    rows = np.repeat(np.arange(len(ends), dtype=np.int64), np.diff(ends, prepend=0))
+    rank = np.empty(len(ends), dtype=np.int64)
+    rank[popular_rows] = np.arange(len(popular_rows))
+    order = np.lexsort((rank[rows], codes))
+    codes, rows = codes[order], rows[order]
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    names = clusters.names
+    return {names[c]: part.copy() for c, part in zip(codes[starts].tolist(),
+                                                     np.split(rows, starts[1:]), strict=True)}

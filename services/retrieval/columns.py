@@ -1,0 +1,120 @@
+"""Per-row data of the catalogue kept compactly. One Python object per row costs 50-100 bytes
+of header before its content, which at 1M items was ~220 MB for titles and tag tuples alone,
+plus the heap holes those objects pinned once the parsed items.json was freed (bench/scale.py).
+
+`GrowableRows` holds numeric rows; `TextColumn` one UTF-8 buffer with end offsets; `TagColumn`
+int32 codes into one list of distinct names, with end offsets (MicroLens-style data: ~2 tags
+per item). All append in amortised O(1): upserts add rows while serving.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
+
+
+class GrowableRows:
+    """A numpy array that appends rows in amortised O(1); `view` is the filled part."""
+
+    def __init__(self, data: np.ndarray, spare: int = 1024, dtype: DTypeLike | None = None) -> None:
+        self._buf = np.zeros((len(data) + spare, *data.shape[1:]), dtype=dtype or data.dtype)
+        for start in range(0, len(data), 65536):  # in blocks: `data` may be a memory map
+            end = min(start + 65536, len(data))
+            self._buf[start:end] = data[start:end]
+        self.n = len(data)
+
+    @property
+    def view(self) -> np.ndarray:
+        return self._buf[:self.n]
+
+    def take(self, rows: np.ndarray | list[int]) -> np.ndarray:
+        return self._buf[:self.n][np.asarray(rows, dtype=np.int64)]
+
+    def append(self, row: ArrayLike) -> int:
+        if self.n == len(self._buf):
+            bigger = np.zeros((len(self._buf) * 3 // 2 + 1, *self._buf.shape[1:]), self._buf.dtype)
+            bigger[:self.n] = self._buf[:self.n]
+            self._buf = bigger
+        self._buf[self.n] = row
+        self.n += 1
+        return self.n - 1
+
+
+class TextColumn:
+    """row -> str, stored as UTF-8 bytes end to end (bytearray and array: compact and growable
+    without numpy's copy on every resize)."""
+
+    def __init__(self, texts: Iterable[str] = ()) -> None:
+        self._data = bytearray()
+        self._ends = array("q")
+        for text in texts:
+            self.append(text)
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, row: int) -> str:
+        ends = self._ends
+        row = range(len(ends))[row]  # negative rows and bounds as a list's
+        start = ends[row - 1] if row > 0 else 0
+        return self._data[start:ends[row]].decode()
+
+    def __iter__(self) -> Iterator[str]:
+        return (self[r] for r in range(len(self)))
+
+    def append(self, text: str) -> int:
+        self._data += text.encode()
+        self._ends.append(len(self._data))
+        return len(self._ends) - 1
+
+    @property
+    def nbytes(self) -> int:
+        return len(self._data) + self._ends.itemsize * len(self._ends)
+
+
+class TagColumn:
+    """row -> tuple of tag names, as codes into `names` (each distinct name stored once)."""
+
+    def __init__(self, rows: Iterable[Iterable[str]] = ()) -> None:
+        self.names: list[str] = []
+        self._code: dict[str, int] = {}
+        self._codes = array("i")
+        self._ends = array("q")
+        for tags in rows:
+            self.append(tags)
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, row: int) -> tuple[str, ...]:
+        ends = self._ends
+        row = range(len(ends))[row]
+        start = ends[row - 1] if row > 0 else 0
+        names = self.names
+        return tuple(names[c] for c in self._codes[start:ends[row]])
+
+    def __iter__(self) -> Iterator[tuple[str, ...]]:
+        return (self[r] for r in range(len(self)))
+
+    def append(self, tags: Iterable[str]) -> int:
+        for name in tags:
+            code = self._code.get(name)
+            if code is None:
+                code = self._code[name] = len(self.names)
+                self.names.append(name)
+            self._codes.append(code)
+        self._ends.append(len(self._codes))
+        return len(self._ends) - 1
+
+    def codes_and_ends(self) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of the codes and end offsets as numpy arrays (a view would pin the buffers,
+        and an array exporting its buffer cannot grow)."""
+        return np.array(self._codes, dtype=np.int32), np.array(self._ends, dtype=np.int64)
+
+    @property
+    def nbytes(self) -> int:
+        return (self._codes.itemsize * len(self._codes)
+                + self._ends.itemsize * len(self._ends))
