@@ -21,6 +21,7 @@ import numpy as np
 from offline.metrics import hit_rate, ndcg
 from services.feature_store.profile import import_profile
 from services.gateway.pipeline.retrieve import query_tags
+from services.retrieval.columns import TagColumn
 from services.retrieval.sources import Prepared
 from services.retrieval.sources.tags import resolve_tags, tag_matches
 from services.retrieval.state import _tag_index
@@ -53,7 +54,8 @@ class TagIndex:
         popularity = np.array([float(it.get("popularity", 0.0)) for it in items], np.float32)
         popular_rows = np.argsort(-popularity, kind="stable").astype(np.int64)
         per_row = [tuple(clusters.clusters(it.get("tags") or [])) for it in items]
-        return cls(clusters, _tag_index(per_row, popular_rows), _View(popularity), popular_rows,
+        return cls(clusters, _tag_index(TagColumn(per_row), popular_rows), _View(popularity),
+                   popular_rows,
                    {str(it["item_id"]): r for r, it in enumerate(items)}, per_row)
 
     def candidates(self, tags: dict[str, float], blocked_rows: list[int], cap: int,
