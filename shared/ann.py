@@ -20,14 +20,15 @@ EXACT_MAX_ITEMS = 200_000  # exact search over <=200k x 64 floats is a few ms; A
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200
 HNSW_EF_SEARCH = 128
-# Above EXACT_MAX_ITEMS both indexes are IVF over 8-bit scalar-quantised rows (IVF-SQ8), not
-# HNSW. Measured by bench/scale.py on the 2-core machine at 100k x 65: HNSW took 241 s to build
-# (one thread, busy machine) and 540 bytes per item, IVF-SQ8 1.3 s and 82 bytes, at recall@100
-# 0.96 against 0.93; at 1M x 384 HNSW would also hold 1.5 GB of float vectors plus 256 MB of
-# links. IVF can also remove rows (HNSW cannot). HNSW stays available as kind="hnsw".
+# Above EXACT_MAX_ITEMS both indexes are IVF (8-bit scalar-quantised rows where SIMD decodes
+# them, IVF-SQ8; see auto_kind), not HNSW. Measured by bench/scale.py on the 2-core machine at
+# 100k x 65: HNSW took 241 s to build (one thread, busy machine) and 540 bytes per item,
+# IVF-SQ8 1.3 s and 82 bytes, at recall@100 0.96 against 0.93; at 1M x 384 HNSW would also
+# hold 1.5 GB of float vectors plus 256 MB of links. IVF can also remove rows (HNSW cannot).
+# HNSW stays available as kind="hnsw".
 IVF_TRAIN_PER_LIST = 64  # k-means training rows per inverted list (FAISS warns below 39)
 IVF_NPROBE_SHARE = 1 / 32  # lists searched per query, as a share of nlist (at least 16)
-KINDS = ("auto", "flat", "hnsw", "ivf_sq8", "ivf_pq")
+KINDS = ("auto", "flat", "hnsw", "ivf_sq8", "ivf_flat", "ivf_pq")
 FLOAT16_DIM_MULTIPLE = 8  # float16_rows: FAISS's SIMD decoders read 8 dims at a time
 FLOAT16_COPY_ROWS = 65_536
 
@@ -38,8 +39,13 @@ def gpu_count() -> int:
 
 
 def auto_kind(n: int, dim: int) -> str:
-    """Exact up to EXACT_MAX_ITEMS rows, IVF-SQ8 above (any dim: see the note above)."""
-    return "flat" if n <= EXACT_MAX_ITEMS else "ivf_sq8"
+    """Exact up to EXACT_MAX_ITEMS rows; above, IVF-SQ8 where FAISS decodes 8-bit codes with
+    SIMD (dims a multiple of 8, e.g. the 384-dim content) and IVF-Flat otherwise (the 65-dim
+    learned vectors: at 1M x 65, k=150, nprobe 31, one thread, 4.19 ms a query for IVF-SQ8
+    against 1.17 ms for IVF-Flat, recall 0.353 against 0.349; 260 instead of 65 bytes a row)."""
+    if n <= EXACT_MAX_ITEMS:
+        return "flat"
+    return "ivf_sq8" if dim % FLOAT16_DIM_MULTIPLE == 0 else "ivf_flat"
 
 
 def ivf_lists(n: int) -> int:
@@ -49,8 +55,9 @@ def ivf_lists(n: int) -> int:
 
 def build_index(vectors: np.ndarray, ids: np.ndarray | None = None,
                 kind: str = "auto", seed: int = 0) -> faiss.Index:
-    """kind: 'auto' (auto_kind), 'flat', 'hnsw', 'ivf_sq8' or 'ivf_pq' (IVF with a product
-    quantiser of about dim/8 one-byte codes; measured in bench/scale.py, not chosen by auto)."""
+    """kind: 'auto' (auto_kind), 'flat', 'hnsw', 'ivf_sq8', 'ivf_flat' or 'ivf_pq' (IVF with a
+    product quantiser of about dim/8 one-byte codes; measured in bench/scale.py, not chosen by
+    auto)."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, dim = vectors.shape
     if kind == "auto":
@@ -63,7 +70,7 @@ def build_index(vectors: np.ndarray, ids: np.ndarray | None = None,
         hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
         hnsw.hnsw.efSearch = HNSW_EF_SEARCH
         inner = hnsw
-    elif kind in ("ivf_sq8", "ivf_pq"):
+    elif kind in ("ivf_sq8", "ivf_flat", "ivf_pq"):
         inner = _trained_ivf(vectors, kind, seed)
     else:
         raise ValueError(f"unknown index kind {kind!r}; use one of {', '.join(KINDS)}")
@@ -84,6 +91,8 @@ def _trained_ivf(vectors: np.ndarray, kind: str, seed: int) -> faiss.Index:
     if kind == "ivf_sq8":
         inner = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit,
                                               faiss.METRIC_INNER_PRODUCT)
+    elif kind == "ivf_flat":
+        inner = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
     else:
         inner = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_codes(dim), 8,
                                  faiss.METRIC_INNER_PRODUCT)
@@ -152,6 +161,8 @@ def index_kind(index: faiss.Index) -> str:
         return "hnsw"
     if isinstance(inner, faiss.IndexIVFScalarQuantizer):
         return "ivf_sq8"
+    if isinstance(inner, faiss.IndexIVFFlat):
+        return "ivf_flat"
     if isinstance(inner, faiss.IndexIVFPQ):
         return "ivf_pq"
     return "flat"
@@ -196,8 +207,8 @@ def load(path: Path) -> faiss.Index:
 
 def _unwrap_ivf(index: faiss.Index, path: Path) -> faiss.Index:
     """An IVF index inside an IndexIDMap2 (bundles built before the IVF held its own ids) as the
-    bare IVF index. Its lists hold positions 0..n-1, which are the row ids only when the id map
-    is the identity: true of every bundle the build wrote."""
+    bare IVF index, copied once at load. Its lists hold positions 0..n-1, which are the row ids
+    only when the id map is the identity: true of every bundle the build wrote."""
     if not isinstance(index, faiss.IndexIDMap2):
         return index
     inner = faiss.downcast_index(index.index)
@@ -207,9 +218,9 @@ def _unwrap_ivf(index: faiss.Index, path: Path) -> faiss.Index:
                           np.arange(index.ntotal, dtype=np.int64)):
         raise ValueError(f"{path}: an IVF index under an id map that is not 0..n-1; rebuild "
                          "the bundle (vidrec build) to store the ids in the IVF lists")
-    index.own_fields = False  # hand the inner index to Python: it outlives its wrapper
-    inner.this.own(True)  # type: ignore[attr-defined]
-    return inner
+    # a copy that Python owns; the wrapper frees the original (handing the inner index over
+    # instead left SWIG without a destructor for the wrapper: the next load got a bare proxy)
+    return faiss.clone_index(inner)
 
 
 def reconstructable(index: faiss.Index) -> bool:

@@ -30,13 +30,14 @@ def clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:
 
 def test_auto_is_exact_small_ivf_sq8_large() -> None:
     assert ann.auto_kind(ann.EXACT_MAX_ITEMS, 384) == "flat"
-    assert ann.auto_kind(ann.EXACT_MAX_ITEMS + 1, 65) == "ivf_sq8"
+    assert ann.auto_kind(ann.EXACT_MAX_ITEMS + 1, 65) == "ivf_flat"  # no SIMD for SQ8 at 65
     assert ann.auto_kind(ann.EXACT_MAX_ITEMS + 1, 384) == "ivf_sq8"
     assert ann.ivf_lists(1_000_000) == 1000
 
 
 @pytest.mark.parametrize(("kind", "dim", "min_recall"),
-                         [("ivf_sq8", 64, 0.9), ("ivf_pq", 64, 0.4), ("hnsw", 64, 0.9)])
+                         [("ivf_sq8", 64, 0.9), ("ivf_flat", 65, 0.9), ("ivf_pq", 64, 0.4),
+                          ("hnsw", 64, 0.9)])
 def test_compressed_kinds_recall_and_survive_save_load(kind: str, dim: int, min_recall: float,
                                                         tmp_path: Path) -> None:
     x = clustered(4000, dim)
@@ -62,7 +63,7 @@ def test_ivf_removes_rows_hnsw_cannot() -> None:
         ann.build_index(x, kind="hnsw").remove_ids(np.array([0], np.int64))
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf_sq8", "ivf_pq"])
+@pytest.mark.parametrize("kind", ["flat", "ivf_sq8", "ivf_flat", "ivf_pq"])
 def test_after_a_removal_every_other_row_keeps_its_id(kind: str) -> None:
     """IndexIDMap2 over IVF renumbered its id map on removal while the IVF lists kept the old
     positions: every row after the removed one came back as its neighbour's id."""
