@@ -21,10 +21,10 @@ import numpy as np
 from offline.metrics import hit_rate, ndcg
 from services.feature_store.profile import import_profile
 from services.gateway.pipeline.retrieve import query_tags
-from services.retrieval.columns import TagColumn
 from services.retrieval.sources import Prepared
 from services.retrieval.sources.tags import resolve_tags, tag_matches
 from services.retrieval.state import _tag_index
+from shared.columns import TagColumn
 from shared.tags import TagClusters
 
 COLD_START_SEEN = 3

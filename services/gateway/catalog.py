@@ -7,10 +7,12 @@ Loaded once at start (and again on /admin/reload) from `items.json`; read-only p
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 
+from services.gateway.catalog_meta import CatalogMeta
 from shared.bundle import Bundle
+from shared.columns import TagColumn, TextColumn
 from shared.contracts import Candidate, ItemMeta
 from shared.ranker_features import STATS_FILE
 from shared.tags import TagClusters
@@ -19,7 +21,7 @@ from shared.tags import TagClusters
 @dataclass
 class Catalog:
     version: str
-    meta: dict[str, ItemMeta]
+    meta: MutableMapping[str, ItemMeta]  # CatalogMeta when loaded from a bundle
     popular: list[str] = field(default_factory=list)  # item ids, most popular first
     popularity: dict[str, float] = field(default_factory=dict)
     changed: set[str] = field(default_factory=set)  # ids upserted/deleted through the gateway
@@ -32,18 +34,25 @@ class Catalog:
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> Catalog:
-        meta: dict[str, ItemMeta] = {}
-        popularity: dict[str, float] = {}
+        """items.json streamed into columns (CatalogMeta): no model or dict per item."""
         clusters = TagClusters.load(bundle.path)
-        for it in bundle.items:
+        row_of: dict[str, int] = {}
+        titles, tags = TextColumn(), TagColumn()
+        cluster_column = TagColumn() if clusters.enabled else None
+        popularity: dict[str, float] = {}
+        for row, it in enumerate(bundle.iter_items()):
             item_id = str(it["item_id"])
-            tags = list(it.get("tags", []))
-            meta[item_id] = ItemMeta(item_id=item_id, title=it.get("title", ""), tags=tags,
-                                     clusters=clusters.clusters(tags) if clusters.enabled else [])
+            row_of[item_id] = row  # a repeated id: the last row wins, as a dict's update
+            titles.append(str(it.get("title", "")))
+            item_tags = list(it.get("tags", []))
+            tags.append(item_tags)
+            if cluster_column is not None:
+                cluster_column.append(clusters.clusters(item_tags))
             popularity[item_id] = float(it.get("popularity", 0.0))
         popular = sorted(popularity, key=popularity.__getitem__, reverse=True)
-        return cls(version=bundle.version, meta=meta, popular=popular, popularity=popularity,
-                   tag_clusters=clusters,
+        return cls(version=bundle.version,
+                   meta=CatalogMeta(row_of, titles, tags, cluster_column),
+                   popular=popular, popularity=popularity, tag_clusters=clusters,
                    candidate_ranker=(bundle.path / STATS_FILE).is_file())
 
     def interest_clusters(self, interests: Iterable[str]) -> frozenset[str]:
@@ -79,10 +88,13 @@ class Catalog:
         catalog changed."""
         if self._tag_counts is None or self._tag_counts[0] != self.revision:
             counts: dict[str, int] = {}
-            for meta in self.meta.values():
-                if meta.available:
-                    for tag in set(meta.tags):
-                        counts[tag] = counts.get(tag, 0) + 1
+            if isinstance(self.meta, CatalogMeta):
+                counts = self.meta.tag_counts()
+            else:
+                for meta in self.meta.values():
+                    if meta.available:
+                        for tag in set(meta.tags):
+                            counts[tag] = counts.get(tag, 0) + 1
             ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
             self._tag_counts = (self.revision, ranked)
         return self._tag_counts[1]

@@ -45,7 +45,9 @@ class ItemTable:
         self.row_of: dict[str, int] = {item_id: r for r, item_id in enumerate(item_ids)}
         n, dim = content.shape
         self.content = np.zeros((n + 1, dim), dtype=np.float32)
-        self.content[:n] = content
+        for start in range(0, n, 65536):  # in blocks: `content` may be a memory map
+            end = min(n, start + 65536)
+            self.content[start:end] = content[start:end]
         self.zero_row = int(n)
 
     @property

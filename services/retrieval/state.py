@@ -23,9 +23,9 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import ArrayLike
 
-from services.retrieval.columns import GrowableRows, TagColumn, TextColumn
 from shared import ann
 from shared.bundle import FIRST_ITEM_INDEX, UNKNOWN_INDEX, Bundle, BundleError, files_bytes
+from shared.columns import GrowableRows, TagColumn, TextColumn
 from shared.onnx_graphs import ITEM_ENCODER, QUERY_ENCODER, TEXT_ENCODER, Graph, GraphMismatch
 from shared.onnx_session import SessionLoadError, device_of, make_session
 from shared.settings import Settings
@@ -238,7 +238,7 @@ def _insert_by_popularity(rows: np.ndarray, row: int, popularity: np.ndarray) ->
 
 def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
     """Load one bundle fully (called in a worker thread; nothing shared is touched)."""
-    # items.json streamed one item at a time into compact columns (columns.py): never a dict
+    # items.json streamed one item at a time into compact columns (shared/columns.py): never a dict
     # per item for the whole catalogue (1M items: a 5.1 GB peak and 3.2 GB kept before)
     item_ids: list[str] = []
     titles, tags = TextColumn(), TagColumn()

@@ -9,12 +9,11 @@ import asyncio
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from services.retrieval import state as state_module
 from services.retrieval.service import RetrievalService
-from services.retrieval.state import IndexRows
 from services.retrieval.sources.content import RECENCY_DECAY, RECENT
+from services.retrieval.state import IndexRows
 from shared import ann
 from shared.bundle import Bundle
 from shared.contracts import ItemUpsert, RetrievalQuery

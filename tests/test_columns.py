@@ -1,5 +1,5 @@
-"""The compact per-row columns of retrieval (services/retrieval/columns.py) and the streamed
-items.json they are filled from (Bundle.iter_items)."""
+"""The compact per-row columns (shared/columns.py: retrieval state, gateway catalog) and the
+streamed items.json they are filled from (Bundle.iter_items)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.retrieval.columns import TagColumn, TextColumn
 from services.retrieval.state import _tag_index
 from shared.bundle import Bundle, BundleError
+from shared.columns import TagColumn, TextColumn
 
 
 def test_text_column_round_trips_unicode_and_appends() -> None:

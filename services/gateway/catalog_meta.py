@@ -1,0 +1,70 @@
+"""item id -> ItemMeta for a whole bundle, held as columns (shared/columns.py) instead of one
+pydantic model per item: at 1M items the models took ~1.4 GB of the gateway's 1.6 GB and most
+of its 31 s start-up (bench/scale.py). An ItemMeta is built when asked for (`model_construct`:
+the build validated the bundle's items); items upserted or deleted through this gateway are
+kept as models on top of the columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, MutableMapping
+
+import numpy as np
+
+from shared.columns import TagColumn, TextColumn
+from shared.contracts import ItemMeta
+
+
+class CatalogMeta(MutableMapping[str, ItemMeta]):
+    def __init__(self, row_of: dict[str, int], titles: TextColumn, tags: TagColumn,
+                 clusters: TagColumn | None) -> None:
+        self._row_of = row_of
+        self._titles = titles
+        self._tags = tags
+        self._clusters = clusters  # None: the bundle has no tag clusters
+        self._changed: dict[str, ItemMeta] = {}
+
+    def __getitem__(self, item_id: str) -> ItemMeta:
+        changed = self._changed.get(item_id)
+        if changed is not None:
+            return changed
+        row = self._row_of[item_id]
+        return ItemMeta.model_construct(
+            item_id=item_id, title=self._titles[row], tags=list(self._tags[row]),
+            available=True,
+            clusters=list(self._clusters[row]) if self._clusters is not None else [])
+
+    def __setitem__(self, item_id: str, meta: ItemMeta) -> None:
+        self._changed[item_id] = meta
+
+    def __delitem__(self, item_id: str) -> None:
+        raise TypeError("catalog items are never removed: forget() marks them unavailable")
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._changed or item_id in self._row_of
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._row_of
+        yield from (i for i in self._changed if i not in self._row_of)
+
+    def __len__(self) -> int:
+        return len(self._row_of) + sum(1 for i in self._changed if i not in self._row_of)
+
+    def tag_counts(self) -> dict[str, int]:
+        """tag -> available items carrying it (each item once per tag), from the codes: a
+        model per item would take seconds at 1M items."""
+        codes, ends = self._tags.codes_and_ends()
+        rows = np.repeat(np.arange(len(ends), dtype=np.int64), np.diff(ends, prepend=0))
+        keep = np.ones(len(ends), dtype=bool)
+        for item_id in self._changed:  # counted from their models below
+            row = self._row_of.get(item_id)
+            if row is not None:
+                keep[row] = False
+        pairs = np.unique(np.stack([rows, codes.astype(np.int64)])[:, keep[rows]], axis=1)
+        per_code = np.bincount(pairs[1], minlength=len(self._tags.names))
+        counts = {self._tags.names[c]: int(n) for c, n in enumerate(per_code.tolist()) if n}
+        for meta in self._changed.values():
+            if meta.available:
+                for tag in set(meta.tags):
+                    counts[tag] = counts.get(tag, 0) + 1
+        return counts
