@@ -33,6 +33,17 @@ class GrowableRows:
     def take(self, rows: np.ndarray | list[int]) -> np.ndarray:
         return self._buf[:self.n][np.asarray(rows, dtype=np.int64)]
 
+    def extend(self, rows: np.ndarray) -> None:
+        """Append a block of rows (grows once if needed)."""
+        need = self.n + len(rows)
+        if need > len(self._buf):
+            bigger = np.zeros((max(need, len(self._buf) * 3 // 2 + 1), *self._buf.shape[1:]),
+                              self._buf.dtype)
+            bigger[:self.n] = self._buf[:self.n]
+            self._buf = bigger
+        self._buf[self.n:need] = rows
+        self.n = need
+
     def append(self, row: ArrayLike) -> int:
         if self.n == len(self._buf):
             bigger = np.zeros((len(self._buf) * 3 // 2 + 1, *self._buf.shape[1:]), self._buf.dtype)

@@ -11,7 +11,7 @@ import pytest
 
 from services.retrieval.state import _tag_index
 from shared.bundle import Bundle, BundleError
-from shared.columns import TagColumn, TextColumn
+from shared.columns import GrowableRows, TagColumn, TextColumn
 
 
 def test_text_column_round_trips_unicode_and_appends() -> None:
@@ -65,3 +65,11 @@ def test_iter_items_reads_what_json_loads_reads(tmp_path: Path, text: str) -> No
 def test_iter_items_names_what_is_wrong(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(BundleError, match=message):
         list(_bundle_with(tmp_path, text).iter_items())
+
+
+def test_growable_rows_extend_and_append_keep_order() -> None:
+    rows = GrowableRows(np.zeros((0, 2), np.float32), spare=3, dtype=np.float16)
+    rows.extend(np.arange(8, dtype=np.float32).reshape(4, 2))  # grows past its spare room
+    assert rows.append([8, 9]) == 4 and rows.view.dtype == np.float16
+    assert rows.view.tolist() == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+    assert rows.take([4, 0]).tolist() == [[8, 9], [0, 1]]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 import onnxruntime as ort
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, DTypeLike
 
 from shared import ann
 from shared.bundle import FIRST_ITEM_INDEX, UNKNOWN_INDEX, Bundle, BundleError, files_bytes
@@ -255,7 +255,7 @@ def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
         popularity_values.append(float(it.get("popularity", 0.0)))
     # Memory-mapped: GrowableRows copies them in blocks, so the file is never held twice.
     content = np.load(bundle.file("content_embeddings.npy"), mmap_mode="r")
-    vectors = bundle.item_vectors().astype(np.float32, copy=False)
+    vectors = np.load(bundle.file("item_vectors.npy"), mmap_mode="r")  # read in blocks below
     n = len(item_ids)
     if content.shape[0] != n or vectors.shape[0] != n:
         raise BundleError(f"{bundle.path}: items.json has {n} items but content_embeddings.npy "
@@ -287,11 +287,8 @@ def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
     bundle_rows = {item_id: r for r, item_id in enumerate(item_ids)}
     popularity = np.array(popularity_values, dtype=np.float32)
     popular_rows = np.argsort(-popularity, kind="stable").astype(np.int64)
-    # Similarity between items ignores the per-item bias dimension (model.json: vector_dim =
-    # dim + 1), which says how popular an item is, not what it is like.
     width = int(vectors.shape[1])
-    taste = vectors[:, :min(int(bundle.model_info.get("dim", width)), width)]
-    norms = np.maximum(np.linalg.norm(taste, axis=1, keepdims=True), 1e-12)
+    taste_dim = min(int(bundle.model_info.get("dim", width)), width)
     return RetrievalState(
         bundle=bundle, n_bundle=n,
         item_ids=item_ids, titles=titles, tags=tags, clusters=clusters,
@@ -304,7 +301,7 @@ def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
         vectors=(None if rows_in_index else
                  GrowableRows(vectors, dtype=np.float16 if large else np.float32)),
         # float16 when large: 128 MB at 1M instead of 256; read in float32 blocks (similar.py)
-        unit=GrowableRows(taste / norms, dtype=np.float16 if large else np.float32),
+        unit=_unit_rows(vectors, taste_dim, np.float16 if large else np.float32),
         popularity=GrowableRows(popularity),
         dead=GrowableRows(np.zeros(n, dtype=bool)),
         tag_rows=_tag_index(clusters, popular_rows),
@@ -315,6 +312,19 @@ def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
         tag_clusters=tag_clusters, max_history=bundle.max_history,
         item_encoder_loader=lambda: encoder_session(bundle, ITEM_ENCODER, settings, fixed),
     )
+
+
+def _unit_rows(vectors: np.ndarray, taste_dim: int, dtype: DTypeLike) -> GrowableRows:
+    """The unit-length taste part of each learned vector, normalised block by block from the
+    memory map (no full float32 copy while loading). Similarity between items ignores the
+    per-item bias dimension (model.json: vector_dim = dim + 1), which says how popular an item
+    is, not what it is like."""
+    unit = GrowableRows(np.zeros((0, taste_dim), np.float32), spare=len(vectors) + 1024,
+                        dtype=dtype)
+    for start in range(0, len(vectors), 65536):
+        taste = np.asarray(vectors[start:start + 65536, :taste_dim], dtype=np.float32)
+        unit.extend(taste / np.maximum(np.linalg.norm(taste, axis=1, keepdims=True), 1e-12))
+    return unit
 
 
 def _tag_index(clusters: TagColumn, popular_rows: np.ndarray) -> dict[str, np.ndarray]:
