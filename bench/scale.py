@@ -576,6 +576,61 @@ def run_serve(names: list[str], repeats: int, duration: float,
     return doc
 
 
+def side_by_side(names: list[str], rate: float, repeats: int, duration: float) -> dict:
+    """The one-process service of each bundle at the same open-loop rate, runs interleaved
+    (20k, 1m, 20k, 1m, ...) so that the machine's noise falls on both alike: each process has
+    its own redis-server holding every item and the 5,000 sampled users (`write_sample`).
+    `serve` compares each size at half its own capacity, and the capacity search steps by
+    doubling, so one noisy probe moves that rate by a third; this compares like with like."""
+    from bench.serving import Servers, bench_env, run_loadgen, warm_up
+    from scripts.run_local import LocalRedis
+
+    log_dir = ARTIFACTS / "scale-logs" / "side-by-side"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    servers = Servers(log_dir)
+    redises = []
+    targets: dict[str, tuple[int, Path]] = {}
+    out: dict = {"rate_rps": rate, "duration_s": duration, "repeats": repeats,
+                 "load_at_start": load_avg(), "bundles": {}}
+    try:
+        for i, name in enumerate(names):
+            bdir = bundle_path(name)
+            redis = LocalRedis(REDIS_PORT + 10 + i).start()
+            redises.append(redis)
+            write_sample(redis.url, bdir)
+            env = bench_env(VIDREC_REDIS_URL=redis.url, VIDREC_BUNDLE=BUNDLES[name],
+                            VIDREC_KEY_PREFIX=KEY_PREFIX, VIDREC_ENVIRONMENT="development",
+                            VIDREC_REDIS_CLUSTER="false")
+            one = timed_start(servers, "all", 18470 + i, env)
+            users = _users_sample(bdir)
+            users_file = log_dir / f"users-{name}.json"
+            users_file.write_text(json.dumps(users))
+            warm_up(one["url"], users, 100)
+            targets[name] = (int(one["url"].rsplit(":", 1)[1]), users_file)
+            out["bundles"][name] = {"bundle": BUNDLES[name], "startup_s": one["startup_s"],
+                                    "runs": []}
+        for i in range(repeats):
+            for name, (port, users_file) in targets.items():
+                res = run_loadgen(port, users_file, rate, duration)
+                res["load"] = load_avg()
+                out["bundles"][name]["runs"].append(
+                    {k: res[k] for k in ("p50_ms", "p95_ms", "p99_ms", "achieved_rps",
+                                         "errors", "load")})
+                print(f"[side-by-side] {name} run {i + 1}: p50 {res['p50_ms']} p99 "
+                      f"{res['p99_ms']} load {res['load']}", flush=True)
+    finally:
+        servers.stop()
+        for redis in redises:
+            redis.stop()
+    for facts in out["bundles"].values():
+        for key in ("p50_ms", "p99_ms"):
+            facts[f"median_{key}"] = round(statistics.median(r[key] for r in facts["runs"]), 2)
+    first, last = (out["bundles"][n] for n in (names[0], names[-1]))
+    out["p99_ratio_last_vs_first"] = round(last["median_p99_ms"] / first["median_p99_ms"], 2)
+    out["load_at_end"] = load_avg()
+    return out
+
+
 def _users_sample(bdir: Path, n: int = 5000) -> list[str]:
     users = json.loads((bdir / "users.json").read_text())
     return random.Random(42).sample([u for u, s in users.items() if s], min(n, len(users)))
@@ -834,6 +889,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--load-limit", type=float, default=420.0,
                    help="seconds before `vidrec load` is stopped and extrapolated; 0: skip "
                         "it (items and sampled users only)")
+    sb = sub.add_parser("side-by-side", help="one-process latency of two sizes at one rate, "
+                        "interleaved")
+    sb.add_argument("--only", nargs=2, default=["20k", "1m"], choices=list(BUNDLES))
+    sb.add_argument("--rate", type=float, required=True)
+    sb.add_argument("--repeats", type=int, default=5)
+    sb.add_argument("--duration", type=float, default=10.0)
     sub.add_parser("report")
     lo = sub.add_parser("load-only", help="vidrec load of a synthetic dataset, no build")
     lo.add_argument("folder")
@@ -865,6 +926,11 @@ def main(argv: list[str] | None = None) -> int:
         doc[f"synthetic:{Path(args.folder).name}"] = run_index_synthetic(Path(args.folder),
                                                                           tuple(args.kinds))
         _write(RESULTS / "scale_index.json", doc)
+    elif args.cmd == "side-by-side":
+        doc = _read(RESULTS / "scale_side_by_side.json")
+        doc[f"{args.only[0]}-vs-{args.only[1]}@{args.rate:g}"] = side_by_side(
+            args.only, args.rate, args.repeats, args.duration)
+        _write(RESULTS / "scale_side_by_side.json", doc)
     elif args.cmd == "serve":
         run_serve(available(args.only), args.repeats, args.duration, args.load_limit)
     else:

@@ -115,26 +115,35 @@ class ItemStats:
         return self.tag_ids[np.repeat(starts, counts) + offsets], owner
 
 
-def profile_weights(stats: ItemStats, history: np.ndarray) -> np.ndarray:
-    """float64 [clusters]: each cluster's weight from the history's items (newest weighs 1,
-    each older one PROFILE_DECAY times the next), normalised to sum 1; all zero without tags.
-    Dense, so that a candidate's clusters are read with one gather, not a lookup per tag."""
+def profile_weights(stats: ItemStats, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(cluster ids ascending, their weights): each cluster's weight from the history's items
+    (newest weighs 1, each older one PROFILE_DECAY times the next), normalised to sum 1; empty
+    without tags. Sparse: a dense array over the vocabulary cost 1.87 ms a request at 1M items
+    (364,659 tags) against 0.13 ms at 20k; `weights_of` reads it with one sorted search."""
     hist = np.asarray(history, np.int64)[-PROFILE_ITEMS:]
     weights = PROFILE_DECAY ** np.arange(len(hist) - 1, -1, -1, dtype=np.float64)
     tags, owner = stats.tags_of(hist)
-    out = np.zeros(len(stats.tag_names), np.float64)
     if not len(tags):
-        return out
-    summed = np.bincount(tags, weights=weights[owner], minlength=len(out))
-    nz = np.flatnonzero(summed)
-    out[nz] = summed[nz] / summed[nz].sum()
-    return out
+        return np.empty(0, np.int64), np.empty(0, np.float64)
+    ids, slot = np.unique(tags, return_inverse=True)
+    summed = np.bincount(slot, weights=weights[owner], minlength=len(ids))
+    return ids, summed / summed.sum()
+
+
+def weights_of(profile: tuple[np.ndarray, np.ndarray], tags: np.ndarray) -> np.ndarray:
+    """float64 [len(tags)]: each cluster's weight in the profile, 0 where it has none."""
+    ids, weights = profile
+    tags = np.asarray(tags, np.int64)
+    if not len(ids):
+        return np.zeros(len(tags))
+    pos = np.minimum(np.searchsorted(ids, tags), len(ids) - 1)
+    return np.where(ids[pos] == tags, weights[pos], 0.0)
 
 
 def tag_profile(stats: ItemStats, history: np.ndarray) -> dict[int, float]:
-    """profile_weights as cluster id -> weight, the clusters the history holds only."""
-    dense = profile_weights(stats, history)
-    return {int(t): float(dense[t]) for t in np.flatnonzero(dense)}
+    """profile_weights as cluster id -> weight."""
+    ids, weights = profile_weights(stats, history)
+    return dict(zip(ids.tolist(), weights.tolist(), strict=True))
 
 
 def build(stats: ItemStats, history: np.ndarray, cand_rows: np.ndarray, source: np.ndarray,
@@ -171,10 +180,10 @@ def build(stats: ItemStats, history: np.ndarray, cand_rows: np.ndarray, source: 
 
     # tags
     profile = profile_weights(stats, history)
-    if profile.any():
+    if len(profile[0]):
         tags, owner = stats.tags_of(cand_rows)
         if len(tags):
-            w = profile[tags]
+            w = weights_of(profile, tags)
             out[:, col["tag_affinity"]] = np.bincount(owner, weights=w, minlength=c)
             mx = np.zeros(c)
             np.maximum.at(mx, owner, w)

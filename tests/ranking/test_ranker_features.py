@@ -19,13 +19,16 @@ def stats() -> rf.ItemStats:
 
 def test_the_profile_weighs_newer_items_more_and_sums_to_one(stats: rf.ItemStats) -> None:
     # history oldest first: row 0 (a, b) then row 1 (b); the newest weighs 1, the older 0.9
-    dense = rf.profile_weights(stats, np.array([0, 1]))
+    profile = rf.profile_weights(stats, np.array([0, 1]))
     a, b, c = (stats.tag_names.index(t) for t in "abc")
     total = 0.9 + 0.9 + 1.0
-    assert dense[a] == pytest.approx(0.9 / total) and dense[b] == pytest.approx(1.9 / total)
-    assert dense[c] == 0.0 and dense.sum() == pytest.approx(1.0)
-    assert rf.tag_profile(stats, np.array([0, 1])) == {a: dense[a], b: dense[b]}
-    assert not rf.profile_weights(stats, np.array([4])).any()  # no tags: all zero
+    w = rf.weights_of(profile, np.array([a, b, c]))
+    assert w[0] == pytest.approx(0.9 / total) and w[1] == pytest.approx(1.9 / total)
+    assert w[2] == 0.0 and profile[1].sum() == pytest.approx(1.0)
+    assert profile[0].tolist() == sorted([a, b])  # sparse: the history's clusters only
+    assert rf.tag_profile(stats, np.array([0, 1])) == {a: w[0], b: w[1]}
+    assert not len(rf.profile_weights(stats, np.array([4]))[0])  # no tags: empty
+    assert not rf.weights_of(rf.profile_weights(stats, np.array([4])), np.array([a])).any()
     assert rf.tag_profile(stats, np.array([], np.int64)) == {}
 
 
