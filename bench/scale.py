@@ -8,6 +8,8 @@ synthetic datasets of 100k items / 50k users and 1M items / 1M users (shared/dat
     vidrec build --dataset artifacts/synth/synth-1m --version scale-1m --train-users 50000 ...
     .venv/bin/python -m bench.scale index            # FAISS kinds per size -> scale_index.json
     .venv/bin/python -m bench.scale serve            # services, Redis, load -> scale_serve.json
+    .venv/bin/python -m bench.scale retrieval-only 1m   # retrieval alone -> scale_retrieval.json
+    .venv/bin/python -m bench.scale side-by-side --rate 40  # 20k and 1m at one rate, interleaved
     .venv/bin/python -m bench.scale report           # -> bench/results/scale.json + scale.png
 
 `index`: for the learned vectors (`index_ann`) and the content embeddings (`index_content`) of
@@ -691,6 +693,7 @@ def run_report() -> dict:
     serve = _read(RESULTS / "scale_serve.json")
     loads = _read(RESULTS / "scale_load.json")
     retrieval = _read(RESULTS / "scale_retrieval.json")
+    paired = _read(RESULTS / "scale_side_by_side.json")
     gen = {}
     for name, folder in (("100k", "synth-100k"), ("1m", "synth-1m")):
         p = ARTIFACTS / "synth" / folder / "synthetic.json"
@@ -727,15 +730,15 @@ def run_report() -> dict:
                        "each measurement: the first runs (load 12-20) shared the machine with "
                        "other builds and tests, the reruns of 2026-12-03 ran alone (load 0-3)"},
            "generator": gen, "builds": builds, "index": index, "serve": serve,
-           "load_only": loads, "retrieval_only": retrieval, "growth": grow,
-           "goals": goals(builds, serve, loads, retrieval)}
+           "load_only": loads, "retrieval_only": retrieval, "side_by_side": paired,
+           "growth": grow, "goals": goals(builds, serve, loads, retrieval, paired)}
     _write(RESULTS / "scale.json", doc)
     plot(doc, RESULTS / "scale.png")
     return doc
 
 
 def goals(builds: dict, serve: dict, loads: dict | None = None,
-          retrieval: dict | None = None) -> dict:
+          retrieval: dict | None = None, paired: dict | None = None) -> dict:
     big, small = serve.get("1m", {}), serve.get("20k")
     out: dict = {}
     alone = (retrieval or {}).get("1m")
@@ -762,8 +765,18 @@ def goals(builds: dict, serve: dict, loads: dict | None = None,
     if small and "one_process" in big and "one_process" in small:
         ratio = big["one_process"]["at_half_capacity"]["p99_ms"] / \
             small["one_process"]["at_half_capacity"]["p99_ms"]
-        out["p99_half_capacity_ratio_1m_vs_20k"] = {"value": round(ratio, 2), "goal": 1.5,
-                                                    "met": ratio <= 1.5}
+        out["p99_half_capacity_ratio_1m_vs_20k"] = {
+            "value": round(ratio, 2), "goal": 1.5, "met": ratio <= 1.5,
+            "rates_rps": {n: serve[n]["one_process"]["half_capacity_rps"] for n in ("20k", "1m")},
+            "note": "each size at half its own measured capacity: the capacity search steps by "
+                    "doubling, so the two rates can differ by a third (see side_by_side)"}
+    for key, run in (paired or {}).items():
+        if key.startswith("20k-vs-1m@"):
+            out[f"p99_ratio_1m_vs_20k_side_by_side@{run['rate_rps']:g}rps"] = {
+                "value": run["p99_ratio_last_vs_first"], "goal": 1.5,
+                "met": run["p99_ratio_last_vs_first"] <= 1.5,
+                "median_p99_ms": {n: b["median_p99_ms"] for n, b in run["bundles"].items()},
+                "runs": run["repeats"]}
     if "four_processes" in big:
         rss = big["four_processes"]["retrieval"]["VmRSS"]
         out["retrieval_rss_bytes"] = {"value": rss, "goal": 2 * 1024 ** 3,
