@@ -86,6 +86,12 @@ class TextColumn:
         return len(self._data) + self._ends.itemsize * len(self._ends)
 
 
+# Tuples built for recent rows are kept (rows never change once appended): retrieval reads the
+# tags of every candidate of a request that has tags, ~200 rows, which took 0.28 ms decoded each
+# time against 0.01 ms from a list of tuples. Cleared whole when full, as CatalogMeta's.
+BUILT_TAG_ROWS = 262_144
+
+
 class TagColumn:
     """row -> tuple of tag names, as codes into `names` (each distinct name stored once)."""
 
@@ -94,6 +100,7 @@ class TagColumn:
         self._code: dict[str, int] = {}
         self._codes = array("i")
         self._ends = array("q")
+        self._built: dict[int, tuple[str, ...]] = {}
         for tags in rows:
             self.append(tags)
 
@@ -101,11 +108,18 @@ class TagColumn:
         return len(self._ends)
 
     def __getitem__(self, row: int) -> tuple[str, ...]:
+        built = self._built.get(row) if row >= 0 else None  # -1 names another row later
+        if built is not None:
+            return built
         ends = self._ends
-        row = range(len(ends))[row]
-        start = ends[row - 1] if row > 0 else 0
+        at = range(len(ends))[row]  # negative rows and bounds as a list's
+        start = ends[at - 1] if at > 0 else 0
         names = self.names
-        return tuple(names[c] for c in self._codes[start:ends[row]])
+        built = tuple([names[c] for c in self._codes[start:ends[at]]])
+        if len(self._built) >= BUILT_TAG_ROWS:
+            self._built.clear()
+        self._built[at] = built
+        return built
 
     def __iter__(self) -> Iterator[tuple[str, ...]]:
         return (self[r] for r in range(len(self)))

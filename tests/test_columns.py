@@ -32,7 +32,8 @@ def test_tag_column_stores_each_name_once() -> None:
     codes, ends = col.codes_and_ends()
     assert codes.tolist() == [0, 1, 1, 2, 0, 2, 3, 0] and ends.tolist() == [2, 2, 3, 6, 8]
     col.append(["e"])  # the copies above do not pin the buffers
-    assert col[5] == ("e",)
+    assert col[5] == ("e",) and col[-1] == ("e",) and col[-2] == ("d", "a")
+    assert col[5] is col[5]  # built once, then reused
 
 
 def test_tag_index_lists_rows_most_popular_first() -> None:

@@ -14,6 +14,12 @@ import numpy as np
 from shared.columns import TagColumn, TextColumn
 from shared.contracts import ItemMeta
 
+# Models built for recent lookups are kept: the head stage asks for the same popular items on
+# every request, and building one costs ~1.5 us (0.34 ms a request for 200 candidates on this
+# machine against 0.05 ms from a dict). Cleared whole when full: bounded, and cheaper per hit
+# than an LRU's bookkeeping.
+BUILT_CACHE_ITEMS = 50_000
+
 
 class CatalogMeta(MutableMapping[str, ItemMeta]):
     def __init__(self, row_of: dict[str, int], titles: TextColumn, tags: TagColumn,
@@ -23,16 +29,21 @@ class CatalogMeta(MutableMapping[str, ItemMeta]):
         self._tags = tags
         self._clusters = clusters  # None: the bundle has no tag clusters
         self._changed: dict[str, ItemMeta] = {}
+        self._built: dict[str, ItemMeta] = {}
 
     def __getitem__(self, item_id: str) -> ItemMeta:
-        changed = self._changed.get(item_id)
-        if changed is not None:
-            return changed
+        meta = self._changed.get(item_id) or self._built.get(item_id)
+        if meta is not None:
+            return meta
         row = self._row_of[item_id]
-        return ItemMeta.model_construct(
+        meta = ItemMeta.model_construct(
             item_id=item_id, title=self._titles[row], tags=list(self._tags[row]),
             available=True,
             clusters=list(self._clusters[row]) if self._clusters is not None else [])
+        if len(self._built) >= BUILT_CACHE_ITEMS:
+            self._built.clear()
+        self._built[item_id] = meta
+        return meta
 
     def __setitem__(self, item_id: str, meta: ItemMeta) -> None:
         self._changed[item_id] = meta

@@ -55,3 +55,16 @@ def test_upserts_and_deletes_sit_on_top_of_the_columns(small_bundle: Path) -> No
     expected["brand-new"] = new
     assert dict(catalog.tag_counts()) == _counts(expected)
     assert catalog.meta[second] == expected[second]
+
+
+def test_built_models_are_reused_and_bounded(small_bundle: Path, monkeypatch) -> None:
+    from services.gateway import catalog_meta
+
+    monkeypatch.setattr(catalog_meta, "BUILT_CACHE_ITEMS", 2)
+    meta = Catalog.from_bundle(Bundle(small_bundle)).meta
+    first, second, third = list(meta)[:3]
+    assert meta[first] is meta[first]  # built once, then reused
+    assert meta[second] == _one_model_per_item(small_bundle)[second]
+    meta[third]  # the cache was full: cleared, then holds this one
+    assert meta[first] == _one_model_per_item(small_bundle)[first]
+    assert len(meta._built) <= 2
