@@ -11,9 +11,23 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
+
+from shared.bundle import Bundle
+from shared.tags import TagClusters
+
+COPY_BLOCK_ROWS = 65_536
+
+
+def copy_rows(dst: np.ndarray, src: np.ndarray) -> None:
+    """dst[:len(src)] = src in blocks of rows: `src` may be a memory map, and a block converted
+    to dst's dtype at a time never holds a second full copy."""
+    for start in range(0, len(src), COPY_BLOCK_ROWS):
+        end = min(start + COPY_BLOCK_ROWS, len(src))
+        dst[start:end] = src[start:end]
 
 
 class GrowableRows:
@@ -21,9 +35,7 @@ class GrowableRows:
 
     def __init__(self, data: np.ndarray, spare: int = 1024, dtype: DTypeLike | None = None) -> None:
         self._buf = np.zeros((len(data) + spare, *data.shape[1:]), dtype=dtype or data.dtype)
-        for start in range(0, len(data), 65536):  # in blocks: `data` may be a memory map
-            end = min(start + 65536, len(data))
-            self._buf[start:end] = data[start:end]
+        copy_rows(self._buf, data)
         self.n = len(data)
 
     @property
@@ -33,22 +45,23 @@ class GrowableRows:
     def take(self, rows: np.ndarray | list[int]) -> np.ndarray:
         return self._buf[:self.n][np.asarray(rows, dtype=np.int64)]
 
-    def extend(self, rows: np.ndarray) -> None:
-        """Append a block of rows (grows once if needed)."""
-        need = self.n + len(rows)
+    def _reserve(self, need: int) -> None:
+        """Room for `need` rows, growing by half at least (amortised O(1) appends)."""
         if need > len(self._buf):
             bigger = np.zeros((max(need, len(self._buf) * 3 // 2 + 1), *self._buf.shape[1:]),
                               self._buf.dtype)
             bigger[:self.n] = self._buf[:self.n]
             self._buf = bigger
+
+    def extend(self, rows: np.ndarray) -> None:
+        """Append a block of rows."""
+        need = self.n + len(rows)
+        self._reserve(need)
         self._buf[self.n:need] = rows
         self.n = need
 
     def append(self, row: ArrayLike) -> int:
-        if self.n == len(self._buf):
-            bigger = np.zeros((len(self._buf) * 3 // 2 + 1, *self._buf.shape[1:]), self._buf.dtype)
-            bigger[:self.n] = self._buf[:self.n]
-            self._buf = bigger
+        self._reserve(self.n + 1)
         self._buf[self.n] = row
         self.n += 1
         return self.n - 1
@@ -111,18 +124,22 @@ class TagColumn:
         built = self._built.get(row) if row >= 0 else None  # -1 names another row later
         if built is not None:
             return built
-        ends = self._ends
-        at = range(len(ends))[row]  # negative rows and bounds as a list's
-        start = ends[at - 1] if at > 0 else 0
-        names = self.names
-        built = tuple([names[c] for c in self._codes[start:ends[at]]])
+        at = range(len(self._ends))[row]  # negative rows and bounds as a list's
+        built = self._decode(at)
         if len(self._built) >= BUILT_TAG_ROWS:
             self._built.clear()
         self._built[at] = built
         return built
 
+    def _decode(self, at: int) -> tuple[str, ...]:
+        ends = self._ends
+        start = ends[at - 1] if at > 0 else 0
+        names = self.names
+        return tuple([names[c] for c in self._codes[start:ends[at]]])
+
     def __iter__(self) -> Iterator[tuple[str, ...]]:
-        return (self[r] for r in range(len(self)))
+        # every row once (offline tools, tests): decoded, not cached
+        return (self._decode(r) for r in range(len(self)))
 
     def append(self, tags: Iterable[str]) -> int:
         for name in tags:
@@ -143,3 +160,32 @@ class TagColumn:
     def nbytes(self) -> int:
         return (self._codes.itemsize * len(self._codes)
                 + self._ends.itemsize * len(self._ends))
+
+
+@dataclass
+class ItemColumns:
+    """A bundle's items.json as columns, in file order (row r is the r-th item)."""
+
+    item_ids: list[str]
+    titles: TextColumn
+    tags: TagColumn
+    clusters: TagColumn  # the clusters of each row's tags; `tags` itself without tags.json
+    popularity: array[float]  # float64 per row
+
+    @classmethod
+    def read(cls, bundle: Bundle, tag_clusters: TagClusters) -> ItemColumns:
+        """Streamed one item at a time (Bundle.iter_items): never a dict per item for the
+        whole catalogue (1M items: a 5.1 GB peak in retrieval, and heap holes after it)."""
+        item_ids: list[str] = []
+        titles, tags = TextColumn(), TagColumn()
+        clusters = TagColumn() if tag_clusters.enabled else tags
+        popularity = array("d")
+        for it in bundle.iter_items():
+            item_ids.append(str(it["item_id"]))
+            titles.append(str(it.get("title", "")))
+            item_tags = list(it.get("tags", []))
+            tags.append(item_tags)
+            if clusters is not tags:
+                clusters.append(tag_clusters.clusters(item_tags))
+            popularity.append(float(it.get("popularity", 0.0)))
+        return cls(item_ids, titles, tags, clusters, popularity)

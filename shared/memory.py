@@ -1,8 +1,9 @@
 """Give memory that Python has freed back to the operating system after a bundle load.
 
-Loading a bundle parses items.json into one dict per item (about 1 GB at 1M items) and drops it
-once the state holds what it needs; glibc's allocator keeps the freed pages mapped because
-long-lived objects sit between them, so the process stays at its loading peak. `malloc_trim(0)`
+A load leaves transients behind (the items.json text, each item decoded on the way, the
+vectors normalised block by block) and a reload frees the previous bundle's state; glibc's
+allocator keeps freed pages mapped where long-lived objects sit between them, so the process
+would stay near its loading peak. `malloc_trim(0)`
 returns every free page inside the heap to the kernel (glibc >= 2.8). No maintained Python
 library wraps this one libc call, hence ctypes; it is a no-op where libc is not glibc.
 """

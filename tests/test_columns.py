@@ -74,3 +74,20 @@ def test_growable_rows_extend_and_append_keep_order() -> None:
     assert rows.append([8, 9]) == 4 and rows.view.dtype == np.float16
     assert rows.view.tolist() == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
     assert rows.take([4, 0]).tolist() == [[8, 9], [0, 1]]
+
+
+def test_item_columns_read_a_bundle_in_file_order(tmp_path: Path) -> None:
+    from shared.columns import ItemColumns
+    from shared.tags import TagClusters
+
+    items = [{"item_id": 7, "title": "é one", "tags": ["a", "b"], "popularity": 3},
+             {"item_id": "x", "tags": []}]
+    cols = ItemColumns.read(_bundle_with(tmp_path, json.dumps(items)), TagClusters.identity())
+    assert cols.item_ids == ["7", "x"] and list(cols.titles) == ["é one", ""]
+    assert list(cols.tags) == [("a", "b"), ()] and cols.clusters is cols.tags
+    assert cols.popularity.tolist() == [3.0, 0.0]
+
+
+def test_iterating_a_tag_column_does_not_fill_its_cache() -> None:
+    col = TagColumn([("a",), ("b", "c")])
+    assert list(col) == [("a",), ("b", "c")] and not col._built

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from services.gateway.catalog_meta import CatalogMeta
 from shared.bundle import Bundle
-from shared.columns import TagColumn, TextColumn
+from shared.columns import ItemColumns
 from shared.contracts import Candidate, ItemMeta
 from shared.ranker_features import STATS_FILE
 from shared.tags import TagClusters
@@ -36,22 +36,14 @@ class Catalog:
     def from_bundle(cls, bundle: Bundle) -> Catalog:
         """items.json streamed into columns (CatalogMeta): no model or dict per item."""
         clusters = TagClusters.load(bundle.path)
-        row_of: dict[str, int] = {}
-        titles, tags = TextColumn(), TagColumn()
-        cluster_column = TagColumn() if clusters.enabled else None
-        popularity: dict[str, float] = {}
-        for row, it in enumerate(bundle.iter_items()):
-            item_id = str(it["item_id"])
-            row_of[item_id] = row  # a repeated id: the last row wins, as a dict's update
-            titles.append(str(it.get("title", "")))
-            item_tags = list(it.get("tags", []))
-            tags.append(item_tags)
-            if cluster_column is not None:
-                cluster_column.append(clusters.clusters(item_tags))
-            popularity[item_id] = float(it.get("popularity", 0.0))
+        columns = ItemColumns.read(bundle, clusters)
+        # a repeated id: the last row wins, as a dict's update
+        row_of = {item_id: row for row, item_id in enumerate(columns.item_ids)}
+        popularity = dict(zip(columns.item_ids, columns.popularity, strict=True))
         popular = sorted(popularity, key=popularity.__getitem__, reverse=True)
         return cls(version=bundle.version,
-                   meta=CatalogMeta(row_of, titles, tags, cluster_column),
+                   meta=CatalogMeta(row_of, columns.titles, columns.tags,
+                                    columns.clusters if clusters.enabled else None),
                    popular=popular, popularity=popularity, tag_clusters=clusters,
                    candidate_ranker=(bundle.path / STATS_FILE).is_file())
 

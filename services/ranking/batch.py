@@ -15,6 +15,7 @@ from itertools import repeat
 import numpy as np
 
 from shared.bundle import FIRST_ITEM_INDEX, PAD_INDEX, UNKNOWN_INDEX
+from shared.columns import copy_rows
 from shared.onnx_graphs import RANKER
 
 MISSING = -1  # row of an item id the bundle does not hold
@@ -45,9 +46,7 @@ class ItemTable:
         self.row_of: dict[str, int] = {item_id: r for r, item_id in enumerate(item_ids)}
         n, dim = content.shape
         self.content = np.zeros((n + 1, dim), dtype=np.float32)
-        for start in range(0, n, 65536):  # in blocks: `content` may be a memory map
-            end = min(n, start + 65536)
-            self.content[start:end] = content[start:end]
+        copy_rows(self.content, content)  # `content` may be a memory map
         self.zero_row = int(n)
 
     @property

@@ -14,7 +14,6 @@ worker thread and swaps one reference.
 from __future__ import annotations
 
 import logging
-from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -25,7 +24,7 @@ from numpy.typing import ArrayLike, DTypeLike
 
 from shared import ann
 from shared.bundle import FIRST_ITEM_INDEX, UNKNOWN_INDEX, Bundle, BundleError, files_bytes
-from shared.columns import GrowableRows, TagColumn, TextColumn
+from shared.columns import GrowableRows, ItemColumns, TagColumn, TextColumn
 from shared.onnx_graphs import ITEM_ENCODER, QUERY_ENCODER, TEXT_ENCODER, Graph, GraphMismatch
 from shared.onnx_session import SessionLoadError, device_of, make_session
 from shared.settings import Settings
@@ -238,21 +237,9 @@ def _insert_by_popularity(rows: np.ndarray, row: int, popularity: np.ndarray) ->
 
 def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
     """Load one bundle fully (called in a worker thread; nothing shared is touched)."""
-    # items.json streamed one item at a time into compact columns (shared/columns.py): never a dict
-    # per item for the whole catalogue (1M items: a 5.1 GB peak and 3.2 GB kept before)
-    item_ids: list[str] = []
-    titles, tags = TextColumn(), TagColumn()
     tag_clusters = TagClusters.load(bundle.path)  # identity when the bundle has no tags.json
-    clusters = TagColumn() if tag_clusters.enabled else tags
-    popularity_values = array("f")
-    for it in bundle.iter_items():
-        item_ids.append(str(it["item_id"]))
-        titles.append(str(it.get("title", "")))
-        item_tags = it.get("tags", [])
-        tags.append(item_tags)
-        if clusters is not tags:
-            clusters.append(tag_clusters.clusters(item_tags))
-        popularity_values.append(float(it.get("popularity", 0.0)))
+    columns = ItemColumns.read(bundle, tag_clusters)  # compact: shared/columns.py
+    item_ids, tags, clusters = columns.item_ids, columns.tags, columns.clusters
     # Memory-mapped: GrowableRows copies them in blocks, so the file is never held twice.
     content = np.load(bundle.file("content_embeddings.npy"), mmap_mode="r")
     vectors = np.load(bundle.file("item_vectors.npy"), mmap_mode="r")  # read in blocks below
@@ -285,13 +272,13 @@ def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
     if (bundle.path / TEXT_ENCODER.file).is_file():
         text_encoder = OnnxTextEncoder(bundle.path, settings)
     bundle_rows = {item_id: r for r, item_id in enumerate(item_ids)}
-    popularity = np.array(popularity_values, dtype=np.float32)
+    popularity = np.array(columns.popularity, dtype=np.float32)
     popular_rows = np.argsort(-popularity, kind="stable").astype(np.int64)
     width = int(vectors.shape[1])
     taste_dim = min(int(bundle.model_info.get("dim", width)), width)
     return RetrievalState(
         bundle=bundle, n_bundle=n,
-        item_ids=item_ids, titles=titles, tags=tags, clusters=clusters,
+        item_ids=item_ids, titles=columns.titles, tags=tags, clusters=clusters,
         row_of=dict(bundle_rows), bundle_row_of=bundle_rows,
         model_index=GrowableRows(np.arange(n, dtype=np.int64) + FIRST_ITEM_INDEX),
         content=(IndexRows(index_content, n) if rows_in_index else
