@@ -45,6 +45,7 @@ from offline.train import (
     left_pad,
     train_ranker,
 )
+from offline.warm_start import VALIDATION_TOWER_FILE, validation_tower_start, warm_state
 from shared import ann, ranker_features
 from shared.bundle import FIRST_ITEM_INDEX, Bundle
 from shared.data import Dataset, load_dataset
@@ -118,23 +119,24 @@ def run_build(settings: Settings, dataset: str | Dataset, sample_users: int | No
         train_cfg.epochs = epochs
     if train_minutes is not None:
         train_cfg.max_minutes = train_minutes
-    init_state, warm_facts = None, None
+    init_state, valid_state, warm_facts = None, None, None
     if warm_start is not None:
-        from offline.warm_start import warm_state
-
-        init_state, warm_facts = warm_state(warm_start, split.item_ids,
-                                            SequentialRanker(model_cfg).state_dict())
+        fresh = SequentialRanker(model_cfg).state_dict()
+        init_state, warm_facts = warm_state(warm_start, split.item_ids, fresh)
+        if rank_stage:
+            # the tower the candidate ranker learns from starts from its own counterpart, never
+            # from the serving tower (it trained on the ranker's targets): validation_tower_start
+            valid_state, valid_facts = validation_tower_start(warm_start, split.item_ids, fresh)
+            if valid_state is None:  # the two towers must share a space: both start cold
+                init_state = None
+            warm_facts = {"refit": warm_facts, "validation_run": valid_facts}
         print(f"[build] warm start from {warm_start.version}: {warm_facts}", flush=True)
     table = content_table(content)
-    # A warm start's weights learnt each user's last train item (`held`, the candidate
-    # ranker's target): the serving bundle trained on it. Started from them, the tower whose
-    # candidates teach the ranker finds those targets far more often than any new one (ANN
-    # recall 0.44 on the ranker's training examples against 0.08 on validation, MicroLens
-    # sample), and the ranker learns to trust it. That tower starts cold; the refit warm.
     with steps.step("train_tower"):
         model, train_facts = train_ranker(held_split if rank_stage else train_split, content,
                                           model_cfg, train_cfg,
-                                          None if rank_stage else init_state)
+                                          valid_state if rank_stage else init_state)
+    validation_tower = model if rank_stage else None
     cand_ranker, ranker_facts = None, {"trained": False, "why": "disabled (candidate_ranker)"}
     if rank_stage:
         with steps.step("train_candidate_ranker"):
@@ -166,6 +168,10 @@ def run_build(settings: Settings, dataset: str | Dataset, sample_users: int | No
         parity = check_parity(model, work, _parity_batches(split, table))
         if cand_ranker is not None:  # ranker.onnx becomes the candidate ranker
             parity["ranker.onnx"] = _export_candidate_ranker(cand_ranker, work, split, table)
+            assert validation_tower is not None  # a candidate ranker implies the rank stage
+            torch.save({"config": validation_tower.cfg.to_dict(),
+                        "state_dict": validation_tower.state_dict()},
+                       work / VALIDATION_TOWER_FILE)  # a warm retrain's start (warm_start.py)
             torch.save({"config": cand_ranker.cfg.to_dict(),
                         "tower": cand_ranker.tower.cfg.to_dict(),
                         "state_dict": cand_ranker.state_dict()}, work / "candidate_ranker.pt")

@@ -15,7 +15,7 @@ import torch
 from offline.model import RankerConfig, SequentialRanker
 from offline.promotion import decide, gate
 from offline.retrain import assemble
-from offline.warm_start import warm_state
+from offline.warm_start import VALIDATION_TOWER_FILE, warm_state
 from services.archiver.eventlog import EVENTS, EventLog
 from shared.bundle import FIRST_ITEM_INDEX, Bundle
 from shared.contracts import Event
@@ -118,19 +118,13 @@ def test_the_gate_decides_and_writes_its_reasons(small_bundle: Path, base,
     assert promote_command(settings, "cand") == 3  # refused without --force, nothing promoted
 
 
-def test_a_warm_start_never_feeds_the_candidate_ranker_a_tower_that_saw_its_targets(
-        small_bundle: Path, base, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The serving bundle trained on each user's last train item: the candidate ranker's
-    training target (offline/ranker_data.py). Its tower, warm-started from those weights,
-    found those targets among its candidates far more often than it finds new ones
-    (MicroLens sample: ANN recall 0.44 on the ranker's training examples, 0.08 on
-    validation), so the ranker learnt to trust it. The validation-run tower starts cold; the
-    refit, which the ranker never learns from, starts warm."""
+def _starts(bundle: Bundle, base, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list:
+    """The initial states the build hands its two tower trainings, warm-started from
+    `bundle` (the run stops at the second)."""
     import numpy as np
 
     import offline.build as build
 
-    serving = Bundle(small_bundle)
     calls: list[object] = []
 
     class Stop(Exception):
@@ -142,14 +136,40 @@ def test_a_warm_start_never_feeds_the_candidate_ranker_a_tower_that_saw_its_targ
             raise Stop
         return SequentialRanker(model_cfg), {"history": [{"epoch": 1, "NDCG@10": 0.1}]}
 
-    dim = Bundle(small_bundle).content_embeddings().shape[1]
+    dim = bundle.content_embeddings().shape[1]
     monkeypatch.setattr(build, "content_embeddings", lambda ds, *a: (
         np.zeros((len(ds.items), dim), np.float32), {"source": "test"}))
     monkeypatch.setattr(build, "train_ranker", train_ranker)
     monkeypatch.setattr(build, "_candidate_ranker", lambda *a: (None, {"trained": True}))
     settings = Settings(artifacts_dir=tmp_path, ort_intra_threads=1)
     with pytest.raises(Stop):
-        build.run_build(settings, base, epochs=1, tag_clusters=False, warm_start=serving)
-    validation_run, refit = calls
-    assert validation_run is None
-    assert refit is not None  # the warm start's weights
+        build.run_build(settings, base, epochs=1, tag_clusters=False, warm_start=bundle)
+    return calls
+
+
+def test_a_warm_start_starts_each_tower_from_its_counterpart(
+        small_bundle: Path, base, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The serving tower (ranker.pt) trained on each user's last train item, the candidate
+    ranker's target: started from it, the tower whose candidates teach the ranker found those
+    targets far more often than new ones (MicroLens sample: ANN recall 0.44 on the ranker's
+    training examples, 0.08 on validation). So the validation-run tower starts from the
+    serving bundle's own validation-run tower (which never trained on them), the refit from
+    the serving tower: each pair shares a space, as the ranker's linear maps over the tower's
+    states need."""
+    bundle = Bundle(small_bundle)
+    validation_run, refit = _starts(bundle, base, tmp_path, monkeypatch)
+    served = torch.load(bundle.file("ranker.pt"), weights_only=True)["state_dict"]
+    validated = torch.load(bundle.file(VALIDATION_TOWER_FILE), weights_only=True)["state_dict"]
+    name = "id_embedding.weight"
+    assert not torch.equal(served[name], validated[name])  # two different towers
+    assert torch.equal(validation_run[name], validated[name])
+    assert torch.equal(refit[name], served[name])
+
+
+def test_a_bundle_without_its_validation_tower_retrains_both_towers_cold(
+        small_bundle: Path, base, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cold validation-run tower and a warm refit would not share a space: both start cold."""
+    older = tmp_path / "older"
+    shutil.copytree(small_bundle, older)
+    (older / VALIDATION_TOWER_FILE).unlink()
+    assert _starts(Bundle(older), base, tmp_path / "art", monkeypatch) == [None, None]
