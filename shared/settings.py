@@ -67,7 +67,10 @@ class Settings(BaseSettings):
     key_prefix: str = Field("vidrec:v3", description="Versioned prefix of every Redis key.")
     history_cap: int = Field(200, ge=1, le=100_000)
     tag_half_life_days: float = Field(14.0, gt=0)
-    event_dedupe_ttl_s: int = Field(7 * 24 * 3600, ge=1)
+    event_dedupe_ttl_s: int = Field(
+        7 * 24 * 3600, ge=1, description="How long an event_id is remembered (a retry within it "
+        "is a duplicate). Each accepted event keeps a ~200 B marker this long: size it to how "
+        "long clients retry (docs/feature_store.md).")
     events_stream: str = Field("events", min_length=1)
     events_stream_maxlen: int = Field(10_000_000, ge=1)
     events_batch_script: bool = Field(
