@@ -450,7 +450,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare", action="append", default=[], metavar="NAME:VAR=V[,VAR=V]",
                    help="A configuration run side by side with the others (repeatable; the "
                         "last is the one reported as `levels`), e.g. "
-                        "old:VIDREC_MAX_IN_FLIGHT=8. Default: the settings as configured.")
+                        "old:VIDREC_MAX_IN_FLIGHT=8; VIDREC_BENCH_CHECKOUT=/path runs that "
+                        "configuration's servers from another checkout (a git worktree of "
+                        "another commit). Default: the settings as configured.")
     p.add_argument("--capacity-one", type=float, default=None,
                    help="Skip the one-process step-load and use this capacity (req/s).")
     p.add_argument("--capacity-four", type=float, default=None,

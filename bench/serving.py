@@ -44,9 +44,11 @@ import numpy as np
 import orjson
 
 from bench.openloop import Conn, Request
+from shared.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "results" / "serving.json"
+CHECKOUT_VAR = "VIDREC_BENCH_CHECKOUT"  # a server's checkout, when not this one (Servers.start)
 KEY_PREFIX = "vidrec:bench"
 TARGETS = {"one_process_p99_ms": 25.0, "four_services_p99_ms": 40.0, "overhead": 1.5}
 K = 20
@@ -190,9 +192,14 @@ class Servers:
         log = open(self.log_dir / f"{service}-{port}.log", "wb")  # noqa: SIM115 - kept open
         # taskset execs the server, so the pid stays the server's (stopped by pid as before).
         pin = ["taskset", "-c", self.cpus] if self.cpus else []
+        # CHECKOUT_VAR runs the server from another checkout (a worktree holding the code to
+        # compare): `python -m` puts its cwd first on sys.path, so PYTHONPATH alone would not.
+        checkout = env.get(CHECKOUT_VAR) or str(REPO)
+        env = {"VIDREC_ARTIFACTS_DIR": str(Settings().artifacts_dir.resolve()),  # as seen here
+               **env, "PYTHONPATH": checkout}
         proc = subprocess.Popen(
             [*pin, sys.executable, "-m", "vidrec_cli", "serve", service, "--port", str(port)],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+            cwd=checkout, env=env, stdout=log, stderr=subprocess.STDOUT)
         self.procs.append((service, proc))
         return f"http://127.0.0.1:{port}"
 
