@@ -17,6 +17,11 @@ candidates `build` returns float32 [C, F] in the order of `FEATURE_NAMES`, group
                 user's last `RECENT_WINDOW` items (what is watched now), and their log ratio
                 (the trend)
     user        history length (how active the user is)
+    cooc        how often the candidate followed the user's newest items in other people's
+                sequences (within COOC_WINDOW steps, training window only): after the last
+                item, after any of the last few (recency-weighted), and as a share of what
+                followed them. The tower learns sequences through one vector per user; this
+                counts the transitions themselves, which it can only approximate
 
 The tower's own score is not a feature here: the ranker graph computes it itself. An item the
 bundle does not hold (upserted while serving) has no statistics and no clusters: those
@@ -39,6 +44,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "content": ("cos_last", "cos_recent_max", "cos_recent_mean"),
     "popularity": ("pop", "pop_recent", "trend"),
     "user": ("history_len",),
+    "cooc": ("cooc_last", "cooc_recent", "cooc_share"),
 }
 FEATURE_NAMES: tuple[str, ...] = tuple(n for names in GROUPS.values() for n in names)
 NUM_FEATURES = len(FEATURE_NAMES)
@@ -50,6 +56,57 @@ PROFILE_ITEMS = 50     # history items the tag profile reads
 LAST_FEW = 5           # cos_recent_max reads this many newest items
 RECENT = 10            # cos_recent_mean: as retrieval's content query (services/retrieval)
 RECENCY_DECAY = 0.8
+COOC_WINDOW = 3        # b counts as following a when it comes at most this many steps later
+COOC_ITEMS = 5         # cooc_recent / cooc_share read this many newest history items
+
+
+@dataclass
+class Transitions:
+    """Sparse counts (CSR by the earlier item): how often item b came at most COOC_WINDOW
+    steps after item a in one user's sequence. Rows are bundle rows; each row's `next` is
+    sorted, so a lookup is one binary search per (history item, candidates)."""
+
+    ptr: np.ndarray    # int64 [N + 1]
+    next: np.ndarray   # int32: the later items, sorted within each row
+    count: np.ndarray  # float32: how often
+
+    @classmethod
+    def from_sequences(cls, sequences: Iterable[np.ndarray], n: int) -> Transitions:
+        seqs = [np.asarray(s, np.int64) for s in sequences]
+        flat = np.concatenate(seqs) if seqs else np.empty(0, np.int64)
+        owner = np.repeat(np.arange(len(seqs)), [len(s) for s in seqs])
+        keys = [flat[:-d] * n + flat[d:] for d in range(1, COOC_WINDOW + 1)
+                if len(flat) > d]
+        same = [owner[:-d] == owner[d:] for d in range(1, COOC_WINDOW + 1) if len(flat) > d]
+        pairs = (np.concatenate([k[m] for k, m in zip(keys, same, strict=True)])
+                 if keys else np.empty(0, np.int64))
+        pairs = pairs[(pairs // n) != (pairs % n)]  # a rewatch is not a transition
+        unique, counts = np.unique(pairs, return_counts=True)  # sorted by (a, b)
+        first = unique // n
+        ptr = np.zeros(n + 1, np.int64)
+        np.cumsum(np.bincount(first, minlength=n), out=ptr[1:])
+        return cls(ptr, (unique % n).astype(np.int32), counts.astype(np.float32))
+
+    def following(self, earlier: np.ndarray, later: np.ndarray) -> np.ndarray:
+        """float32 [len(earlier), len(later)]: count of each `later` item after each
+        `earlier` one (0 for rows < 0)."""
+        out = np.zeros((len(earlier), len(later)), np.float32)
+        later = np.asarray(later, np.int64)
+        for i, a in enumerate(np.asarray(earlier, np.int64)):
+            if a < 0:
+                continue
+            lo, hi = int(self.ptr[a]), int(self.ptr[a + 1])
+            if hi == lo:
+                continue
+            row = self.next[lo:hi]
+            pos = np.minimum(np.searchsorted(row, later), hi - lo - 1)
+            out[i] = np.where(row[pos] == later, self.count[lo:hi][pos], 0.0)
+        return out
+
+    def out_counts(self, rows: np.ndarray) -> np.ndarray:
+        """float32: everything that followed each row (0 for rows < 0)."""
+        return np.array([float(self.count[self.ptr[a]:self.ptr[a + 1]].sum()) if a >= 0
+                         else 0.0 for a in np.asarray(rows, np.int64)], np.float32)
 
 
 @dataclass
@@ -64,6 +121,7 @@ class ItemStats:
     tag_ids: np.ndarray      # int32 cluster ids
     tag_names: list[str]     # cluster id -> name (explanations)
     content: np.ndarray      # float32 [N, E], L2-normalised
+    cooc: Transitions
 
     @classmethod
     def from_sequences(cls, sequences: Iterable[np.ndarray], item_tags: Sequence[Sequence[str]],
@@ -85,21 +143,25 @@ class ItemStats:
             ptr[r + 1] = len(ids)
         return cls(pop.astype(np.float32), recent.astype(np.float32), float(pop.sum()),
                    float(recent.sum()), ptr, np.asarray(ids, np.int32), list(names),
-                   np.ascontiguousarray(content, np.float32))
+                   np.ascontiguousarray(content, np.float32),
+                   Transitions.from_sequences(sequences, n))
 
     def save(self, path: Path) -> None:
         np.savez(path, popularity=self.popularity, recent=self.recent,
                  totals=np.array([self.total, self.total_recent]), tag_ptr=self.tag_ptr,
-                 tag_ids=self.tag_ids, tag_names=np.array(self.tag_names, dtype=object))
+                 tag_ids=self.tag_ids, tag_names=np.array(self.tag_names, dtype=object),
+                 cooc_ptr=self.cooc.ptr, cooc_next=self.cooc.next, cooc_count=self.cooc.count)
 
     @classmethod
     def load(cls, path: Path, content: np.ndarray) -> ItemStats:
         with np.load(path, allow_pickle=True) as z:
             stats = cls(z["popularity"], z["recent"], float(z["totals"][0]),
                         float(z["totals"][1]), z["tag_ptr"], z["tag_ids"],
-                        [str(t) for t in z["tag_names"]], np.ascontiguousarray(content,
-                                                                                np.float32))
-        if len(stats.popularity) != len(content) or len(stats.tag_ptr) != len(content) + 1:
+                        [str(t) for t in z["tag_names"]],
+                        np.ascontiguousarray(content, np.float32),
+                        Transitions(z["cooc_ptr"], z["cooc_next"], z["cooc_count"]))
+        if (len(stats.popularity) != len(content) or len(stats.tag_ptr) != len(content) + 1
+                or len(stats.cooc.ptr) != len(content) + 1):
             raise ValueError(f"{path}: statistics for {len(stats.popularity)} items, the "
                              f"bundle has {len(content)}")
         return stats
@@ -212,6 +274,17 @@ def build(stats: ItemStats, history: np.ndarray, cand_rows: np.ndarray, source: 
 
     # user
     out[:, col["history_len"]] = np.log1p(len(history))
+
+    # cooc: what followed the newest items in the training window
+    if len(history):
+        newest = history[-COOC_ITEMS:]
+        counts = stats.cooc.following(newest, cand_rows)  # [k, C]; unknown candidates: 0
+        counts[:, ~known] = 0.0
+        weights = RECENCY_DECAY ** np.arange(len(newest) - 1, -1, -1, dtype=np.float32)
+        out[:, col["cooc_last"]] = np.log1p(counts[-1])
+        out[:, col["cooc_recent"]] = np.log1p(weights @ counts)
+        shares = counts / np.maximum(stats.cooc.out_counts(newest), 1.0)[:, None]
+        out[:, col["cooc_share"]] = np.log1p(100.0 * (weights @ shares))
     return out
 
 

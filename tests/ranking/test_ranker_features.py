@@ -42,3 +42,42 @@ def test_candidates_get_their_clusters_affinity(stats: rf.ItemStats) -> None:
     assert feats[:, col["tag_affinity"]] == pytest.approx([weight_a, 0, 0, 0])
     assert feats[:, col["tag_affinity_max"]] == pytest.approx([weight_a, 0, 0, 0])
     assert feats[:, col["tags_matched"]].tolist() == [1, 0, 0, 0]
+
+
+def test_transitions_count_what_followed_within_the_window() -> None:
+    # two users: 0 1 2 3 and 1 2 2 0; within 3 steps, a rewatch (2 after 2) is no transition
+    t = rf.Transitions.from_sequences([np.array([0, 1, 2, 3]), np.array([1, 2, 2, 0])], 5)
+    assert t.following(np.array([1]), np.array([2, 3, 0, 4])).tolist() == [[3, 1, 1, 0]]
+    assert t.following(np.array([2]), np.array([0, 2, 3])).tolist() == [[2, 0, 1]]
+    assert t.following(np.array([-1, 4]), np.array([0, 1])).tolist() == [[0, 0], [0, 0]]
+    assert t.out_counts(np.array([1, 4, -1])).tolist() == [5, 0, 0]
+    # nothing crosses from one user's sequence into the next (3 is last, 1 starts the next)
+    assert t.following(np.array([3]), np.array([1, 2])).tolist() == [[0, 0]]
+
+
+def test_cooc_features_weigh_the_newest_items_and_stay_zero_for_unknown_items() -> None:
+    content = np.eye(5, 8, dtype=np.float32)
+    stats = rf.ItemStats.from_sequences([np.array([0, 2]), np.array([1, 2]),
+                                         np.array([1, 3])], TAGS, content)
+    hist, cands = np.array([0, 1]), np.array([2, 3, 4, -1])
+    feats = rf.build(stats, hist, cands, np.zeros(4, np.int64), np.arange(4),
+                     np.ones(4, np.float32), cand_content=np.zeros((4, 8), np.float32))
+    col = {n: i for i, n in enumerate(rf.FEATURE_NAMES)}
+    # after row 1 (newest, weight 1): 2 once, 3 once; after row 0 (weight 0.8): 2 once
+    assert feats[:, col["cooc_last"]] == pytest.approx(np.log1p([1, 1, 0, 0]))
+    assert feats[:, col["cooc_recent"]] == pytest.approx(np.log1p([1.8, 1, 0, 0]))
+    # shares: row 1 was followed twice (2, 3), row 0 once (2)
+    assert feats[:, col["cooc_share"]] == pytest.approx(
+        np.log1p(100 * np.array([0.8 * 1 + 0.5, 0.5, 0, 0])))
+
+
+def test_statistics_survive_a_save_and_load(tmp_path) -> None:
+    content = np.eye(5, 8, dtype=np.float32)
+    stats = rf.ItemStats.from_sequences([np.array([0, 1, 2]), np.array([2, 0])], TAGS, content)
+    stats.save(tmp_path / "s.npz")
+    back = rf.ItemStats.load(tmp_path / "s.npz", content)
+    for name in ("ptr", "next", "count"):
+        assert np.array_equal(getattr(back.cooc, name), getattr(stats.cooc, name))
+    hist, cands = np.array([0, 1]), np.array([2, 0, 3])
+    args = (np.zeros(3, np.int64), np.arange(3), np.ones(3, np.float32))
+    assert np.array_equal(rf.build(back, hist, cands, *args), rf.build(stats, hist, cands, *args))
