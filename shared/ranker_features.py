@@ -127,11 +127,11 @@ class ItemStats:
     def from_sequences(cls, sequences: Iterable[np.ndarray], item_tags: Sequence[Sequence[str]],
                        content: np.ndarray) -> ItemStats:
         """sequences: bundle rows per user, oldest first (the training window only)."""
+        sequences = [np.asarray(seq, np.int64) for seq in sequences]  # read twice below
         n = len(item_tags)
         pop = np.zeros(n, np.float64)
         recent = np.zeros(n, np.float64)
         for seq in sequences:
-            seq = np.asarray(seq, np.int64)
             np.add.at(pop, seq, 1.0)
             np.add.at(recent, seq[-RECENT_WINDOW:], 1.0)
         names: dict[str, int] = {}

@@ -71,11 +71,14 @@ def check_io(session: Session, *, content_dim: int, max_history: int) -> None:
     Axes the scorer varies per call (B, C) must be dynamic; L may be dynamic or exactly
     max_history (histories are then padded to it); E must match the content embeddings.
     """
+    graph = graph_of(session)
     try:
-        graph_of(session).check(session, fixed={"E": content_dim, "L": max_history,
-                                                 "F": NUM_FEATURES})
+        graph.check(session, fixed={"E": content_dim, "L": max_history, "F": NUM_FEATURES})
     except GraphMismatch as exc:
-        raise ModelSchemaMismatch(str(exc)) from None
+        hint = ("; the candidate ranker's features (shared/ranker_features.py) change between "
+                "vidrec versions: rebuild the bundle with this one" if graph is CANDIDATE_RANKER
+                else "")
+        raise ModelSchemaMismatch(f"{exc}{hint}") from None
 
 
 def check_model_json(info: Mapping[str, Any], *, items: int, content_dim: int,
