@@ -170,7 +170,8 @@ class OnnxRanker:
             return ItemStats.load(bundle.file(STATS_FILE), content)
         except (BundleError, OSError, ValueError, KeyError) as exc:
             raise RankerLoadError(f"bundle {bundle.path}: its ranker reads candidate features "
-                                  f"but {STATS_FILE} is not usable: {exc}") from exc
+                                  f"but {STATS_FILE} is not usable: {exc} (a bundle built by "
+                                  "another vidrec version: rebuild it with this one)") from exc
 
     @classmethod
     def open(cls, settings: Settings, version: str | None = None) -> OnnxRanker:
