@@ -149,6 +149,7 @@ def run_build(settings: Settings, dataset: str | Dataset, sample_users: int | No
         with steps.step("refit_tower"):
             best_epoch = max(train_facts["history"], key=lambda h: h["NDCG@10"])["epoch"]
             refit_epochs, refit_start = best_epoch, init_state
+            refit_from = "the warm start" if init_state is not None else "cold"
             if cand_ranker is not None and init_state is None:
                 # The candidate ranker's maps learnt on the validation-run tower's space: a
                 # refit that continues that tower keeps the space, where a cold refit from the
@@ -157,6 +158,7 @@ def run_build(settings: Settings, dataset: str | Dataset, sample_users: int | No
                 # tower alone 0.0457 -> 0.0440. (A warm retrain already continues A's towers.)
                 refit_start = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 refit_epochs = max(2, best_epoch // 2)
+                refit_from = "the validation-run tower"
             # --train-minutes bounds the refit too; without it the refit runs its epochs
             refit_cfg = replace(train_cfg, epochs=refit_epochs, max_minutes=(
                 train_minutes if train_minutes is not None else float("inf")))
@@ -164,10 +166,7 @@ def run_build(settings: Settings, dataset: str | Dataset, sample_users: int | No
                                               model_cfg, refit_cfg, refit_start)
             train_facts = {"validation_run": train_facts, "refit": refit_facts,
                            "refit_epochs": refit_epochs,
-                           "refit_start": ("the validation-run tower" if refit_start is not None
-                                           and init_state is None else
-                                           "the warm start" if init_state is not None
-                                           else "cold")}
+                           "refit_start": refit_from}
             split = split.with_validation_in_train()  # baselines then fit on the same data
             if cand_ranker is not None:
                 # The ranker learned from a tower that knew everything before each training

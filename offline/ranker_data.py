@@ -70,7 +70,7 @@ def candidate_examples(item_vecs: np.ndarray, user_vecs: np.ndarray, stats: Item
     """
     from scipy import sparse
 
-    from shared.ranker_features import RECENCY_DECAY, RECENT, tag_profile
+    from shared.ranker_features import RECENT, recency_weights, tag_profile
 
     n = len(stats.popularity)
     item_tags = sparse.csr_matrix((np.ones(len(stats.tag_ids), np.float32), stats.tag_ids,
@@ -84,8 +84,7 @@ def candidate_examples(item_vecs: np.ndarray, user_vecs: np.ndarray, stats: Item
         for b in range(stop - start):
             recent = histories[start + b][-RECENT:]
             if len(recent):
-                w = RECENCY_DECAY ** np.arange(len(recent) - 1, -1, -1, dtype=np.float32)
-                queries[b] = w @ stats.content[recent]
+                queries[b] = recency_weights(len(recent)) @ stats.content[recent]
         queries /= np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
         content_scores = queries @ stats.content.T
         for b in range(stop - start):

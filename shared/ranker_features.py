@@ -75,11 +75,11 @@ class Transitions:
         seqs = [np.asarray(s, np.int64) for s in sequences]
         flat = np.concatenate(seqs) if seqs else np.empty(0, np.int64)
         owner = np.repeat(np.arange(len(seqs)), [len(s) for s in seqs])
-        keys = [flat[:-d] * n + flat[d:] for d in range(1, COOC_WINDOW + 1)
-                if len(flat) > d]
-        same = [owner[:-d] == owner[d:] for d in range(1, COOC_WINDOW + 1) if len(flat) > d]
-        pairs = (np.concatenate([k[m] for k, m in zip(keys, same, strict=True)])
-                 if keys else np.empty(0, np.int64))
+        parts = [np.empty(0, np.int64)]
+        for d in range(1, min(COOC_WINDOW, len(flat) - 1) + 1):
+            same_user = owner[:-d] == owner[d:]
+            parts.append((flat[:-d] * n + flat[d:])[same_user])  # pair (a, b) as one key
+        pairs = np.concatenate(parts)
         pairs = pairs[(pairs // n) != (pairs % n)]  # a rewatch is not a transition
         unique, counts = np.unique(pairs, return_counts=True)  # sorted by (a, b)
         first = unique // n
@@ -89,7 +89,7 @@ class Transitions:
 
     def following(self, earlier: np.ndarray, later: np.ndarray) -> np.ndarray:
         """float32 [len(earlier), len(later)]: count of each `later` item after each
-        `earlier` one (0 for rows < 0)."""
+        `earlier` one (0 for rows < 0 on either side: no row follows or is followed by them)."""
         out = np.zeros((len(earlier), len(later)), np.float32)
         later = np.asarray(later, np.int64)
         for i, a in enumerate(np.asarray(earlier, np.int64)):
@@ -260,8 +260,7 @@ def build(stats: ItemStats, history: np.ndarray, cand_rows: np.ndarray, source: 
         sims = cc @ stats.content[recent].T  # [C, len(recent)]
         out[:, col["cos_last"]] = sims[:, -1]
         out[:, col["cos_recent_max"]] = sims[:, -LAST_FEW:].max(axis=1)
-        weights = RECENCY_DECAY ** np.arange(len(recent) - 1, -1, -1, dtype=np.float32)
-        query = weights @ stats.content[recent]
+        query = recency_weights(len(recent)) @ stats.content[recent]
         query /= max(float(np.linalg.norm(query)), 1e-12)
         out[:, col["cos_recent_mean"]] = cc @ query
 
@@ -279,13 +278,18 @@ def build(stats: ItemStats, history: np.ndarray, cand_rows: np.ndarray, source: 
     if len(history):
         newest = history[-COOC_ITEMS:]
         counts = stats.cooc.following(newest, cand_rows)  # [k, C]; unknown candidates: 0
-        counts[:, ~known] = 0.0
-        weights = RECENCY_DECAY ** np.arange(len(newest) - 1, -1, -1, dtype=np.float32)
+        weights = recency_weights(len(newest))
         out[:, col["cooc_last"]] = np.log1p(counts[-1])
         out[:, col["cooc_recent"]] = np.log1p(weights @ counts)
         shares = counts / np.maximum(stats.cooc.out_counts(newest), 1.0)[:, None]
         out[:, col["cooc_share"]] = np.log1p(100.0 * (weights @ shares))
     return out
+
+
+def recency_weights(k: int) -> np.ndarray:
+    """float32 [k] for k items oldest first: the newest weighs 1, each older one
+    RECENCY_DECAY times the next."""
+    return RECENCY_DECAY ** np.arange(k - 1, -1, -1, dtype=np.float32)
 
 
 def union_ranks(sources: Sequence[int]) -> np.ndarray:
