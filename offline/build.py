@@ -52,6 +52,7 @@ from shared.data import Dataset, load_dataset
 from shared.data.download import sha256
 from shared.onnx_graphs import ITEM_ENCODER, MODEL_GRAPHS, QUERY_ENCODER, RANKER
 from shared.settings import Settings
+from shared.transitions import TRANSITIONS_FILE, Transitions
 
 LIBRARIES = ["torch", "onnx", "onnxruntime", "faiss-cpu", "numpy", "sentence-transformers",
              "scipy"]
@@ -311,6 +312,10 @@ def _write_bundle_files(work: Path, ds: Dataset, split: Split, content: np.ndarr
                work / "ranker.pt")
     np.save(work / "content_embeddings.npy", content.astype(np.float32))
     np.save(work / "item_vectors.npy", item_vectors.astype(np.float32))
+    # what followed what in the sequences the bundle serves (retrieval's cooc source, the
+    # candidate ranker's cooc features)
+    Transitions.from_sequences([s - FIRST_ITEM_INDEX for s in split.train],
+                               split.num_items).save(work / TRANSITIONS_FILE)
 
 
 def _export_text_encoder(settings: Settings, work: Path, content_facts: dict) -> dict:

@@ -17,6 +17,7 @@ import numpy as np
 
 from offline.split import Split
 from shared.ranker_features import ItemStats, union_ranks
+from shared.transitions import best_first
 
 
 def holdout_last_train(split: Split) -> tuple[Split, np.ndarray]:
@@ -62,9 +63,10 @@ def candidate_examples(item_vecs: np.ndarray, user_vecs: np.ndarray, stats: Item
                        histories: list[np.ndarray], targets: np.ndarray, users: np.ndarray,
                        caps: dict[str, int], chunk: int = 512) -> list[Example]:
     """Each user's candidate set as retrieval assembles it (services/retrieval/retrieve.py):
-    ann (tower inner product), content (recency-weighted recent content mean), tags (the
-    history's strongest tag clusters) and popular, each up to its cap of unseen items; the union
-    keeps an item under the first source that proposed it (ann > content > tags > popular).
+    ann (tower inner product), cooc (what followed the newest items, from `stats.cooc`: the
+    problem's own window), content (recency-weighted recent content mean), tags (the history's
+    strongest tag clusters) and popular, each up to its cap of unseen items; the union keeps an
+    item under the first source that proposed it (ann > cooc > content > tags > popular).
 
     histories/targets: bundle rows (target -1 = none), one per entry of `users`.
     """
@@ -93,14 +95,21 @@ def candidate_examples(item_vecs: np.ndarray, user_vecs: np.ndarray, stats: Item
             blocked = np.zeros(n, bool)
             blocked[hist] = True
             found: list[tuple[np.ndarray, np.ndarray]] = []
-            for scores, cap in ((ann_scores[b], caps.get("ann", 0)),
-                                (content_scores[b], caps.get("content", 0))):
+            for name, scores in (("ann", ann_scores[b]), ("cooc", None),
+                                 ("content", content_scores[b])):
+                cap = caps.get(name, 0)
                 if cap <= 0 or not len(hist):
                     found.append((np.empty(0, np.int64), np.empty(0, np.float32)))
-                    continue
-                s = np.where(blocked, -np.inf, scores)
-                top = _top(s, cap)
-                found.append((top, s[top]))
+                elif scores is None:  # cooc: the problem's own transitions
+                    rows, s = stats.cooc.after(hist)
+                    keep = ~blocked[rows]
+                    rows, s = rows[keep], s[keep]
+                    top = best_first(rows, s, cap, stats.popularity)
+                    found.append((rows[top], s[top]))
+                else:
+                    s = np.where(blocked, -np.inf, scores)
+                    top = _top(s, cap)
+                    found.append((top, s[top]))
             profile = tag_profile(stats, hist)
             cap = caps.get("tags", 0)
             if profile and cap > 0:

@@ -117,7 +117,7 @@ def two_stage_metrics(bundle: Bundle, split: Split, settings: Settings, user_vec
     content = bundle.content_embeddings()
     stats_path = bundle.path / ranker_features.STATS_FILE
     if stats_path.is_file():
-        stats = ranker_features.ItemStats.load(stats_path, content)
+        stats = ranker_features.ItemStats.of_bundle(bundle.path, content)
     else:  # a bundle without a candidate ranker: the window statistics from its split
         stats = ranker_features.ItemStats.from_sequences(
             [s - FIRST_ITEM_INDEX for s in split.train],

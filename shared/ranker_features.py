@@ -5,9 +5,9 @@ Everything here is numpy over bundle rows; torch is not needed. For one user and
 candidates `build` returns float32 [C, F] in the order of `FEATURE_NAMES`, grouped as
 `GROUPS` (the build's ablation drops one group at a time):
 
-    source      which source proposed the candidate first (ann > content > tags > popular,
-                as retrieval's union keeps it), its position within that source's part of the
-                union, and that source's own score
+    source      which source proposed the candidate first (ann > cooc > content > tags >
+                popular, as retrieval's union keeps it), its position within that source's
+                part of the union, and that source's own score (counts log-scaled)
     tags        the user's tag-cluster profile (built from the history's items, newer items
                 weigh more) against the candidate's clusters: summed and strongest affinity,
                 clusters matched
@@ -36,10 +36,12 @@ from pathlib import Path
 
 import numpy as np
 
-SOURCES: tuple[str, ...] = ("ann", "content", "tags", "popular")
+from shared.transitions import COOC_ITEMS, TRANSITIONS_FILE, Transitions, recency_weights
+
+SOURCES: tuple[str, ...] = ("ann", "cooc", "content", "tags", "popular")
 GROUPS: dict[str, tuple[str, ...]] = {
-    "source": ("src_ann", "src_content", "src_tags", "src_popular", "src_rank",
-               "score_ann", "score_content", "score_tags", "score_popular"),
+    "source": ("src_ann", "src_cooc", "src_content", "src_tags", "src_popular", "src_rank",
+               "score_ann", "score_cooc", "score_content", "score_tags", "score_popular"),
     "tags": ("tag_affinity", "tag_affinity_max", "tags_matched"),
     "content": ("cos_last", "cos_recent_max", "cos_recent_mean"),
     "popularity": ("pop", "pop_recent", "trend"),
@@ -55,58 +57,6 @@ PROFILE_DECAY = 0.9    # tag profile: weight of an item one step older than the 
 PROFILE_ITEMS = 50     # history items the tag profile reads
 LAST_FEW = 5           # cos_recent_max reads this many newest items
 RECENT = 10            # cos_recent_mean: as retrieval's content query (services/retrieval)
-RECENCY_DECAY = 0.8
-COOC_WINDOW = 3        # b counts as following a when it comes at most this many steps later
-COOC_ITEMS = 5         # cooc_recent / cooc_share read this many newest history items
-
-
-@dataclass
-class Transitions:
-    """Sparse counts (CSR by the earlier item): how often item b came at most COOC_WINDOW
-    steps after item a in one user's sequence. Rows are bundle rows; each row's `next` is
-    sorted, so a lookup is one binary search per (history item, candidates)."""
-
-    ptr: np.ndarray    # int64 [N + 1]
-    next: np.ndarray   # int32: the later items, sorted within each row
-    count: np.ndarray  # float32: how often
-
-    @classmethod
-    def from_sequences(cls, sequences: Iterable[np.ndarray], n: int) -> Transitions:
-        seqs = [np.asarray(s, np.int64) for s in sequences]
-        flat = np.concatenate(seqs) if seqs else np.empty(0, np.int64)
-        owner = np.repeat(np.arange(len(seqs)), [len(s) for s in seqs])
-        parts = [np.empty(0, np.int64)]
-        for d in range(1, min(COOC_WINDOW, len(flat) - 1) + 1):
-            same_user = owner[:-d] == owner[d:]
-            parts.append((flat[:-d] * n + flat[d:])[same_user])  # pair (a, b) as one key
-        pairs = np.concatenate(parts)
-        pairs = pairs[(pairs // n) != (pairs % n)]  # a rewatch is not a transition
-        unique, counts = np.unique(pairs, return_counts=True)  # sorted by (a, b)
-        first = unique // n
-        ptr = np.zeros(n + 1, np.int64)
-        np.cumsum(np.bincount(first, minlength=n), out=ptr[1:])
-        return cls(ptr, (unique % n).astype(np.int32), counts.astype(np.float32))
-
-    def following(self, earlier: np.ndarray, later: np.ndarray) -> np.ndarray:
-        """float32 [len(earlier), len(later)]: count of each `later` item after each
-        `earlier` one (0 for rows < 0 on either side: no row follows or is followed by them)."""
-        out = np.zeros((len(earlier), len(later)), np.float32)
-        later = np.asarray(later, np.int64)
-        for i, a in enumerate(np.asarray(earlier, np.int64)):
-            if a < 0:
-                continue
-            lo, hi = int(self.ptr[a]), int(self.ptr[a + 1])
-            if hi == lo:
-                continue
-            row = self.next[lo:hi]
-            pos = np.minimum(np.searchsorted(row, later), hi - lo - 1)
-            out[i] = np.where(row[pos] == later, self.count[lo:hi][pos], 0.0)
-        return out
-
-    def out_counts(self, rows: np.ndarray) -> np.ndarray:
-        """float32: everything that followed each row (0 for rows < 0)."""
-        return np.array([float(self.count[self.ptr[a]:self.ptr[a + 1]].sum()) if a >= 0
-                         else 0.0 for a in np.asarray(rows, np.int64)], np.float32)
 
 
 @dataclass
@@ -147,24 +97,31 @@ class ItemStats:
                    Transitions.from_sequences(sequences, n))
 
     def save(self, path: Path) -> None:
+        """Everything but the transitions, which the bundle holds in their own file
+        (shared/transitions.py: retrieval's cooc source reads them too)."""
         np.savez(path, popularity=self.popularity, recent=self.recent,
                  totals=np.array([self.total, self.total_recent]), tag_ptr=self.tag_ptr,
-                 tag_ids=self.tag_ids, tag_names=np.array(self.tag_names, dtype=object),
-                 cooc_ptr=self.cooc.ptr, cooc_next=self.cooc.next, cooc_count=self.cooc.count)
+                 tag_ids=self.tag_ids, tag_names=np.array(self.tag_names, dtype=object))
 
     @classmethod
-    def load(cls, path: Path, content: np.ndarray) -> ItemStats:
+    def load(cls, path: Path, content: np.ndarray, cooc: Transitions) -> ItemStats:
         with np.load(path, allow_pickle=True) as z:
             stats = cls(z["popularity"], z["recent"], float(z["totals"][0]),
                         float(z["totals"][1]), z["tag_ptr"], z["tag_ids"],
                         [str(t) for t in z["tag_names"]],
-                        np.ascontiguousarray(content, np.float32),
-                        Transitions(z["cooc_ptr"], z["cooc_next"], z["cooc_count"]))
+                        np.ascontiguousarray(content, np.float32), cooc)
         if (len(stats.popularity) != len(content) or len(stats.tag_ptr) != len(content) + 1
-                or len(stats.cooc.ptr) != len(content) + 1):
+                or cooc.n_items != len(content)):
             raise ValueError(f"{path}: statistics for {len(stats.popularity)} items, the "
                              f"bundle has {len(content)}")
         return stats
+
+    @classmethod
+    def of_bundle(cls, bundle_path: Path, content: np.ndarray) -> ItemStats:
+        """A bundle's STATS_FILE with its TRANSITIONS_FILE (KeyError/ValueError/OSError when
+        one is missing or does not fit the catalogue)."""
+        cooc = Transitions.load(bundle_path / TRANSITIONS_FILE, len(content))
+        return cls.load(bundle_path / STATS_FILE, content, cooc)
 
     def tags_of(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(cluster ids, owning position) of the given rows' clusters; rows < 0 have none."""
@@ -236,7 +193,8 @@ def build(stats: ItemStats, history: np.ndarray, cand_rows: np.ndarray, source: 
     for s, name in enumerate(SOURCES):
         mine = source == s
         out[mine, col[f"src_{name}"]] = 1.0
-        value = np.log1p(np.maximum(score[mine], 0.0)) if name == "popular" else score[mine]
+        value = (np.log1p(np.maximum(score[mine], 0.0)) if name in ("popular", "cooc")
+                 else score[mine])  # counts: log-scaled
         out[mine, col[f"score_{name}"]] = value
     out[:, col["src_rank"]] = np.log1p(np.asarray(rank, np.float32))
 
@@ -284,12 +242,6 @@ def build(stats: ItemStats, history: np.ndarray, cand_rows: np.ndarray, source: 
         shares = counts / np.maximum(stats.cooc.out_counts(newest), 1.0)[:, None]
         out[:, col["cooc_share"]] = np.log1p(100.0 * (weights @ shares))
     return out
-
-
-def recency_weights(k: int) -> np.ndarray:
-    """float32 [k] for k items oldest first: the newest weighs 1, each older one
-    RECENCY_DECAY times the next."""
-    return RECENCY_DECAY ** np.arange(k - 1, -1, -1, dtype=np.float32)
 
 
 def union_ranks(sources: Sequence[int]) -> np.ndarray:

@@ -25,6 +25,7 @@ MAX_CANDIDATES_PER_SOURCE = 2000
 
 DEFAULT_CAPS = MappingProxyType({
     "ann": 300,       # the user's learned vector against the item vectors (watched alike)
+    "cooc": 100,      # what other people watched right after the user's newest items
     "content": 100,   # the recent history's content (title and tags) against the items'
     "tags": 50,       # the tags the request or the user's profile asks for
     "popular": 50,    # the bundle's popularity order (what a new user gets)
@@ -36,7 +37,8 @@ SOURCE_NAMES: tuple[str, ...] = tuple(DEFAULT_CAPS)
 # model run; past this budget the ranker's NDCG gains little (bench/results/candidate_budget.json:
 # quality against cost per request for each budget, on MicroLens-50k). A user without a
 # history, and a request with tag filters, still get DEFAULT_CAPS.
-RANKER_CAPS = MappingProxyType({"ann": 150, "content": 30, "tags": 15, "popular": 5})
+RANKER_CAPS = MappingProxyType({"ann": 150, "cooc": 50, "content": 30, "tags": 15,
+                                "popular": 5})
 
 
 def ranked_caps(candidate_caps: Mapping[str, int],
@@ -52,5 +54,5 @@ def unknown_sources(names: Iterable[str]) -> list[str]:
 
 
 def listed() -> str:
-    """The sources for a message: 'ann, content, tags, popular'."""
+    """The sources for a message: 'ann, cooc, content, tags, popular'."""
     return ", ".join(SOURCE_NAMES)

@@ -34,9 +34,9 @@ def no_cap_variables(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 def test_candidate_caps_are_one_mapping_by_source_name(no_cap_variables: object) -> None:
     assert Settings().candidate_caps == dict(DEFAULT_CAPS)
-    assert list(DEFAULT_CAPS) == ["ann", "content", "tags", "popular"]  # the union's order
+    assert list(DEFAULT_CAPS) == ["ann", "cooc", "content", "tags", "popular"]  # union order
     partial = Settings(candidate_caps={"tags": 7})
-    assert partial.candidate_caps == {"ann": 300, "content": 100, "tags": 7, "popular": 50}
+    assert partial.candidate_caps == {**DEFAULT_CAPS, "tags": 7}
     assert Settings(candidates_tags=7).candidate_caps == partial.candidate_caps  # a keyword
 
 
@@ -57,10 +57,10 @@ def test_the_caps_come_from_json_and_from_one_variable_per_source(
     env = no_cap_variables
     env.setenv("VIDREC_CANDIDATES_ANN", "120")     # the variables the caps had before
     env.setenv("vidrec_candidates_popular", "5")   # any case, as every VIDREC_ variable
-    assert Settings().candidate_caps == {"ann": 120, "content": 100, "tags": 50, "popular": 5}
+    assert Settings().candidate_caps == {**DEFAULT_CAPS, "ann": 120, "popular": 5}
     env.setenv("VIDREC_CANDIDATE_CAPS", '{"content": 7, "ann": 9}')
     # the JSON mapping wins for a source both name
-    assert Settings().candidate_caps == {"ann": 9, "content": 7, "tags": 50, "popular": 5}
+    assert Settings().candidate_caps == {**DEFAULT_CAPS, "ann": 9, "content": 7, "popular": 5}
 
 
 def test_the_rankers_budget_is_a_mapping_by_source_within_the_caps(
@@ -73,8 +73,7 @@ def test_the_rankers_budget_is_a_mapping_by_source_within_the_caps(
     # what the ranker is given: the budget within the caps
     caps = Settings(candidate_caps={"ann": 200, "popular": 0})
     assert ranked_caps(caps.candidate_caps, caps.ranker_caps) == {
-        "ann": 200, "content": RANKER_CAPS["content"], "tags": RANKER_CAPS["tags"],
-        "popular": 0}
+        **RANKER_CAPS, "ann": 200, "popular": 0}
 
 
 @pytest.mark.parametrize(("name", "value", "words"), [

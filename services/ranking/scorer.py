@@ -35,6 +35,7 @@ from shared.onnx_session import SessionLoadError, make_session
 from shared.ranker_features import NUM_FEATURES, SOURCES, STATS_FILE, ItemStats, union_ranks
 from shared.ranker_features import build as build_features
 from shared.settings import Settings
+from shared.transitions import TRANSITIONS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -167,10 +168,11 @@ class OnnxRanker:
         if self.graph is not CANDIDATE_RANKER:
             return None
         try:
-            return ItemStats.load(bundle.file(STATS_FILE), content)
+            return ItemStats.of_bundle(bundle.path, content)
         except (BundleError, OSError, ValueError, KeyError) as exc:
             raise RankerLoadError(f"bundle {bundle.path}: its ranker reads candidate features "
-                                  f"but {STATS_FILE} is not usable: {exc} (a bundle built by "
+                                  f"but {STATS_FILE} or {TRANSITIONS_FILE} is not usable: {exc} "
+                                  "(a bundle built by "
                                   "another vidrec version: rebuild it with this one)") from exc
 
     @classmethod

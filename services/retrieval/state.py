@@ -30,6 +30,7 @@ from shared.onnx_session import SessionLoadError, device_of, make_session
 from shared.settings import Settings
 from shared.tags import TagClusters
 from shared.text_encoder import OnnxTextEncoder
+from shared.transitions import TRANSITIONS_FILE, Transitions
 
 log = logging.getLogger(__name__)
 GPU_MAX_K = 2048  # faiss GPU indexes answer at most this many neighbours
@@ -123,6 +124,8 @@ class RetrievalState:
     text_encoder: OnnxTextEncoder | None
     tag_clusters: TagClusters
     max_history: int
+    transitions: Transitions | None     # what followed what (the cooc source); None: the
+                                        # bundle predates them
     dead_in_index: int = 0              # dead rows FAISS could not remove: search deeper by this
     overlay_applied: int = 0
     notes: list[str] = field(default_factory=list)
@@ -152,7 +155,7 @@ class RetrievalState:
                      if isinstance(a, GrowableRows))
         files = files_bytes(self.bundle, ["index_ann.faiss", "index_content.faiss",
                                           "query_encoder.onnx", "item_encoder.onnx",
-                                          "text_encoder.onnx"])
+                                          "text_encoder.onnx", TRANSITIONS_FILE])
         return int(arrays + files)
 
     def max_k(self) -> int:
@@ -272,6 +275,7 @@ def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
     if (bundle.path / TEXT_ENCODER.file).is_file():
         text_encoder = OnnxTextEncoder(bundle.path, settings)
     bundle_rows = {item_id: r for r, item_id in enumerate(item_ids)}
+    transitions, notes = _transitions(bundle, n)
     popularity = np.array(columns.popularity, dtype=np.float32)
     popular_rows = np.argsort(-popularity, kind="stable").astype(np.int64)
     width = int(vectors.shape[1])
@@ -296,9 +300,22 @@ def load_state(bundle: Bundle, settings: Settings) -> RetrievalState:
         index_ann=index_ann, index_content=index_content, index_kind=kind,
         faiss_device=faiss_device, onnx_device=device_of(query_encoder),
         query_encoder=query_encoder, item_encoder=item_encoder, text_encoder=text_encoder,
-        tag_clusters=tag_clusters, max_history=bundle.max_history,
+        tag_clusters=tag_clusters, max_history=bundle.max_history, transitions=transitions,
+        notes=notes,
         item_encoder_loader=lambda: encoder_session(bundle, ITEM_ENCODER, settings, fixed),
     )
+
+
+def _transitions(bundle: Bundle, n: int) -> tuple[Transitions | None, list[str]]:
+    """The bundle's transition counts, or None with a note when it has none."""
+    path = bundle.path / TRANSITIONS_FILE
+    if not path.is_file():
+        return None, [f"no {TRANSITIONS_FILE} (a bundle built before vidrec counted "
+                      "transitions): the cooc source proposes nothing until it is rebuilt"]
+    try:
+        return Transitions.load(path, n), []
+    except (OSError, ValueError, KeyError) as exc:
+        raise BundleError(f"{path}: {exc}") from exc
 
 
 def _unit_rows(vectors: np.ndarray, taste_dim: int, dtype: DTypeLike) -> GrowableRows:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from services.gateway.experiments.registry import ExperimentsRegistry
+from shared.contracts import sources_only
 from shared.experiments import ConfigError, parse
 from shared.sources import MAX_CANDIDATES_PER_SOURCE
 
@@ -45,14 +46,13 @@ def test_parses_arms_weights_and_pipeline_settings() -> None:
     assert exp.guardrail.error_rate_margin == 0.01  # the default
     weak = exp.arm("weak")
     assert weak is not None and weak.ranker is False and weak.sources == ("popular",)
-    caps = {"ann": 300, "content": 100, "tags": 50, "popular": 50}
+    caps = {"ann": 300, "cooc": 100, "content": 100, "tags": 50, "popular": 50}
     assert weak.settings_overrides(caps) == {
-        "candidate_caps": {"ann": 0, "content": 0, "tags": 0, "popular": 80}, "max_per_tag": 0}
+        "candidate_caps": sources_only(popular=80), "max_per_tag": 0}
     assert caps["popular"] == 50  # the gateway's own caps stay as they were
     # with the candidate ranker's budget, the arm's counts change it too
-    budget = {"ann": 150, "content": 30, "tags": 15, "popular": 5}
-    assert weak.settings_overrides(caps, budget)["ranker_caps"] == {
-        "ann": 0, "content": 0, "tags": 0, "popular": 80}
+    budget = {"ann": 150, "cooc": 50, "content": 30, "tags": 15, "popular": 5}
+    assert weak.settings_overrides(caps, budget)["ranker_caps"] == sources_only(popular=80)
     assert exp.arm("current").settings_overrides(caps) == {}
     assert not config.experiments["old"].active
 
@@ -123,7 +123,8 @@ def test_an_arms_unknown_source_is_refused_at_its_line() -> None:
     with pytest.raises(ConfigError) as exc:
         parse(text, "exp.toml")
     assert str(exc.value) == ("exp.toml, line 6: experiments.x.arms.\"v.2\".candidates.web: not "
-                              "a candidate source (the sources are ann, content, tags, popular)")
+                              "a candidate source (the sources are ann, cooc, content, tags, "
+                              "popular)")
 
 
 def test_an_arms_caps_at_the_bounds_are_kept() -> None:

@@ -16,6 +16,7 @@ from services.feature_store.store import FeatureStore
 from services.gateway.console_stats import Raw, interval, quantile
 from shared.bundle import Bundle
 from shared.settings import Settings
+from shared.sources import SOURCE_NAMES
 from tests.gateway.conftest import recs
 
 
@@ -114,7 +115,7 @@ def test_the_profile_shows_liked_tags_up_and_disliked_tags_down(live: str,
 
 def test_recommendations_name_the_source_of_each_item(live: str, users: list[str]) -> None:
     body = recs(live, users[(len(users) * 3) // 5], k=10)
-    assert {it["source"] for it in body["items"]} <= {"ann", "content", "tags", "popular"}
+    assert {it["source"] for it in body["items"]} <= set(SOURCE_NAMES)
     assert body["items"][0]["source"]
 
 
@@ -150,8 +151,7 @@ def test_bundle_metrics_for_the_console(live: str, bundle: Bundle) -> None:
     body = httpx.get(f"{live}/v1/bundle").json()
     assert body["version"] == bundle.version
     assert "two_stage" in body["metrics"]["models"]
-    assert {"ann", "content", "tags", "popular"} <= set(
-        body["retrieval"]["recall_of_test_item"]["by_source"])
+    assert set(SOURCE_NAMES) <= set(body["retrieval"]["recall_of_test_item"]["by_source"])
     assert body["chart"] is True
     png = httpx.get(f"{live}/v1/bundle/metrics.png")
     assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"

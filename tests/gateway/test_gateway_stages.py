@@ -25,7 +25,14 @@ from services.gateway.pipeline.retrieve import Retrieve, query_tags
 from services.gateway.pipeline.score import Score
 from services.gateway.pipeline.select import Select, diversify, reserve
 from services.gateway.pipeline.stage import Pipeline, ScoreMismatch, Step
-from shared.contracts import Candidate, ItemMeta, ScoreItem, ScoreResponse, UserState
+from shared.contracts import (
+    Candidate,
+    ItemMeta,
+    ScoreItem,
+    ScoreResponse,
+    UserState,
+    sources_only,
+)
 from shared.observability import DEGRADED, FILTERED
 
 
@@ -134,6 +141,7 @@ def test_explain_gives_readable_reasons() -> None:
         Pick(cand("c", source="popular"), meta("c", ["news"]), 1.0),
         Pick(cand("d", source="content"), meta("d", ["cats", "dogs"]), 1.0),
         Pick(cand("e", source="ann"), meta("e", []), 1.0),
+        Pick(cand("f", source="cooc", nearest_history="w"), meta("f", []), 1.0),
     ]
     run(Explain().run(ctx))
     assert ctx.picks[0].reasons == ["because you watched Cat video one", "matches #cats"]
@@ -141,6 +149,7 @@ def test_explain_gives_readable_reasons() -> None:
     assert ctx.picks[2].reasons == ["popular now"]
     assert ctx.picks[3].reasons == ["matches #cats"]
     assert ctx.picks[4].reasons == ["similar to what you watch"]
+    assert ctx.picks[5].reasons == ["because you watched Cat video one", "often watched next"]
 
 
 def test_explain_names_the_history_item_the_ranker_attended_to() -> None:
@@ -275,13 +284,12 @@ def test_tags_the_request_asked_for_are_not_capped() -> None:
 
 
 def test_retrieve_asks_only_what_can_reach_the_answer() -> None:
-    caps = {"ann": 300, "content": 100, "tags": 50, "popular": 50}
+    caps = {"ann": 300, "cooc": 100, "content": 100, "tags": 50, "popular": 50}
     stage = Retrieve(retrieval=None, caps=caps, catalog=Catalog.empty())  # type: ignore[arg-type]
     # a user with a history: ANN's head; tags only for interests
-    assert stage.caps_for(RecRequest("u", k=20), True) == {"ann": 60, "content": 0,
-                                                           "tags": 0, "popular": 0}
-    assert stage.caps_for(RecRequest("u", k=5, interests=("x",)), True) == {
-        "ann": 30, "content": 0, "tags": 50, "popular": 0}
+    assert stage.caps_for(RecRequest("u", k=20), True) == sources_only(ann=60)
+    assert stage.caps_for(RecRequest("u", k=5, interests=("x",)), True) == sources_only(
+        ann=30, tags=50)
     assert stage.caps_for(RecRequest("u", k=100), True)["ann"] == 300  # the setting wins
     # no history (nothing to search with) or tag filters (may remove most): every source
     assert stage.caps_for(RecRequest("u", k=20), False) == caps
@@ -289,8 +297,8 @@ def test_retrieve_asks_only_what_can_reach_the_answer() -> None:
 
 
 def test_a_candidate_ranker_gets_the_head_of_every_source() -> None:
-    caps = {"ann": 300, "content": 100, "tags": 50, "popular": 50}
-    budget = {"ann": 150, "content": 30, "tags": 15, "popular": 5}
+    caps = {"ann": 300, "cooc": 100, "content": 100, "tags": 50, "popular": 50}
+    budget = {"ann": 150, "cooc": 50, "content": 30, "tags": 15, "popular": 5}
     catalog = Catalog.empty()
     catalog.candidate_ranker = True
     stage = Retrieve(None, caps, catalog, None, budget)  # type: ignore[arg-type]
@@ -302,15 +310,14 @@ def test_a_candidate_ranker_gets_the_head_of_every_source() -> None:
     # the budget stays within the caps: a source switched off (an arm's, say) stays off
     off = Retrieve(None, {**caps, "content": 0, "ann": 100}, catalog, None,  # type: ignore[arg-type]
                    budget)
-    assert off.caps_for(RecRequest("u", k=20), True) == {"ann": 100, "content": 0, "tags": 15,
-                                                         "popular": 5}
+    assert off.caps_for(RecRequest("u", k=20), True) == {"ann": 100, "cooc": 50, "content": 0,
+                                                         "tags": 15, "popular": 5}
     # without a budget the ranker gets every source's full cap
     assert Retrieve(None, caps, catalog).caps_for(  # type: ignore[arg-type]
         RecRequest("u", k=20), True) == caps
     # an arm that keeps retrieval's order (ranker off) asks only what can reach the answer
     plain = Retrieve(None, caps, catalog, None, budget, ranker=False)  # type: ignore[arg-type]
-    assert plain.caps_for(RecRequest("u", k=20), True) == {"ann": 60, "content": 0, "tags": 0,
-                                                           "popular": 0}
+    assert plain.caps_for(RecRequest("u", k=20), True) == sources_only(ann=60)
 
 
 def test_the_head_keeps_the_best_interest_matches_behind_it() -> None:

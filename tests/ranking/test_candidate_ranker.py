@@ -33,7 +33,7 @@ from tests.support import stop_process
 def offline_problem(bundle: Bundle, settings):
     """A user's history (ids) and candidate set, built as the build builds them."""
     content = bundle.content_embeddings()
-    stats = ranker_features.ItemStats.load(bundle.path / ranker_features.STATS_FILE, content)
+    stats = ranker_features.ItemStats.of_bundle(bundle.path, content)
     row_of = bundle.row_of
     seq = next(s for s in bundle.users().values() if len(s) >= 4)
     history = seq[:-1]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from shared import ranker_features as rf
+from shared.transitions import TRANSITIONS_FILE, Transitions
 
 # rows 0-3: items with tag clusters; row 4 has none
 TAGS = [["a", "b"], ["b"], ["c"], ["a", "c"], []]
@@ -46,7 +47,7 @@ def test_candidates_get_their_clusters_affinity(stats: rf.ItemStats) -> None:
 
 def test_transitions_count_what_followed_within_the_window() -> None:
     # two users: 0 1 2 3 and 1 2 2 0; within 3 steps, a rewatch (2 after 2) is no transition
-    t = rf.Transitions.from_sequences([np.array([0, 1, 2, 3]), np.array([1, 2, 2, 0])], 5)
+    t = Transitions.from_sequences([np.array([0, 1, 2, 3]), np.array([1, 2, 2, 0])], 5)
     assert t.following(np.array([1]), np.array([2, 3, 0, 4])).tolist() == [[3, 1, 1, 0]]
     assert t.following(np.array([2]), np.array([0, 2, 3])).tolist() == [[2, 0, 1]]
     assert t.following(np.array([-1, 4]), np.array([0, 1])).tolist() == [[0, 0], [0, 0]]
@@ -74,10 +75,18 @@ def test_cooc_features_weigh_the_newest_items_and_stay_zero_for_unknown_items() 
 def test_statistics_survive_a_save_and_load(tmp_path) -> None:
     content = np.eye(5, 8, dtype=np.float32)
     stats = rf.ItemStats.from_sequences([np.array([0, 1, 2]), np.array([2, 0])], TAGS, content)
-    stats.save(tmp_path / "s.npz")
-    back = rf.ItemStats.load(tmp_path / "s.npz", content)
+    stats.save(tmp_path / rf.STATS_FILE)
+    stats.cooc.save(tmp_path / TRANSITIONS_FILE)
+    back = rf.ItemStats.of_bundle(tmp_path, content)
     for name in ("ptr", "next", "count"):
         assert np.array_equal(getattr(back.cooc, name), getattr(stats.cooc, name))
     hist, cands = np.array([0, 1]), np.array([2, 0, 3])
     args = (np.zeros(3, np.int64), np.arange(3), np.ones(3, np.float32))
     assert np.array_equal(rf.build(back, hist, cands, *args), rf.build(stats, hist, cands, *args))
+
+
+def test_transitions_of_another_catalogue_are_refused(tmp_path) -> None:
+    Transitions.from_sequences([np.array([0, 1, 2])], 5).save(tmp_path / "t.npz")
+    with pytest.raises(ValueError, match="transitions for 5 items with 3 pairs, the bundle "
+                                         "has 4 items"):
+        Transitions.load(tmp_path / "t.npz", 4)

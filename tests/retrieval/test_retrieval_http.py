@@ -115,7 +115,7 @@ def test_an_unknown_source_is_422_naming_it(server: str) -> None:
     (error,) = r.json()["detail"]
     assert error["loc"] == ["body", "queries", 0, "caps", "bogus", "[key]"]
     assert error["type"] == "literal_error"
-    assert error["msg"] == "Input should be 'ann', 'content', 'tags' or 'popular'"
+    assert error["msg"] == "Input should be 'ann', 'cooc', 'content', 'tags' or 'popular'"
     ok = httpx.post(f"{server}/v1/retrieve", json={"queries": [{"caps": sources_only(tags=3)}]})
     assert ok.status_code == 200
 

@@ -16,7 +16,7 @@ from services.retrieval.sources.content import RECENCY_DECAY, RECENT
 from services.retrieval.state import IndexRows
 from shared import ann
 from shared.bundle import Bundle
-from shared.contracts import ItemUpsert, RetrievalQuery
+from shared.contracts import ItemUpsert, RetrievalQuery, sources_only
 
 
 def test_float16_content_and_ivf_sq8_index_serve_like_exact(settings, monkeypatch,
@@ -32,7 +32,7 @@ def test_float16_content_and_ivf_sq8_index_serve_like_exact(settings, monkeypatc
     ann.save(ann.build_index(content, kind="ivf_sq8"), big / "index_content.faiss")
     monkeypatch.setattr(state_module, "CONTENT_FLOAT16_ABOVE", 0)  # as if n were large
     history = next(s for s in bundle.users().values() if len(s) > 20)[-20:]
-    caps = {"ann": 0, "content": 30, "tags": 0, "popular": 0}
+    caps = sources_only(content=30)
     query = RetrievalQuery(history=history, caps=caps)
 
     async def go():

@@ -22,7 +22,7 @@ from shared.tags import TagClusters
 from shared.text import item_text
 from shared.text_encoder import OnnxTextEncoder
 
-CAPS = {"ann": 40, "content": 20, "tags": 15, "popular": 10}
+CAPS = {"ann": 40, "cooc": 20, "content": 20, "tags": 15, "popular": 10}
 
 
 def bundle_of(settings: Settings) -> Bundle:
@@ -71,8 +71,8 @@ def test_batch_returns_every_source_and_never_history_or_excluded(settings) -> N
     item_tags = {it["item_id"]: set(clusters.clusters(it["tags"])) for it in bundle.items}
     for q, r in zip(queries[:-1], results[:-1], strict=True):
         ids = [c.item_id for c in r.candidates]
-        # An item proposed by several sources is kept under the first (ann > content > tags >
-        # popular), so a later source may vanish from the merged list when fully overlapped;
+        # An item proposed by several sources is kept under the first (ann > cooc > content >
+        # tags > popular), so a later source may vanish from the merged list when fully overlapped;
         # per_source still shows that each one proposed its full cap.
         assert {"ann", "content"} <= {c.source for c in r.candidates} <= set(CAPS)
         assert r.per_source == CAPS  # every source filled its cap after removals
@@ -87,8 +87,7 @@ def test_batch_returns_every_source_and_never_history_or_excluded(settings) -> N
         assert ann_scores == sorted(ann_scores, reverse=True)
     cold = results[-1]
     assert {c.source for c in cold.candidates} == {"popular"}
-    assert cold.per_source == {"ann": 0, "content": 0, "tags": 0,
-                               "popular": settings.candidate_caps["popular"]}
+    assert cold.per_source == sources_only(popular=settings.candidate_caps["popular"])
     expected = sorted((it["popularity"] for it in bundle.items), reverse=True)
     assert [c.score for c in cold.candidates] == expected[:settings.candidate_caps["popular"]]
 
@@ -98,7 +97,7 @@ def test_ann_candidates_match_brute_force_over_item_vectors(settings) -> None:
     vectors = bundle.item_vectors()
     histories = warm_histories(bundle, 3)
     exclude = [bundle.items[k]["item_id"] for k in range(0, 300, 7)]
-    caps = {"ann": 100, "content": 0, "tags": 0, "popular": 0}
+    caps = sources_only(ann=100)
 
     async def go():
         service = await RetrievalService.open(settings)
@@ -125,7 +124,7 @@ def test_upsert_is_found_survives_restart_and_delete_removes_it(settings, make_s
     # The new item gets exactly this item's content embedding; a user who watched only the twin
     # has it as content query, so the new item must come first (cosine 1).
     twin_embedding = bundle.content_embeddings()[bundle.row_of[twin]].tolist()
-    caps = {"ann": 0, "content": 10, "tags": 0, "popular": 0}
+    caps = sources_only(content=10)
     query = RetrievalQuery(history=[twin], caps=caps)
 
     async def go():
@@ -320,7 +319,7 @@ def test_hnsw_index_hides_deleted_and_replaced_rows(settings, tmp_path: Path) ->
     bundle = Bundle(hnsw_dir)
     ann.save(ann.build_index(bundle.item_vectors(), kind="hnsw"), hnsw_dir / "index_ann.faiss")
     history = warm_histories(bundle, 1)[0]
-    caps = {"ann": 30, "content": 0, "tags": 0, "popular": 0}
+    caps = sources_only(ann=30)
     query = RetrievalQuery(history=history, caps=caps)
 
     async def go():

@@ -32,6 +32,8 @@ def reasons_for(pick: Pick, ctx: RecContext, profile_tags: set[str]) -> list[str
     reasons.extend(f"matches #{t}" for t in tags[:MAX_TAG_REASONS])
     if c.source == "popular":
         reasons.append("popular now")
+    elif c.source == "cooc":  # proposed for what people watched after the user's latest items
+        reasons.append("often watched next")
     if not reasons:
         reasons.append("similar to what you watch" if c.source in ("ann", "content")
                        else "recommended for you")
