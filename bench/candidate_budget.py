@@ -39,22 +39,29 @@ from services.ranking.scorer import OnnxRanker
 from services.retrieval.retrieve import retrieve_batch
 from services.retrieval.sources.ann import user_vectors
 from shared.bundle import FIRST_ITEM_INDEX, Bundle
+from shared.contracts import sources_only
 from shared.settings import get_settings
 
 OUT = Path(__file__).parent / "results" / "candidate_budget.json"
-BUDGETS: dict[str, dict[str, int]] = {
-    "500 (ann 300, content 100, tags 50, popular 50)":
-        {"ann": 300, "content": 100, "tags": 50, "popular": 50},
-    "300 (ann 200, content 60, tags 30, popular 10)":
-        {"ann": 200, "content": 60, "tags": 30, "popular": 10},
-    "200 (ann 150, content 30, tags 15, popular 5)":
-        {"ann": 150, "content": 30, "tags": 15, "popular": 5},
-    "150 (ann 100, content 30, tags 15, popular 5)":
-        {"ann": 100, "content": 30, "tags": 15, "popular": 5},
-    "100 (ann 70, content 20, tags 10, popular 0)":
-        {"ann": 70, "content": 20, "tags": 10, "popular": 0},
-    "60 (ann 60 only)": {"ann": 60, "content": 0, "tags": 0, "popular": 0},
-}
+def _budget(**caps: int) -> tuple[str, dict[str, int]]:
+    """A budget's row name ("250 (ann 150, cooc 50, ...)": the caps' sum, then each cap) and
+    its caps, every source named (sources_only: a source left out is off, not its default)."""
+    named = ", ".join(f"{k} {v}" for k, v in caps.items() if v)
+    return f"{sum(caps.values())} ({named})", sources_only(**caps)
+
+
+# The first row is the reference of the ratios. Rows of equal size compare the cooc source with
+# more ANN candidates (the other way to raise recall), at the candidate ranker's training budget.
+BUDGETS: dict[str, dict[str, int]] = dict([
+    _budget(ann=150, cooc=50, content=30, tags=15, popular=5),    # the default (RANKER_CAPS)
+    _budget(ann=150, content=30, tags=15, popular=5),             # the default before cooc
+    _budget(ann=185, content=30, tags=15, popular=5),             # its size with ANN instead
+    _budget(ann=150, cooc=100, content=30, tags=15, popular=5),
+    _budget(ann=100, cooc=50, content=30, tags=15, popular=5),
+    _budget(ann=300, cooc=100, content=100, tags=50, popular=50),  # every source's full cap
+    _budget(ann=300, content=100, tags=50, popular=50),
+    _budget(ann=60),
+])
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ from services.ranking.scorer import OnnxRanker
 from shared.bundle import Bundle
 from shared.ranker_features import SOURCES
 from shared.settings import get_settings
+from shared.sources import DEFAULT_CAPS
 
 OUT = Path(__file__).parent / "results" / "ranking.json"
 SHAPES = [(1, 100), (1, 500), (1, 1000), (8, 100), (8, 500), (8, 1000)]
@@ -102,8 +103,9 @@ def main() -> None:
 
 
 def _sources(c: int, rng: np.random.Generator) -> list[tuple[str, float]]:
-    """Retrieval's default proportions (ann 300, content 100, tags 50, popular 50 of 500)."""
-    names = rng.choice(SOURCES, size=c, p=[0.6, 0.2, 0.1, 0.1])
+    """Sources in retrieval's default proportions (shared/sources.py DEFAULT_CAPS)."""
+    caps = np.array([DEFAULT_CAPS[name] for name in SOURCES], np.float64)
+    names = rng.choice(SOURCES, size=c, p=caps / caps.sum())
     return [(str(n), float(s)) for n, s in zip(names, rng.random(c), strict=True)]
 
 

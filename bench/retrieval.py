@@ -97,6 +97,7 @@ def run(service: RetrievalService, settings, repeats: int) -> dict:
         "prepare": lambda: stages.prepare(state, one[0], caps[0]),
         "ann (query encoder + search)": lambda: BY_NAME["ann"].search(state, prepared),
         "query_encoder only": lambda: user_vectors(state, [prepared[0].hist_rows]),
+        "cooc": lambda: BY_NAME["cooc"].search(state, prepared),
         "content": lambda: BY_NAME["content"].search(state, prepared),
         "tags": lambda: BY_NAME["tags"].search(state, prepared),
         "popular": lambda: BY_NAME["popular"].search(state, prepared),
