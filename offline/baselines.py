@@ -10,13 +10,9 @@ from scipy import sparse
 from offline.evaluate import ScoreFn
 from offline.split import Split
 from shared.bundle import FIRST_ITEM_INDEX
+from shared.recency import recency_weights
 
 RECENT = 10        # history items a baseline looks at
-RECENCY_DECAY = 0.8  # weight of an item one step older than the next
-
-
-def recency_weights(n: int) -> np.ndarray:
-    return RECENCY_DECAY ** np.arange(n - 1, -1, -1, dtype=np.float32)
 
 
 def train_popularity(split: Split) -> np.ndarray:

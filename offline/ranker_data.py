@@ -72,7 +72,8 @@ def candidate_examples(item_vecs: np.ndarray, user_vecs: np.ndarray, stats: Item
     """
     from scipy import sparse
 
-    from shared.ranker_features import RECENT, recency_weights, tag_profile
+    from shared.ranker_features import RECENT, tag_profile
+    from shared.recency import recency_weights
 
     n = len(stats.popularity)
     item_tags = sparse.csr_matrix((np.ones(len(stats.tag_ids), np.float32), stats.tag_ids,

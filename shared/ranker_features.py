@@ -36,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.transitions import COOC_ITEMS, TRANSITIONS_FILE, Transitions, recency_weights
+from shared.recency import recency_weights
+from shared.transitions import COOC_ITEMS, TRANSITIONS_FILE, Transitions
 
 SOURCES: tuple[str, ...] = ("ann", "cooc", "content", "tags", "popular")
 GROUPS: dict[str, tuple[str, ...]] = {

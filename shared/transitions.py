@@ -16,16 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.recency import recency_weights
+
 TRANSITIONS_FILE = "transitions.npz"
 COOC_WINDOW = 3   # b counts as following a when it comes at most this many steps later
 COOC_ITEMS = 5    # the newest history items whose followers count (features and the source)
-RECENCY_DECAY = 0.8
-
-
-def recency_weights(k: int) -> np.ndarray:
-    """float32 [k] for k items oldest first: the newest weighs 1, each older one
-    RECENCY_DECAY times the next."""
-    return RECENCY_DECAY ** np.arange(k - 1, -1, -1, dtype=np.float32)
 
 
 @dataclass

@@ -16,14 +16,8 @@ from offline.split import MIN_LENGTH_TO_EVALUATE
 from services.retrieval.service import RetrievalService
 from shared.bundle import Bundle
 from shared.contracts import ItemUpsert, RetrievalQuery, sources_only
-from shared.transitions import (
-    COOC_ITEMS,
-    COOC_WINDOW,
-    TRANSITIONS_FILE,
-    Transitions,
-    best_first,
-    recency_weights,
-)
+from shared.recency import recency_weights
+from shared.transitions import COOC_ITEMS, COOC_WINDOW, TRANSITIONS_FILE, Transitions, best_first
 from tests.retrieval.conftest import link_bundle
 
 

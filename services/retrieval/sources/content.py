@@ -8,17 +8,16 @@ import numpy as np
 from services.retrieval.sources.base import NOTHING, Found, Prepared, search_index, with_history
 from services.retrieval.state import RetrievalState
 from shared.contracts import Source
+from shared.recency import recency_weights
 
 RECENT = 10           # history items the content query averages (as the offline baseline)
-RECENCY_DECAY = 0.8   # weight of an item one step older than the next
 
 
 def content_queries(state: RetrievalState, histories: list[np.ndarray]) -> np.ndarray:
     out = np.empty((len(histories), state.content_dim), np.float32)
     for b, h in enumerate(histories):
         recent = h[-RECENT:]
-        weights = RECENCY_DECAY ** np.arange(len(recent) - 1, -1, -1, dtype=np.float32)
-        out[b] = weights @ state.content.take(recent)
+        out[b] = recency_weights(len(recent)) @ state.content.take(recent)
     unit: np.ndarray = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
     return unit
 
