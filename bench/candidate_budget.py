@@ -53,11 +53,14 @@ def _budget(**caps: int) -> tuple[str, dict[str, int]]:
 # The first row is the reference of the ratios. Rows of equal size compare the cooc source with
 # more ANN candidates (the other way to raise recall), at the candidate ranker's training budget.
 BUDGETS: dict[str, dict[str, int]] = dict([
-    _budget(ann=150, cooc=50, content=30, tags=15, popular=5),    # the default (RANKER_CAPS)
-    _budget(ann=150, content=30, tags=15, popular=5),             # the default before cooc
-    _budget(ann=185, content=30, tags=15, popular=5),             # its size with ANN instead
+    _budget(ann=100, cooc=50, tags=15, popular=5),                # the default (RANKER_CAPS)
+    _budget(ann=100, cooc=50, content=30, tags=15, popular=5),    # with the content source
+    _budget(ann=150, cooc=50, content=30, tags=15, popular=5),
     _budget(ann=150, cooc=100, content=30, tags=15, popular=5),
-    _budget(ann=100, cooc=50, content=30, tags=15, popular=5),
+    _budget(ann=150, content=30, tags=15, popular=5),             # the default before cooc
+    _budget(ann=185, content=30, tags=15, popular=5),             # as many, more ANN instead
+    _budget(ann=60, cooc=40, content=20, tags=10),
+    _budget(ann=60, cooc=40),
     _budget(ann=300, cooc=100, content=100, tags=50, popular=50),  # every source's full cap
     _budget(ann=300, content=100, tags=50, popular=50),
     _budget(ann=60),

@@ -35,9 +35,11 @@ SOURCE_NAMES: tuple[str, ...] = tuple(DEFAULT_CAPS)
 # What the candidate ranker is given for a user with a history: the head of each source's
 # list. Every candidate costs the request its explanation, its transfer, its features and its
 # model run; past this budget the ranker's NDCG gains little (bench/results/candidate_budget.json:
-# quality against cost per request for each budget, on MicroLens-50k). A user without a
+# quality against cost per request for each budget, on MicroLens-50k). The content source is
+# off here: its exact search over 384 dimensions was 40% of retrieval's time, and the ranker's
+# NDCG@10 did not move without its candidates (its content features stay). A user without a
 # history, and a request with tag filters, still get DEFAULT_CAPS.
-RANKER_CAPS = MappingProxyType({"ann": 150, "cooc": 50, "content": 30, "tags": 15,
+RANKER_CAPS = MappingProxyType({"ann": 100, "cooc": 50, "content": 0, "tags": 15,
                                 "popular": 5})
 
 
