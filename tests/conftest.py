@@ -20,7 +20,7 @@ DATA_DIR = Path(os.environ.get("VIDREC_DATA_DIR", REPO.parent / "shared" / "data
 SMALL_DATASET = "ml-latest-small"
 SMALL_USERS = 120
 SMALL_EPOCHS = 3
-BUNDLE_FORMAT = 12
+BUNDLE_FORMAT = 13
 
 
 def _bundle_key() -> str:

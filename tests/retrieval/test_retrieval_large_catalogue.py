@@ -12,11 +12,12 @@ import numpy as np
 
 from services.retrieval import state as state_module
 from services.retrieval.service import RetrievalService
-from services.retrieval.sources.content import RECENCY_DECAY, RECENT
+from services.retrieval.sources.content import RECENT
 from services.retrieval.state import IndexRows
 from shared import ann
 from shared.bundle import Bundle
 from shared.contracts import ItemUpsert, RetrievalQuery, sources_only
+from shared.recency import RECENCY_DECAY
 
 
 def test_float16_content_and_ivf_sq8_index_serve_like_exact(settings, monkeypatch,
