@@ -59,6 +59,31 @@ def _top(scores: np.ndarray, cap: int, tiebreak: np.ndarray | None = None) -> np
     return finite[np.argsort(-scores[finite], kind="stable")]
 
 
+NONE_FOUND = (np.empty(0, np.int64), np.empty(0, np.float32))
+
+
+def _searched(scores: np.ndarray, blocked: np.ndarray, cap: int, hist: np.ndarray,
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """An embedding source (ann, content): the `cap` best unblocked rows of a full score row."""
+    if cap <= 0 or not len(hist):
+        return NONE_FOUND
+    s = np.where(blocked, -np.inf, scores)
+    top = _top(s, cap)
+    return top, s[top]
+
+
+def _followed(stats: ItemStats, hist: np.ndarray, blocked: np.ndarray, cap: int,
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """The cooc source over the problem's own transitions (stats.cooc)."""
+    if cap <= 0 or not len(hist):
+        return NONE_FOUND
+    rows, s = stats.cooc.after(hist)
+    keep = ~blocked[rows]
+    rows, s = rows[keep], s[keep]
+    top = best_first(rows, s, cap, stats.popularity)
+    return rows[top], s[top]
+
+
 def candidate_examples(item_vecs: np.ndarray, user_vecs: np.ndarray, stats: ItemStats,
                        histories: list[np.ndarray], targets: np.ndarray, users: np.ndarray,
                        caps: dict[str, int], chunk: int = 512) -> list[Example]:
@@ -95,22 +120,9 @@ def candidate_examples(item_vecs: np.ndarray, user_vecs: np.ndarray, stats: Item
             hist = histories[i]
             blocked = np.zeros(n, bool)
             blocked[hist] = True
-            found: list[tuple[np.ndarray, np.ndarray]] = []
-            for name, scores in (("ann", ann_scores[b]), ("cooc", None),
-                                 ("content", content_scores[b])):
-                cap = caps.get(name, 0)
-                if cap <= 0 or not len(hist):
-                    found.append((np.empty(0, np.int64), np.empty(0, np.float32)))
-                elif scores is None:  # cooc: the problem's own transitions
-                    rows, s = stats.cooc.after(hist)
-                    keep = ~blocked[rows]
-                    rows, s = rows[keep], s[keep]
-                    top = best_first(rows, s, cap, stats.popularity)
-                    found.append((rows[top], s[top]))
-                else:
-                    s = np.where(blocked, -np.inf, scores)
-                    top = _top(s, cap)
-                    found.append((top, s[top]))
+            found = [_searched(ann_scores[b], blocked, caps.get("ann", 0), hist),
+                     _followed(stats, hist, blocked, caps.get("cooc", 0)),
+                     _searched(content_scores[b], blocked, caps.get("content", 0), hist)]
             profile = tag_profile(stats, hist)
             cap = caps.get("tags", 0)
             if profile and cap > 0:
@@ -124,7 +136,7 @@ def candidate_examples(item_vecs: np.ndarray, user_vecs: np.ndarray, stats: Item
                 top = _top(s, cap, stats.popularity)
                 found.append((top, s[top].astype(np.float32)))
             else:
-                found.append((np.empty(0, np.int64), np.empty(0, np.float32)))
+                found.append(NONE_FOUND)
             cap = caps.get("popular", 0)
             head = popular[:cap + len(hist)]
             head = head[~blocked[head]][:cap]

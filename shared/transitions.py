@@ -11,7 +11,7 @@ Numpy only (no torch, no faiss), so every process can read it.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,6 @@ class Transitions:
     ptr: np.ndarray    # int64 [N + 1]
     next: np.ndarray   # int32: the later items, sorted within each row
     count: np.ndarray  # float32: how often
-    _totals: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_items(self) -> int:
@@ -88,12 +87,9 @@ class Transitions:
 
     def out_counts(self, rows: np.ndarray) -> np.ndarray:
         """float32: everything that followed each row (0 for rows the table does not hold)."""
-        if self._totals is None:
-            owner = np.repeat(np.arange(self.n_items), np.diff(self.ptr))
-            self._totals = np.bincount(owner, weights=self.count, minlength=self.n_items)
-        rows = np.asarray(rows, np.int64)
-        known = (rows >= 0) & (rows < self.n_items)
-        return np.where(known, self._totals[np.where(known, rows, 0)], 0.0).astype(np.float32)
+        return np.array([float(self.count[self.ptr[a]:self.ptr[a + 1]].sum())
+                         if 0 <= a < self.n_items else 0.0
+                         for a in np.asarray(rows, np.int64)], np.float32)
 
     def after(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(rows, scores), every item that followed the history's COOC_ITEMS newest items,
@@ -109,8 +105,6 @@ class Transitions:
                 scores.append(self.count[lo:hi] * np.float32(w))
         if not rows:
             return np.empty(0, np.int64), np.empty(0, np.float32)
-        if len(rows) == 1:
-            return rows[0].astype(np.int64), scores[0]
         unique, slot = np.unique(np.concatenate(rows), return_inverse=True)
         summed = np.bincount(slot, weights=np.concatenate(scores), minlength=len(unique))
         return unique.astype(np.int64), summed.astype(np.float32)
