@@ -7,7 +7,7 @@ Loaded once at start (and again on /admin/reload) from `items.json`; read-only p
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 
 from services.gateway.catalog_meta import CatalogMeta
@@ -51,6 +51,14 @@ class Catalog:
         """The clusters of stated interests the bundle knows (no text encoder here: the
         retrieval service resolves free text, this is the fallback when it cannot)."""
         return frozenset(c for i in interests if (c := self.tag_clusters.of(i)) is not None)
+
+    def tag_keys(self, item_id: str) -> Sequence[str]:
+        """An item's ItemMeta.tag_keys, () when unknown; from a bundle's columns without
+        building a model (CatalogMeta.tag_keys)."""
+        if isinstance(self.meta, CatalogMeta):
+            return self.meta.tag_keys(item_id)
+        meta = self.meta.get(item_id)
+        return meta.tag_keys if meta is not None else ()
 
     @classmethod
     def empty(cls) -> Catalog:

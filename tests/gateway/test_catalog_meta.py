@@ -68,3 +68,23 @@ def test_built_models_are_reused_and_bounded(small_bundle: Path, monkeypatch) ->
     meta[third]  # the cache was full: cleared, then holds this one
     assert meta[first] == _one_model_per_item(small_bundle)[first]
     assert len(meta._built) <= 2
+
+
+def test_tag_keys_come_from_the_columns_without_building_models(small_bundle: Path) -> None:
+    """The head stage asks every candidate's tag keys: answered from the columns, equal to
+    the model's, and no model is built or kept for it (kept models stalled the collector)."""
+    catalog = Catalog.from_bundle(Bundle(small_bundle))
+    expected = _one_model_per_item(small_bundle)
+    meta = catalog.meta
+    assert isinstance(meta, CatalogMeta)
+    assert any(m.clusters for m in expected.values())  # the bundle has clusters to prefer
+    for item_id, model in expected.items():
+        assert list(catalog.tag_keys(item_id)) == model.tag_keys
+    assert meta._built == {}
+    assert catalog.tag_keys("no-such-item") == ()
+    # a change through the gateway answers from its model, as every other read does
+    catalog.remember(ItemMeta(item_id="brand-new", title="New", tags=["fresh"]))
+    assert list(catalog.tag_keys("brand-new")) == ["fresh"]
+    # a plain dict catalogue (tests, the empty catalogue) answers alike
+    plain = Catalog(version="v", meta=dict(expected))
+    assert all(list(plain.tag_keys(i)) == m.tag_keys for i, m in expected.items())

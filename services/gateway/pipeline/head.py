@@ -66,12 +66,11 @@ def diverse_picks(ranked: list[Candidate], k: int, max_per_tag: int,
     bundle's tags; an item the catalogue does not know counts as untagged)."""
     per_tag: Counter[str] = Counter()
     chosen: list[Candidate] = []
-    meta = catalog.meta
+    tag_keys = catalog.tag_keys
     for c in ranked:
         if len(chosen) == k:
             break
-        item = meta.get(c.item_id)
-        keys = item.tag_keys if item is not None else []
+        keys = tag_keys(c.item_id)
         if any(per_tag[t] >= max_per_tag for t in keys):
             continue
         chosen.append(c)
