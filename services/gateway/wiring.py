@@ -91,5 +91,4 @@ async def _ranking(settings: Settings, closers: list[Closer]) -> RankingAPI:
     closers.append(new_items.aclose)
     service = RankingService(settings, new_item_content=new_items)
     await service.reload()
-    closers.append(service.close)
     return service

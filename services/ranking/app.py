@@ -47,8 +47,6 @@ def create_app(settings: Settings, service: RankingService | None = None) -> Fas
             else:
                 yield
         finally:
-            if service is None:
-                svc.close()
             if new_items is not None:
                 await new_items.aclose()
 

@@ -4,8 +4,10 @@ The loaded `OnnxRanker` is held in one attribute. A call reads it once and uses 
 the end, and `reload` builds the new model completely before replacing the reference, so a
 request never sees half a swap and a failed reload leaves the old model serving.
 
-Model runs go through one worker thread: the event loop stays free while onnxruntime works,
-and runs do not compete for the cores their intra-op threads already use.
+The model runs on the event loop thread, not in a worker thread: a worker let the loop take
+other requests while onnxruntime worked, but every hand-over waits for the GIL, and in one
+process (`vidrec serve all`) at 200 req/s that cost more than it freed (p50 10.5-11.0 ms
+against 6.6 ms, bench/results/serving_ranker_inline.json).
 """
 
 from __future__ import annotations
@@ -15,8 +17,6 @@ import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -46,7 +46,6 @@ class RankingService:
         # version that is the main bundle under another name (e.g. "latest").
         self._extra: dict[str, OnnxRanker | None] = {}
         self._reload_lock = asyncio.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ranker")
 
     # ---- lifecycle ----------------------------------------------------------------------
     async def reload(self, version: str | None = None) -> str:
@@ -105,9 +104,6 @@ class RankingService:
                                   f"{ranker.version}, extra {sorted(self._extra) or 'none'})")
         return self._extra[bundle] or ranker
 
-    def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
     @property
     def info(self) -> RankerInfo | None:
         ranker = self._ranker
@@ -135,11 +131,8 @@ class RankingService:
         with timed("ranking", "score"):
             unknown = ranker.unknown_items(histories, candidates)
             new_content = await self._content_of(unknown, ranker.info.content_dim)
-            loop = asyncio.get_running_loop()
             try:
-                scored = await loop.run_in_executor(
-                    self._executor, partial(ranker.score_full, histories, candidates,
-                                            new_content, sources, features))
+                scored = ranker.score_full(histories, candidates, new_content, sources, features)
             except ScoreCountMismatch:
                 raise
             except Exception as exc:  # onnxruntime's errors are untyped; degrade, not 500

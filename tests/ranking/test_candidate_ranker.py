@@ -96,10 +96,7 @@ def test_a_bundle_without_the_candidate_ranker_serves_the_tower_flagged(
     items = [it["item_id"] for it in Bundle(path).items[:20] if it["item_id"] not in seq]
     ctx = RecContext(RecRequest("u"), user_state=UserState(user_id="u", known=True, history=seq))
     ctx.candidates = [Candidate(item_id=i, source="ann", score=0.0) for i in items]
-    try:
-        asyncio.run(Score(service).run(ctx))
-    finally:
-        service.close()
+    asyncio.run(Score(service).run(ctx))
     assert ctx.ranked and ctx.degraded == ["ranker"] and not ctx.attended
     # and the scores are the tower's own inner product
     tower = Bundle(path)

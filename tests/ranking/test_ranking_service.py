@@ -53,10 +53,7 @@ def test_score_implements_the_ranking_api(artifacts, bundle, make_settings) -> N
             await service.score(reqs)
         assert await service.reload() == "rank-a"
         assert await service.ready() is True
-        try:
-            return await service.score(reqs)
-        finally:
-            service.close()
+        return await service.score(reqs)
 
     scores, version = asyncio.run(go())
     assert version == "rank-a"
@@ -81,17 +78,14 @@ def test_reload_swaps_while_requests_keep_being_answered(artifacts, bundle,
             for _ in range(30):
                 versions.append((await service.score(reqs))[1])
 
-        try:
-            scoring = asyncio.create_task(keep_scoring())
-            assert await service.reload("rank-b") == "rank-b"
-            await scoring
-            # a failed reload leaves the running model in place
-            with pytest.raises(RankerLoadError, match="no-such-bundle"):
-                await service.reload("no-such-bundle")
-            after = await service.score(reqs)
-            return versions, after[1], service.info.version
-        finally:
-            service.close()
+        scoring = asyncio.create_task(keep_scoring())
+        assert await service.reload("rank-b") == "rank-b"
+        await scoring
+        # a failed reload leaves the running model in place
+        with pytest.raises(RankerLoadError, match="no-such-bundle"):
+            await service.reload("no-such-bundle")
+        after = await service.score(reqs)
+        return versions, after[1], service.info.version
 
     versions, after, info_version = asyncio.run(go())
     assert len(versions) == 30 and set(versions) <= {"rank-a", "rank-b"}
@@ -115,7 +109,6 @@ def test_new_items_take_their_content_from_the_redis_overlay(artifacts, bundle,
                                  embedding=donor.tolist())
             return await service.score(reqs), await overlay(["live-upload", "absent"])
         finally:
-            service.close()
             await overlay.aclose()
             keys = [k async for k in store.redis.scan_iter(match=f"{settings.key_prefix}:*")]
             if keys:
@@ -150,7 +143,6 @@ def test_unreachable_overlay_degrades_to_zero_content(artifacts, bundle,
         try:
             return await service.score(reqs)
         finally:
-            service.close()
             await overlay.aclose()
 
     scores, version = asyncio.run(go())
