@@ -6,6 +6,7 @@ having per-service metric names.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +29,11 @@ BUNDLE_BYTES = Gauge("vidrec_bundle_bytes",
                      "Memory held per loaded bundle (its arrays plus the index and model files "
                      "loaded from it); role: main, or extra (served for an experiment arm).",
                      ["service", "bundle", "role"])
+# Objects moved out of the collector's full passes after a load (shared/memory.py
+# freeze_loaded): 0 in a serving process means every full pass walks the whole bundle.
+GC_FROZEN = Gauge("vidrec_gc_frozen_objects",
+                  "Objects kept out of the garbage collector's full passes (gc.freeze).")
+GC_FROZEN.set_function(gc.get_freeze_count)
 
 
 @contextmanager

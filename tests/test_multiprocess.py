@@ -167,6 +167,16 @@ def test_a_real_user_is_served_through_four_processes(gw: str, small_bundle: Pat
     assert ready["ready"] and ready["feature_store"] and ready["retrieval"] and ready["ranking"]
 
 
+def test_every_process_keeps_what_it_loaded_out_of_full_gc_passes(cluster: Cluster) -> None:
+    """Each service froze its loaded state at start-up (shared/memory.py freeze_loaded): full
+    collector passes over it stalled requests for 13-76 ms a pass."""
+    for name, url in cluster.urls.items():
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+        frozen = [float(line.split()[-1]) for line in text.splitlines()
+                  if line.startswith("vidrec_gc_frozen_objects ")]
+        assert frozen and frozen[0] > 10_000, (name, frozen)
+
+
 def test_an_event_hides_the_item_and_shifts_the_tag_profile(cluster: Cluster, gw: str,
                                                             users: list[str],
                                                             small_bundle: Path) -> None:

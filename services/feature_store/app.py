@@ -22,6 +22,7 @@ from services.feature_store.routes import events, items, users
 from services.feature_store.routes.errors import add_error_handlers
 from services.feature_store.store import FeatureStore
 from shared.admission import add_admission
+from shared.memory import freeze_loaded
 from shared.observability import add_ops_routes
 from shared.openapi import add_allow_header, document_errors
 from shared.settings import Settings
@@ -31,6 +32,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.store = FeatureStore.from_settings(settings)
+        freeze_loaded(collect=True)  # imported modules: out of the collector's full passes
         try:
             yield
         finally:

@@ -4,7 +4,6 @@ HTTP clients otherwise (wiring.py). Tests pass the three dependencies in directl
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,6 +31,7 @@ from services.gateway.schemas import EventBatchIn, EventIn
 from services.gateway.shed import popular_answer
 from shared.admission import add_admission
 from shared.contracts import FeatureStoreAPI, RankingAPI, RetrievalAPI
+from shared.memory import freeze_loaded
 from shared.observability import add_ops_routes
 from shared.openapi import add_allow_header, document_errors
 from shared.settings import Settings
@@ -60,11 +60,7 @@ def create_app(settings: Settings, feature_store: FeatureStoreAPI | None = None,
         gateway = Gateway(settings, *parts, catalog=load_catalog(settings), closers=closers)
         await gateway.start()  # impressions ledger, experiments file
         app.state.gateway = gateway
-        # Everything loaded so far (bundle arrays, catalog, models) lives as long as the
-        # process: keep it out of the collector's full passes, which otherwise walk it all and
-        # stall requests (a p99 effect, not a p50 one).
-        gc.collect()
-        gc.freeze()
+        freeze_loaded(collect=True)  # the bundle, catalog and models: out of full GC passes
         try:
             async with sampling(app.state.stats):
                 yield

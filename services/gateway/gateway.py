@@ -32,6 +32,7 @@ from shared.experiments import (
     ExperimentsConfig,
 )
 from shared.http_client import ErrorFactory, Failed, ServiceClient
+from shared.memory import freeze_loaded
 from shared.rollout import RolloutFollower
 from shared.settings import Settings
 
@@ -256,6 +257,7 @@ class Gateway:
         pipeline = self._build_pipeline(catalog)
         arms = self._build_arms(self.arms.experiment, catalog)
         self.catalog, self.pipeline, self.arms = catalog, pipeline, arms
+        freeze_loaded()  # the new catalogue: out of the collector's full passes
 
     async def reload(self, version: str | None = None) -> dict[str, Any]:
         """New bundle in retrieval and ranking (each swaps atomically), then in the gateway."""

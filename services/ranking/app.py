@@ -21,6 +21,7 @@ from services.ranking.routes.errors import add_error_handlers
 from services.ranking.service import RankingService
 from shared.admission import add_admission
 from shared.experiments import bundles_to_serve
+from shared.memory import freeze_loaded
 from shared.observability import add_ops_routes
 from shared.openapi import add_allow_header, document_errors
 from shared.rollout import following, rollout_status
@@ -39,6 +40,7 @@ def create_app(settings: Settings, service: RankingService | None = None) -> Fas
             if not await svc.ready():
                 await svc.reload()
                 await svc.serve_bundles(bundles_to_serve(settings.experiments_file))
+                freeze_loaded(collect=True)  # the bundle: out of the collector's full passes
             app.state.ranking = svc
             if service is None:  # its own process: follow the active bundle
                 async with following(app, settings, "ranking", svc.reload,

@@ -25,6 +25,7 @@ from services.ranking.errors import ScoreCountMismatch
 from services.ranking.scorer import OnnxRanker, RankerInfo
 from shared.bundle import resolve_bundle
 from shared.contracts import BundleNotServed, ScoreItem, ScoreResponse, ServiceUnavailable
+from shared.memory import freeze_loaded
 from shared.observability import BUNDLE_BYTES, DEGRADED, timed
 from shared.settings import Settings
 
@@ -60,6 +61,7 @@ class RankingService:
                 with contextlib.suppress(KeyError):
                     BUNDLE_BYTES.remove("ranking", old.version, "main")
             BUNDLE_BYTES.labels("ranking", ranker.version, "main").set(ranker.memory_bytes())
+            freeze_loaded()  # the new model's tables: out of the collector's full passes
         log.info("ranking: serving %s on %s", ranker.version, ranker.info.provider)
         return ranker.version
 

@@ -44,7 +44,7 @@ from shared.contracts import (
     ServiceUnavailable,
 )
 from shared.data.types import normalise_tag
-from shared.memory import return_freed_memory
+from shared.memory import freeze_loaded, return_freed_memory
 from shared.observability import BUNDLE_BYTES, CANDIDATES, DEGRADED, timed
 from shared.settings import Settings
 from shared.text import item_text
@@ -109,6 +109,7 @@ class RetrievalService:
             del old  # the previous state is freed once its last request finishes; the
             # parsed items.json of this load is freed already: give its pages back
             await asyncio.to_thread(return_freed_memory)
+            freeze_loaded()  # the new state: out of the collector's full passes
         log.info("retrieval: serving %s (%d items, %s index on %s)", state.version,
                  state.live_items, state.index_kind, state.faiss_device)
         return state.version
