@@ -5,9 +5,10 @@ the end, and `reload` builds the new model completely before replacing the refer
 request never sees half a swap and a failed reload leaves the old model serving.
 
 The model runs on the event loop thread, not in a worker thread: a worker let the loop take
-other requests while onnxruntime worked, but every hand-over waits for the GIL, and in one
-process (`vidrec serve all`) at 200 req/s that cost more than it freed (p50 10.5-11.0 ms
-against 6.6 ms, bench/results/serving_ranker_inline.json).
+other requests while onnxruntime worked, but the result's way back waits for the GIL (up to
+the 5 ms switch interval while the loop runs Python). Side by side in one process
+(`vidrec serve all`) at 200 req/s: median p50 11.2 ms with the worker against 6.6 ms without,
+p99 20.6 against 21.1 ms (bench/results/serving_side_by_side_ranker_inline.json).
 """
 
 from __future__ import annotations
