@@ -2,12 +2,13 @@
 
     .venv/bin/python -m bench.ranking [--bundle VERSION] [--repeats 50]
 
-Writes bench/results/ranking.json: median and p90 milliseconds per (users B, candidates C),
-with real users' histories and random catalogue items as candidates (labelled with sources in
-retrieval's proportions). A bundle with a candidate ranker is timed against the tower's score
-(the ranker before it, offline/ranker_fallback.py) in the same run, the two alternating
-call by call so that the machine's load hits both alike. The 1-minute load average is recorded
-too: on a shared machine it explains most of the spread.
+Runs with the onnxruntime threads one serving process gets on this machine
+(services/topology.py fit_ort_threads). Writes bench/results/ranking.json: median and p90
+milliseconds per (users B, candidates C), with real users' histories and random catalogue items
+as candidates (labelled with sources in retrieval's proportions). A bundle with a candidate
+ranker is timed against the tower's score (the ranker before it, offline/ranker_fallback.py) in
+the same run, the two alternating call by call so that the machine's load hits both alike. The
+1-minute load average is recorded too: on a shared machine it explains most of the spread.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from bench.timing import median_p90_ms
 from offline.ranker_fallback import write_tower_only_bundle
 from services.ranking.batch import pack
 from services.ranking.scorer import OnnxRanker
+from services.topology import fit_ort_threads
 from shared.bundle import Bundle
 from shared.ranker_features import SOURCES
 from shared.settings import get_settings
@@ -42,7 +44,9 @@ def main() -> None:
     args.add_argument("--repeats", type=int, default=50)
     opts = args.parse_args()
 
-    settings = get_settings()
+    # The onnxruntime threads `vidrec serve` gives one process on this machine (1 on 2 cores:
+    # its event loop needs the other core); VIDREC_ORT_INTRA_THREADS overrides, as there.
+    settings = fit_ort_threads(get_settings(), workers=1)
     bundle = Bundle.open(settings.artifacts_dir, opts.bundle or settings.bundle)
     ranker = OnnxRanker(bundle, settings)
     rankers = {ranker.info.kind: ranker}
