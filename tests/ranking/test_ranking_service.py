@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import uuid
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +153,20 @@ def test_unreachable_overlay_degrades_to_zero_content(artifacts, bundle,
         [r.history for r in reqs], [r.candidates for r in reqs])
     np.testing.assert_allclose(scores[0], expected[0], rtol=1e-5, atol=1e-5)
     assert DEGRADED.labels("ranking", "new_item_content")._value.get() == before + 1
+
+
+def test_a_reload_frees_the_previous_model(artifacts, make_settings) -> None:
+    """Reloads freeze what they loaded out of the collector's passes (shared/memory.py
+    freeze_loaded): a replaced model must be freed by reference counting alone."""
+
+    async def go():
+        service = RankingService(make_settings(artifacts, "rank-a"))
+        await service.reload()
+        first = weakref.ref(service._ranker)
+        await service.reload("rank-b")
+        await service.reload("rank-a")
+        return first, service
+
+    first, service = asyncio.run(go())
+    assert service.info is not None and service.info.version == "rank-a"
+    assert first() is None

@@ -4,6 +4,7 @@ against brute force, upserts and deletes that survive restarts, reload."""
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections import Counter
 from pathlib import Path
 
@@ -370,3 +371,20 @@ def test_restart_restores_what_a_flushed_redis_lost(settings, make_store) -> Non
     by_id = {e.meta.item_id: e for e in overlay}
     assert by_id["lost-in-redis"].embedding is not None
     assert by_id[victim].meta.available is False
+
+
+def test_a_reload_frees_the_previous_state(settings) -> None:
+    """Each reload freezes what it loaded out of the garbage collector's passes
+    (shared/memory.py freeze_loaded), so a replaced state must be freed by reference counting
+    alone: one held through a reference cycle would stay for good, every reload."""
+
+    async def go():
+        service = await RetrievalService.open(settings)
+        first = weakref.ref(service.state)
+        await service.reload("ret-b")
+        await service.reload("ret-a")
+        return first, service
+
+    first, service = asyncio.run(go())
+    assert service.state.version == "ret-a"
+    assert first() is None
