@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from services.ranking.errors import ScoreCountMismatch
 from services.ranking.scorer import OnnxRanker, RankerInfo
@@ -48,6 +49,12 @@ class RankingService:
         # version that is the main bundle under another name (e.g. "latest").
         self._extra: dict[str, OnnxRanker | None] = {}
         self._reload_lock = asyncio.Lock()
+        # The candidate ranker's features multiply [candidates x 384] by the last few watched
+        # items' vectors: big enough for OpenBLAS to split over its threads, far too small to
+        # gain from it. As its own process (four services) the helper thread spun for 0.4 of
+        # a core at 50 req/s, and goodput rose 20% without it (docs/capacity.md). The
+        # retrieval service does the same (in one process, either one's call covers both).
+        threadpool_limits(limits=1, user_api="blas")
 
     # ---- lifecycle ----------------------------------------------------------------------
     async def reload(self, version: str | None = None) -> str:

@@ -4,7 +4,10 @@ content from the feature store's real Redis overlay, degrading when that is unre
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
+import sys
 import uuid
 import weakref
 from pathlib import Path
@@ -170,3 +173,22 @@ def test_a_reload_frees_the_previous_model(artifacts, make_settings) -> None:
     first, service = asyncio.run(go())
     assert service.info is not None and service.info.version == "rank-a"
     assert first() is None
+
+
+def test_the_service_keeps_numpy_to_one_blas_thread() -> None:
+    """Its features' matrix products are too small to gain from more; in a process of its own
+    the idle helper thread spun for 0.4 of a core (docs/capacity.md). Checked in a fresh
+    process: in this one, another test may already have set the limit."""
+    code = ("from threadpoolctl import threadpool_info\n"
+            "from services.ranking.service import RankingService\n"
+            "from shared.settings import Settings\n"
+            "blas = lambda: [p['num_threads'] for p in threadpool_info() "
+            "if p['user_api'] == 'blas']\n"
+            "before = blas()\n"
+            "RankingService(Settings())\n"
+            "print(before, blas())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split("]")
+    before, after = out[0] + "]", out[1].strip() + "]"
+    assert after == "[1]", (before, after)
+    assert os.cpu_count() == 1 or before != "[1]", "the check needs a multi-threaded BLAS first"
