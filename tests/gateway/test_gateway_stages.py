@@ -113,7 +113,7 @@ def test_the_head_step_then_items_fallback_looks_up_the_head_in_the_catalog() ->
                       for n in range(90)]
     run(CutToHead().run(ctx))
     ItemMetaStage(feature_store=None, catalog=cat).fallback(ctx)  # type: ignore[arg-type]
-    assert len(ctx.candidates) == 30  # max(3k, 30)
+    assert len(ctx.candidates) == 30  # max(2k, 30)
     assert set(ctx.meta) == {f"i{n}" for n in range(30)} | {"i99"}
     ctx = RecContext(RecRequest("u", k=5, exclude_tags=frozenset({"x"})))
     ctx.candidates = [cand(f"i{n}") for n in range(90)]
@@ -287,10 +287,16 @@ def test_retrieve_asks_only_what_can_reach_the_answer() -> None:
     caps = {"ann": 300, "cooc": 100, "content": 100, "tags": 50, "popular": 50}
     stage = Retrieve(retrieval=None, caps=caps, catalog=Catalog.empty())  # type: ignore[arg-type]
     # a user with a history: ANN's head; tags only for interests
-    assert stage.caps_for(RecRequest("u", k=20), True) == sources_only(ann=60)
+    assert stage.caps_for(RecRequest("u", k=20), True) == sources_only(ann=40)  # 2k
     assert stage.caps_for(RecRequest("u", k=5, interests=("x",)), True) == sources_only(
         ann=30, tags=50)
-    assert stage.caps_for(RecRequest("u", k=100), True)["ann"] == 300  # the setting wins
+    # interests: reserved places draw on the head, which is 3k then (head.py)
+    assert stage.caps_for(RecRequest("u", k=20, interests=("x",)), True) == sources_only(
+        ann=60, tags=50)
+    assert stage.caps_for(RecRequest("u", k=100), True)["ann"] == 200
+    small = Retrieve(retrieval=None, caps={**caps, "ann": 150},  # type: ignore[arg-type]
+                     catalog=Catalog.empty())
+    assert small.caps_for(RecRequest("u", k=100), True)["ann"] == 150  # the setting wins
     # no history (nothing to search with) or tag filters (may remove most): every source
     assert stage.caps_for(RecRequest("u", k=20), False) == caps
     assert stage.caps_for(RecRequest("u", k=20, exclude_tags=frozenset({"x"})), True) == caps
@@ -317,7 +323,7 @@ def test_a_candidate_ranker_gets_the_head_of_every_source() -> None:
         RecRequest("u", k=20), True) == caps
     # an arm that keeps retrieval's order (ranker off) asks only what can reach the answer
     plain = Retrieve(None, caps, catalog, None, budget, ranker=False)  # type: ignore[arg-type]
-    assert plain.caps_for(RecRequest("u", k=20), True) == sources_only(ann=60)
+    assert plain.caps_for(RecRequest("u", k=20), True) == sources_only(ann=40)
 
 
 def test_the_head_keeps_the_best_interest_matches_behind_it() -> None:

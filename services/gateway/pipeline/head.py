@@ -2,10 +2,10 @@
 
 The answer is k items, and looking up metadata for every candidate (hundreds) would cost more
 than the rest of the request, so only the head of the list goes on: the best HEAD_PER_K * k
-(at least MIN_HEAD), plus the best few matching the request's `interests` behind it (they may
-take reserved places, select.py). With tag filters in the request nothing is cut, since those
-filters may remove most of the list. Retrieval reads the same policy (retrieve.py: a user with
-a history is only asked for what can reach the head).
+(3k with `interests`; at least MIN_HEAD), plus the best few matching the request's `interests`
+behind it (they may take reserved places, select.py). With tag filters in the request nothing
+is cut, since those filters may remove most of the list. Retrieval reads the same policy
+(retrieve.py: a user with a history is only asked for what can reach the head).
 
 With the catalogue's tags, the best items behind the head that select's diversity cap would
 pick are kept too: a ranker that puts one taste's items first (tag affinity is one of the
@@ -20,7 +20,13 @@ from services.gateway.catalog import Catalog
 from services.gateway.pipeline.context import RecContext, RecRequest
 from shared.contracts import Candidate
 
-HEAD_PER_K = 3  # 3k: diversity reached past rank 3k in <1% of MicroLens requests
+# 2k: since diverse_picks keeps what select's diversity cap needs from behind the head, the head
+# only covers items dropped later (unavailable ones); 2k and 3k gave the same answers to 2,000
+# of 2,000 MicroLens users at k=20 and 1,000 of 1,000 at k=50, for ~5% less CPU a request (a
+# third fewer items looked up). With `interests` the reserved places draw on the head: 2k
+# changed 95 of 1,000 such lists, so those keep 3k.
+HEAD_PER_K = 2
+HEAD_PER_K_WITH_INTERESTS = 3
 MIN_HEAD = 30
 
 
@@ -28,7 +34,8 @@ def head_limit(request: RecRequest) -> int | None:
     """How many of the best candidates are looked at; None: all of them."""
     if request.include_tags or request.exclude_tags:
         return None
-    return max(HEAD_PER_K * request.k, MIN_HEAD)
+    per_k = HEAD_PER_K_WITH_INTERESTS if request.interests else HEAD_PER_K
+    return max(per_k * request.k, MIN_HEAD)
 
 
 def interest_quota(request: RecRequest) -> int:
