@@ -16,7 +16,9 @@ median p99, keeping all of them. Load comes from a separate process, open-loop: 
 due at start + i/rate whatever happened to earlier ones, and its latency is measured from when
 it was due (so a stalled server cannot hide its queue). Real user ids, k=20, a minimal
 keep-alive HTTP/1.1 client on uvloop so the generator spends little of the 2 cores. Before the
-load, each scenario is also timed one request at a time and at a light 20 req/s.
+load, each scenario is also timed one request at a time and at a light 20 req/s. Each loaded run
+also reports the CPU each server process spent per answered request (`cpu_ms_per_request`):
+on a noisy machine, a ratio of those between two versions is steadier than their latencies.
 Writes bench/results/serving.json and prints a summary.
 
 Targets: (a) p99 <= 25 ms; (b) p99 <= 40 ms; (c) overhead <= 1.5.
@@ -219,6 +221,16 @@ class Servers:
             time.sleep(0.25)
         raise RuntimeError(f"{url} not ready after {timeout_s} s")
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) each server process has used so far."""
+        import psutil
+
+        out = {}
+        for name, proc in self.procs:
+            times = psutil.Process(proc.pid).cpu_times()
+            out[name] = times.user + times.system
+        return out
+
     def stop(self) -> None:
         for _, proc in reversed(self.procs):
             if proc.poll() is None:
@@ -253,6 +265,18 @@ def stage_means(base: str) -> dict[str, float]:
                          r" ([0-9.e+-]+)", text):
         (sums if m.group(1) == "sum" else counts)[f"{m.group(2)}.{m.group(3)}"] = float(m.group(4))
     return {k: round(1000 * sums[k] / counts[k], 3) for k in sorted(sums) if counts.get(k)}
+
+
+def cpu_per_request(before: dict[str, float], after: dict[str, float], answered: int
+                    ) -> dict[str, float]:
+    """Milliseconds of CPU per answered request, per server process and in all: what a replica
+    of each service costs (docs/capacity.md sizes CPU requests from it). The load generator's
+    own CPU is not in it."""
+    if answered <= 0:
+        return {}
+    out = {name: round(1000 * (after[name] - before[name]) / answered, 2) for name in after}
+    out["total"] = round(sum(out.values()), 2)
+    return out
 
 
 def run_loadgen(port: int, users_file: Path, rate: float, duration: float,
@@ -295,13 +319,17 @@ def scenario(name: str, topology: dict[str, int], rate: float, duration: float,
         for i in range(repeats):
             print(f"[bench] {name}: {rate:g} req/s for {duration:g} s (run {i + 1}/{repeats})",
                   flush=True)
+            before = servers.cpu_seconds()
             runs.append(run_loadgen(port, users_file, rate, duration))
+            runs[-1]["cpu_ms_per_request"] = cpu_per_request(before, servers.cpu_seconds(),
+                                                             runs[-1]["ok"])
             print(f"[bench] {name}: {json.dumps(runs[-1])}", flush=True)
         # The run with the median p99 is the result; every run is kept (a shared 2-core box
         # is noisy: one stall elsewhere moves a p99 a lot).
         out = dict(sorted(runs, key=lambda r: r["p99_ms"])[len(runs) // 2])
         out["runs"] = [{k: r[k] for k in ("p50_ms", "p95_ms", "p99_ms", "achieved_rps",
-                                          "errors", "degraded")} for r in runs]
+                                          "errors", "degraded", "cpu_ms_per_request")}
+                       for r in runs]
         out["stage_mean_ms"] = stage_means(base)
         out["light_load"] = probe
         out["one_at_a_time"] = sequential
@@ -505,6 +533,7 @@ def print_summary(r: dict, out: Path) -> None:
                   f"  p50 {s['p50_ms']:6.2f}  p95 {s['p95_ms']:6.2f}  p99 {s['p99_ms']:6.2f} ms"
                   f"  errors {s['errors']}  degraded {s['degraded'] or 0}"
                   f"  (median of p99s {[r['p99_ms'] for r in s['runs']]})")
+            print(f"  {'':14s} CPU ms per request {s.get('cpu_ms_per_request')}")
             lt = s["light_load"]
             print(f"  {'':14s} {lt['target_rps']:5.0f} req/s -> achieved {lt['achieved_rps']:6.1f}"
                   f"  p50 {lt['p50_ms']:6.2f}  p95 {lt['p95_ms']:6.2f}  p99 {lt['p99_ms']:6.2f} ms"
