@@ -188,6 +188,7 @@ class Gateway:
         if keep | wanted:
             await self._serve_bundles(keep | wanted)
         self.arms = await asyncio.to_thread(self._build_arms, new.active, self.catalog)
+        freeze_loaded()  # the arms' catalogues: out of the collector's full passes
         if keep - wanted:
             await self._serve_bundles(wanted)
         exp = new.active

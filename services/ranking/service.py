@@ -100,6 +100,7 @@ class RankingService:
                 if ranker is not None:
                     BUNDLE_BYTES.labels("ranking", ranker.version, "extra").set(
                         ranker.memory_bytes())
+            freeze_loaded()  # arms' models too: out of the collector's full passes
         log.info("ranking: main bundle %s, extra %s", main.version, sorted(extra) or "none")
         return {"main": main.version, "extra": sorted(extra)}
 

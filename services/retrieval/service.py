@@ -179,6 +179,7 @@ class RetrievalService:
             for state in extra.values():
                 if state is not None:
                     BUNDLE_BYTES.labels(SERVICE, state.version, "extra").set(state.memory_bytes())
+            freeze_loaded()  # arms' states too: out of the collector's full passes
         log.info("retrieval: main bundle %s, extra %s", main.version, sorted(extra) or "none")
         return {"main": main.version, "extra": sorted(extra)}
 

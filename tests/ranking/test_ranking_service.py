@@ -192,3 +192,27 @@ def test_the_service_keeps_numpy_to_one_blas_thread() -> None:
     before, after = out[0] + "]", out[1].strip() + "]"
     assert after == "[1]", (before, after)
     assert os.cpu_count() == 1 or before != "[1]", "the check needs a multi-threaded BLAS first"
+
+
+def test_an_arms_model_is_frozen_when_loaded_and_freed_when_dropped(artifacts,
+                                                                    make_settings) -> None:
+    """Experiment arms' bundles (serve_bundles) are moved out of the collector's passes like
+    the main one, and freed by reference counting once no arm names them."""
+    import gc
+
+    async def go():
+        service = RankingService(make_settings(artifacts, "rank-a"))
+        await service.reload()
+        gc.unfreeze()
+        await service.serve_bundles(["rank-b"])
+        frozen = gc.get_freeze_count()
+        arm = weakref.ref(service._extra["rank-b"])
+        await service.serve_bundles([])
+        return frozen, arm
+
+    try:
+        frozen, arm = asyncio.run(go())
+    finally:
+        gc.unfreeze()  # leave the test process as it was
+    assert frozen > 0
+    assert arm() is None

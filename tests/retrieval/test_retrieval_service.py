@@ -388,3 +388,25 @@ def test_a_reload_frees_the_previous_state(settings) -> None:
     first, service = asyncio.run(go())
     assert service.state.version == "ret-a"
     assert first() is None
+
+
+def test_an_arms_state_is_frozen_when_loaded_and_freed_when_dropped(settings) -> None:
+    """Experiment arms' bundles (serve_bundles) are moved out of the collector's passes like
+    the main one, and freed by reference counting once no arm names them."""
+    import gc
+
+    async def go():
+        service = await RetrievalService.open(settings)
+        gc.unfreeze()
+        await service.serve_bundles(["ret-b"])
+        frozen = gc.get_freeze_count()
+        arm = weakref.ref(service._extra["ret-b"])
+        await service.serve_bundles([])
+        return frozen, arm
+
+    try:
+        frozen, arm = asyncio.run(go())
+    finally:
+        gc.unfreeze()  # leave the test process as it was
+    assert frozen > 0
+    assert arm() is None
