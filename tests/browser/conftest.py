@@ -178,9 +178,15 @@ class Page:
         return self
 
     def wait(self, condition, timeout: float = 20.0, what: str = ""):
+        from selenium.common.exceptions import StaleElementReferenceException
         from selenium.webdriver.support.ui import WebDriverWait
 
-        return WebDriverWait(self.driver, timeout, poll_frequency=0.1).until(condition, what)
+        # A condition that reads elements the page replaces while it re-renders (the tag chips,
+        # once per key typed into the filter) can hold a detached one: not settled yet, so
+        # poll again rather than fail.
+        return WebDriverWait(self.driver, timeout, poll_frequency=0.1,
+                             ignored_exceptions=(StaleElementReferenceException,)
+                             ).until(condition, what)
 
     def css(self, selector: str):
         from selenium.webdriver.common.by import By
