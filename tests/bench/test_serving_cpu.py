@@ -19,17 +19,28 @@ def test_cpu_per_request_divides_each_process_and_adds_them_up() -> None:
 
 def test_servers_read_the_cpu_their_processes_spend(tmp_path: Path) -> None:
     servers = Servers(tmp_path)
+    # Each child says when its interpreter is up, so that its start-up CPU is not counted.
     busy = subprocess.Popen([sys.executable, "-c",
-                             "import time\nend = time.process_time() + 0.3\n"
+                             "import sys, time\nprint('up', flush=True)\nsys.stdin.readline()\n"
+                             "end = time.process_time() + 0.3\n"
                              "while time.process_time() < end: pass\n"
-                             "time.sleep(60)"])
-    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+                             "time.sleep(60)"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    idle = subprocess.Popen([sys.executable, "-c",
+                             "import time\nprint('up', flush=True)\ntime.sleep(60)"],
+                            stdout=subprocess.PIPE, text=True)
     servers.procs += [("busy", busy), ("idle", idle)]
     try:
+        assert busy.stdout is not None and idle.stdout is not None and busy.stdin is not None
+        assert busy.stdout.readline().strip() == "up" and idle.stdout.readline().strip() == "up"
         start = servers.cpu_seconds()
-        time.sleep(1.5)  # the busy one spends its 0.3 s, then sleeps
+        busy.stdin.write("go\n")
+        busy.stdin.flush()
+        deadline = time.monotonic() + 30
+        while servers.cpu_seconds()["busy"] - start["busy"] < 0.28 and time.monotonic() < deadline:
+            time.sleep(0.05)
         used = {n: servers.cpu_seconds()[n] - start[n] for n in start}
     finally:
         servers.stop()
-    assert used["busy"] > 0.1
+    assert used["busy"] >= 0.28  # its 0.3 s of spinning, read in clock ticks (10 ms)
     assert used["idle"] < 0.05
