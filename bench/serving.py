@@ -343,7 +343,7 @@ async def measure_parts(settings, users: list[str], n: int) -> dict:
     """p50/p95 ms of each dependency call the gateway makes, without HTTP or the gateway."""
     from services.gateway.catalog import Catalog
     from services.gateway.pipeline import RecRequest
-    from services.gateway.pipeline.head import HEAD_PER_K, MIN_HEAD
+    from services.gateway.pipeline.head import head_limit
     from services.gateway.pipeline.retrieve import Retrieve, query_tags
     from services.gateway.wiring import connect
     from shared.bundle import Bundle
@@ -376,7 +376,7 @@ async def measure_parts(settings, users: list[str], n: int) -> dict:
             # as the gateway does: metadata of the head of the ranked list only
             order = (sorted(range(len(ids)), key=scores.__getitem__, reverse=True)
                      if scores else range(len(ids)))
-            head = [res.candidates[j] for j in list(order)[:max(HEAD_PER_K * K, MIN_HEAD)]]
+            head = [res.candidates[j] for j in list(order)[:head_limit(RecRequest(user, K))]]
             await fs.item_meta([c.item_id for c in head]
                                + [c.nearest_history for c in head if c.nearest_history])
             t4 = time.perf_counter()

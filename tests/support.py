@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 import subprocess
+import weakref
+from collections.abc import Callable
+from typing import Any
 
 
 def free_port() -> int:
@@ -22,3 +26,16 @@ def stop_process(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+async def arm_frozen_then_freed(service: Any, version: str, arm: Callable[[], object]
+                                ) -> tuple[int, weakref.ref[Any]]:
+    """Serve bundle `version` for an experiment arm beside `service`'s main one, then drop it:
+    (objects frozen once it was loaded, a weak reference to what `arm()` held). The caller
+    unfreezes afterwards (gc.unfreeze), to leave its test process as it was."""
+    gc.unfreeze()
+    await service.serve_bundles([version])
+    frozen = gc.get_freeze_count()
+    held = weakref.ref(arm())
+    await service.serve_bundles([])
+    return frozen, held

@@ -24,6 +24,7 @@ from shared.bundle import Bundle
 from shared.contracts import ItemMeta, ScoreItem, ServiceUnavailable
 from shared.observability import DEGRADED
 from shared.redis_conn import make_redis
+from tests.support import arm_frozen_then_freed
 
 
 @pytest.fixture
@@ -203,12 +204,7 @@ def test_an_arms_model_is_frozen_when_loaded_and_freed_when_dropped(artifacts,
     async def go():
         service = RankingService(make_settings(artifacts, "rank-a"))
         await service.reload()
-        gc.unfreeze()
-        await service.serve_bundles(["rank-b"])
-        frozen = gc.get_freeze_count()
-        arm = weakref.ref(service._extra["rank-b"])
-        await service.serve_bundles([])
-        return frozen, arm
+        return await arm_frozen_then_freed(service, "rank-b", lambda: service._extra["rank-b"])
 
     try:
         frozen, arm = asyncio.run(go())

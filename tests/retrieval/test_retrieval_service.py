@@ -22,6 +22,7 @@ from shared.sources import MAX_CANDIDATES_PER_SOURCE
 from shared.tags import TagClusters
 from shared.text import item_text
 from shared.text_encoder import OnnxTextEncoder
+from tests.support import arm_frozen_then_freed
 
 CAPS = {"ann": 40, "cooc": 20, "content": 20, "tags": 15, "popular": 10}
 
@@ -397,12 +398,7 @@ def test_an_arms_state_is_frozen_when_loaded_and_freed_when_dropped(settings) ->
 
     async def go():
         service = await RetrievalService.open(settings)
-        gc.unfreeze()
-        await service.serve_bundles(["ret-b"])
-        frozen = gc.get_freeze_count()
-        arm = weakref.ref(service._extra["ret-b"])
-        await service.serve_bundles([])
-        return frozen, arm
+        return await arm_frozen_then_freed(service, "ret-b", lambda: service._extra["ret-b"])
 
     try:
         frozen, arm = asyncio.run(go())
