@@ -246,8 +246,10 @@ def _arguments(parser) -> None:
 
 @events.test_start.add_listener
 def _started(environment, **_kw) -> None:
-    catalog()  # fail at the start, not in every user, when the bundle is missing
+    # Stamped before the catalogue loads: locust's --run-time clock is already running by the
+    # time test_start fires, so a start stamped after a slow load reads short of --run-time.
     STARTED["at"] = time.time()
+    catalog()  # fail at the start, not in every user, when the bundle is missing
 
 
 @events.quitting.add_listener
