@@ -183,6 +183,13 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(10.0, gt=0, description="A request body must arrive within "
                                   "this; slower ones get 408.")
 
+    behind_gateway_nice: int = Field(
+        10, ge=0, le=19, description="Retrieval, ranking, the feature store and the archiver "
+        "start at this CPU niceness (never lowering one they were given), so that on a shared "
+        "box the gateway, where requests are admitted or refused, gets a core first. 0: off. "
+        "Containers and pods have their own CPU weights (compose cpu_shares, k8s requests), "
+        "where niceness only ranks a process's own threads (docs/capacity.md).")
+
     # --- onnxruntime / faiss ------------------------------------------------------------
     ort_intra_threads: int = Field(2, ge=1, le=256)
     ort_inter_threads: int = Field(1, ge=1, le=256)

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -39,3 +40,16 @@ async def arm_frozen_then_freed(service: Any, version: str, arm: Callable[[], ob
     held = weakref.ref(arm())
     await service.serve_bundles([])
     return frozen, held
+
+
+def thread_niceness(pid: int) -> dict[int, int]:
+    """Thread id -> CPU niceness of each thread of a process (Linux keeps one per thread), from
+    /proc/PID/task/TID/stat: the 19th field, counted after the command name's parenthesis."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        out[int(task.name)] = int(fields[16])
+    return out

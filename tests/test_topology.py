@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from services.topology import build_app, fit_ort_threads
 from shared.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("cpus, workers, configured, expected", [
@@ -32,3 +40,46 @@ def test_an_explicit_thread_count_is_kept(monkeypatch: pytest.MonkeyPatch) -> No
 def test_an_unknown_service_name_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown service"):
         build_app(Settings(), "everything")
+
+
+PROBE = """
+import json, os, sys, threading
+from services.topology import yield_cpu_to_gateway
+from shared.settings import Settings
+from tests.support import thread_niceness
+stop = threading.Event()
+before = threading.Thread(target=stop.wait); before.start()
+nice = yield_cpu_to_gateway(Settings(behind_gateway_nice=int(sys.argv[2])), sys.argv[1])
+after = threading.Thread(target=stop.wait); after.start()
+print(json.dumps({"returned": nice, "threads": sorted(thread_niceness(os.getpid()).values())}))
+stop.set()
+"""
+
+
+def _niceness_after_start(service: str, nice: int, started_at: int = 0) -> dict:
+    argv = [sys.executable, "-c", PROBE, service, str(nice)]
+    if started_at:
+        argv = ["nice", "-n", str(started_at), *argv]
+    out = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
+    return json.loads(out.stdout)
+
+
+@pytest.mark.parametrize("service", ["retrieval", "ranking", "feature-store", "archiver"])
+def test_services_behind_the_gateway_yield_it_the_cpu(service: str) -> None:
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    expected = max(own, 10)
+    # threads started before the call (OpenBLAS's at import, say) and after it alike
+    assert _niceness_after_start(service, 10) == {"returned": expected,
+                                                   "threads": [expected] * 3}
+
+
+@pytest.mark.parametrize("service", ["gateway", "all"])
+def test_the_gateway_keeps_its_priority(service: str) -> None:
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    assert _niceness_after_start(service, 10) == {"returned": own, "threads": [own] * 3}
+
+
+def test_a_niceness_given_at_start_is_never_lowered() -> None:
+    assert _niceness_after_start("ranking", 10, started_at=15)["threads"] == [15] * 3
+    assert _niceness_after_start("ranking", 0)["threads"] == [os.getpriority(
+        os.PRIO_PROCESS, 0)] * 3  # 0: off

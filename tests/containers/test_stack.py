@@ -157,3 +157,23 @@ def test_locust_profile_runs_30_s_without_failures(stack: Stack, results: dict) 
     assert total["requests"] > 0, run.stdout[-3000:]
     assert total["failures"] == 0, f"locust failures: {summary['failures']}"
     assert summary["duration_s"] >= 29, summary  # counted from test_start, as --run-time is
+
+
+def cpu_weight(stack: Stack, service: str) -> int:
+    """The CPU weight the kernel gives the container's cgroup (v2 cpu.weight, v1 cpu.shares)."""
+    read = stack.compose("exec", "-T", service, "sh", "-c",
+                         "cat /sys/fs/cgroup/cpu.weight 2>/dev/null || "
+                         "cat /sys/fs/cgroup/cpu/cpu.shares")
+    return int(read.stdout.strip())
+
+
+def test_the_services_behind_the_gateway_run_with_less_cpu_weight(stack: Stack) -> None:
+    from services.topology import BEHIND_GATEWAY
+
+    declared = {name: compose()["services"][name]["cpu_shares"]
+                for name in ("gateway", *BEHIND_GATEWAY)}
+    for name, shares in declared.items():
+        assert stack.inspect(name)["HostConfig"]["CpuShares"] == shares, name
+    gateway = cpu_weight(stack, "gateway")
+    behind = {name: cpu_weight(stack, name) for name in BEHIND_GATEWAY}
+    assert all(w * 4 <= gateway for w in behind.values()), (gateway, behind)

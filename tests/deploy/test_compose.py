@@ -92,3 +92,14 @@ def _dev_extra() -> list[str]:
 
     return tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
         "optional-dependencies"]["dev"]
+
+
+def test_the_services_behind_the_gateway_have_less_cpu_weight() -> None:
+    """What VIDREC_BEHIND_GATEWAY_NICE does for processes on one box, cpu_shares does for
+    containers (niceness only ranks threads within their own container)."""
+    from services.topology import BEHIND_GATEWAY
+
+    services = compose()["services"]
+    gateway = services["gateway"]["cpu_shares"]
+    weights = {name: services[name].get("cpu_shares", 1024) for name in BEHIND_GATEWAY}
+    assert all(w * 4 <= gateway for w in weights.values()), (gateway, weights)

@@ -10,6 +10,7 @@ show which processes use Redis (the NetworkPolicy's clients).
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -22,6 +23,8 @@ from urllib.parse import urlsplit
 import psutil
 import pytest
 import redis
+
+from tests.support import thread_niceness
 
 from .manifests import (
     as_argv,
@@ -224,3 +227,13 @@ def test_only_redis_clients_connect_to_redis(topology: Topology, small_bundle: P
     # settings (test_no_drift); here those are exactly the processes that connect (the gateway
     # too: it follows the active bundle and writes impressions, docs/learning_loop.md)
     assert connected == given_redis, f"connected {connected}, given Redis settings {given_redis}"
+
+
+def test_the_services_behind_the_gateway_yield_it_the_cpu(topology: Topology,
+                                                          small_bundle: Path) -> None:
+    exercise(topology, small_bundle)  # every thread pool has started
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    niceness = {name: set(thread_niceness(proc.pid).values())
+                for name, proc in topology.processes.items()}
+    assert niceness == {"gateway": {own}, **{name: {max(own, 10)} for name in APPS
+                                             if name != "gateway"}}, niceness
