@@ -5,6 +5,7 @@ VIDREC_*_URL."""
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -44,6 +45,21 @@ def build_app(settings: Settings, service: str) -> FastAPI:
                      "feature-store or archiver")
 
 
+def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may run on: its affinity mask (taskset, a cpuset), capped by a cgroup v2
+    CPU quota (compose's `cpus:`, a pod's CPU limit), rounded up. os.cpu_count() counts the
+    host's, so a 1-CPU container on a 16-core host would start 15 onnxruntime threads."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()
+    except (OSError, ValueError):  # no cgroup v2 (or not Linux): no quota to read
+        return cpus
+    if quota == "max":
+        return cpus
+    return max(1, min(cpus, math.ceil(int(quota) / int(period))))
+
+
 def fit_ort_threads(settings: Settings, workers: int) -> Settings:
     """Each serving process needs a core for its event loop; onnxruntime's intra-op threads get
     what is left of its share of the machine, at most the configured number. On 2 cores, one
@@ -52,7 +68,7 @@ def fit_ort_threads(settings: Settings, workers: int) -> Settings:
     VIDREC_ORT_INTRA_THREADS is always kept."""
     if "VIDREC_ORT_INTRA_THREADS" in os.environ:
         return settings
-    fit = max(1, (os.cpu_count() or 1) // max(1, workers) - 1)
+    fit = max(1, usable_cpus() // max(1, workers) - 1)
     if settings.ort_intra_threads <= fit:
         return settings
     return settings.model_copy(update={"ort_intra_threads": fit})

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.topology import build_app, fit_ort_threads
+from services.topology import build_app, fit_ort_threads, usable_cpus
 from shared.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,15 +26,38 @@ def test_onnxruntime_threads_fit_the_cores(monkeypatch: pytest.MonkeyPatch, cpus
                                            workers: int, configured: int,
                                            expected: int) -> None:
     monkeypatch.delenv("VIDREC_ORT_INTRA_THREADS", raising=False)
-    monkeypatch.setattr("os.cpu_count", lambda: cpus)
+    monkeypatch.setattr("services.topology.usable_cpus", lambda: cpus)
     settings = Settings(ort_intra_threads=configured)
     assert fit_ort_threads(settings, workers).ort_intra_threads == expected
 
 
 def test_an_explicit_thread_count_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VIDREC_ORT_INTRA_THREADS", "2")
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr("services.topology.usable_cpus", lambda: 2)
     assert fit_ort_threads(Settings(), 1).ort_intra_threads == 2
+
+
+@pytest.mark.parametrize("cpu_max, expected", [
+    ("max 100000\n", 2),        # no quota: the affinity mask
+    ("100000 100000\n", 1),     # 1 CPU
+    ("150000 100000\n", 2),     # 1.5 CPUs: rounded up
+    ("800000 100000\n", 2),     # a quota above the mask: the mask
+    (None, 2),                  # no cgroup v2 file
+])
+def test_usable_cpus_follow_the_cpu_quota(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          cpu_max: str | None, expected: int) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1})
+    if cpu_max is not None:
+        (tmp_path / "cpu.max").write_text(cpu_max)
+    assert usable_cpus(tmp_path) == expected
+
+
+def test_usable_cpus_follow_the_affinity_mask() -> None:
+    """A process started on one CPU (taskset) counts one, whatever the host has."""
+    out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c",
+                          "from services.topology import usable_cpus; print(usable_cpus())"],
+                         cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "1"
 
 
 def test_an_unknown_service_name_is_refused() -> None:
