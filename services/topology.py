@@ -48,7 +48,7 @@ def build_app(settings: Settings, service: str) -> FastAPI:
 def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
     """CPUs this process may run on: its affinity mask (taskset, a cpuset), capped by a cgroup v2
     CPU quota (compose's `cpus:`, a pod's CPU limit), rounded up. os.cpu_count() counts the
-    host's, so a 1-CPU container on a 16-core host would start 15 onnxruntime threads."""
+    host's: a process limited to one CPU kept two onnxruntime threads beside its event loop."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
         os.cpu_count() or 1)
     try:
@@ -93,7 +93,10 @@ def yield_cpu_to_gateway(settings: Settings, service: str) -> int:
     # pool): each one is set. Threads started later inherit it from the one starting them.
     tasks = Path("/proc/self/task")
     for tid in (int(t) for t in os.listdir(tasks)) if tasks.is_dir() else (0,):
-        os.setpriority(os.PRIO_PROCESS, tid, target)
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, target)
+        except ProcessLookupError:  # the thread ended since the listing
+            continue
     return target
 
 
