@@ -132,7 +132,10 @@ def test_many_users_in_one_call_equal_one_by_one(ranker, bundle, users) -> None:
         (alone,) = ranker.score([h], [c])
         np.testing.assert_allclose(s, alone, rtol=1e-5, atol=1e-5)
     assert np.isfinite(together[4]).all()
-    assert together[3][-1] == pytest.approx(together[3][0], abs=1e-6)
+    # The duplicate scores as the first copy, to float32 rounding: onnxruntime's matrix kernels
+    # may sum a matrix's last rows in another order than its first (1 ulp apart, 3.8e-6 at a
+    # score of 53, on an AVX-512 machine), so an absolute 1e-6 was below float32's resolution.
+    np.testing.assert_array_max_ulp(together[3][-1], together[3][0], maxulp=4)
 
 
 def test_large_requests_split_into_batches_give_the_same_scores(ranker, bundle, users,
