@@ -37,10 +37,13 @@ SOURCE_NAMES: tuple[str, ...] = tuple(DEFAULT_CAPS)
 # model run; past this budget the ranker's NDCG gains little (bench/results/candidate_budget.json:
 # quality against cost per request for each budget, on MicroLens-50k). The content source is
 # off here: its exact search over 384 dimensions was 40% of retrieval's time, and the ranker's
-# NDCG@10 did not move without its candidates (its content features stay). A user without a
-# history, and a request with tag filters, still get DEFAULT_CAPS.
-RANKER_CAPS = MappingProxyType({"ann": 100, "cooc": 50, "content": 0, "tags": 15,
-                                "popular": 5})
+# NDCG@10 did not move without its candidates (its content features stay). Popular's 5 found
+# nothing the others did not, and ANN's 81st-100th and cooc's 41st-50th moved neither NDCG@10
+# nor HR@10 (HR@50 -1.2%) for 17% less of the two stages' CPU
+# (bench/results/candidate_budget_trim.json). A user without a history, and a request with tag
+# filters, still get DEFAULT_CAPS.
+RANKER_CAPS = MappingProxyType({"ann": 80, "cooc": 40, "content": 0, "tags": 15,
+                                "popular": 0})
 
 
 def ranked_caps(candidate_caps: Mapping[str, int],
