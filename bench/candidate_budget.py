@@ -64,7 +64,7 @@ BUDGETS: dict[str, dict[str, int]] = dict([
     _budget(ann=300, cooc=100, content=100, tags=50, popular=50),  # every source's full cap
     _budget(ann=300, content=100, tags=50, popular=50),
     _budget(ann=60),
-    # Below the default, for the one-process CPU headroom of issue #14 (200 req/s)
+    # Below the default until 12-04, for the one-process CPU headroom of issue #14 (200 req/s)
     _budget(ann=100, cooc=50, tags=15),                           # no popular
     _budget(ann=100, cooc=50),                                    # no tags either
     _budget(ann=80, cooc=40, tags=15, popular=5),                 # fewer ANN and cooc
