@@ -20,11 +20,11 @@ from services.feature_store.codec import (
     pack_item,
     pack_overlay,
     unpack_history,
+    unpack_item,
     unpack_overlay,
 )
 from services.feature_store.errors import UnknownItems, redis_unavailable_as_service_unavailable
 from services.feature_store.events import EventRecorder
-from services.feature_store.item_reads import ItemReads
 from services.feature_store.keys import Keys
 from services.feature_store.profile import decayed
 from shared.contracts import (
@@ -56,7 +56,6 @@ class FeatureStore:
         self.clock = clock
         self.half_life_s = settings.tag_half_life_days * 86400.0
         self._events = EventRecorder(redis, self.keys, settings, clock)
-        self._item_reads = ItemReads(self.keys)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FeatureStore:
@@ -88,14 +87,17 @@ class FeatureStore:
         ids = list(dict.fromkeys(item_ids))
         if not ids:
             return {}
-        reads = self._item_reads
-        keys = [reads.key(i) for i in ids]
+        keys = [self.keys.item(i) for i in ids]
         with timed(SERVICE, "item_meta"), redis_unavailable_as_service_unavailable():
             if isinstance(self.redis, RedisCluster):  # groups keys by slot, one pipeline
                 packed = await self.redis.mget_nonatomic(keys)
             else:
                 packed = await self.redis.mget(keys)
-        return {i: reads.meta(i, p) for i, p in zip(ids, packed, strict=True) if p is not None}
+        # Decoded afresh each time, on purpose: a per-process cache of the decoded ItemMeta saved
+        # 0.07 ms a request but kept ~58,000 more objects alive for the garbage collector, whose
+        # full passes went from 1.6 to 22-28 ms; one process at 150 req/s: p99 22-32 -> 31-40 ms
+        # (reverted in the commit that added this comment).
+        return {i: unpack_item(i, p) for i, p in zip(ids, packed, strict=True) if p is not None}
 
     async def history(self, user_id: str, limit: int) -> list[HistoryEntry]:
         with timed(SERVICE, "history"), redis_unavailable_as_service_unavailable():

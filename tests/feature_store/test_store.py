@@ -8,8 +8,6 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio
 
-from services.feature_store.item_reads import ItemReads
-from services.feature_store.keys import Keys
 from services.feature_store.store import FeatureStore
 from shared.contracts import Event, ItemMeta
 from shared.redis_conn import make_redis
@@ -123,37 +121,6 @@ async def test_item_meta_skips_unknown_ids_and_dedupes(store: FeatureStore) -> N
     assert list(meta) == items
     assert meta["v3"] == ItemMeta(item_id="v3", title="Video 3", tags=["t0"], available=True)
     assert await store.item_meta([]) == {}
-
-
-async def test_item_meta_sees_every_change_another_process_writes(settings: Settings,
-                                                                   store: FeatureStore) -> None:
-    # The decoded metadata is reused only while Redis holds the same value (item_reads.py): a
-    # change written by another process (here a second FeatureStore on its own connection, as a
-    # second gateway or the loader would write it) shows on the very next read.
-    await put_items(store, 3)
-    first = await store.item_meta(["v0", "v1"])
-    assert (await store.item_meta(["v0", "v1"]))["v0"] is first["v0"]  # decoded once
-    other = FeatureStore(make_redis(settings), settings)
-    try:
-        await other.put_item(ItemMeta(item_id="v0", title="Renamed", tags=["t9"]))
-        await other.delete_item("v1")
-    finally:
-        await other.aclose()
-    again = await store.item_meta(["v0", "v1"])
-    assert again["v0"] == ItemMeta(item_id="v0", title="Renamed", tags=["t9"])
-    assert again["v1"].available is False
-    await store.redis.delete(store.keys.item("v0"))  # gone from Redis: gone from the answer
-    assert list(await store.item_meta(["v0", "v1", "v2"])) == ["v1", "v2"]
-
-
-def test_item_reads_stay_within_their_bound() -> None:
-    reads = ItemReads(Keys("vidrec:test"), max_items=4)
-    for i in range(10):
-        reads.key(f"v{i}")
-        reads.meta(f"v{i}", f'{{"title": "V{i}", "tags": [], "available": true}}')
-        assert len(reads._key) <= 4 and len(reads._decoded) <= 4
-    assert reads.meta("v9", '{"title": "V9", "tags": [], "available": true}').title == "V9"
-    assert reads.key("v0") == reads._keys.item("v0")  # rebuilt after the clear
 
 
 async def test_item_ids_with_separator_characters_round_trip(store: FeatureStore) -> None:
