@@ -26,6 +26,9 @@ from services.retrieval.sources.ann import user_vectors
 from shared import ranker_features
 from shared.bundle import FIRST_ITEM_INDEX, Bundle
 from shared.contracts import Candidate, UserState
+
+# _forget_server_keys: autouse, so the keys the servers started here write are deleted too
+from tests.ranking.test_ranking_http import _forget_server_keys as _forget_server_keys
 from tests.ranking.test_ranking_http import start_server, wait_ready
 from tests.support import stop_process
 

@@ -15,11 +15,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import redis
 
 from services.ranking.client import RankingClient
 from services.ranking.scorer import OnnxRanker
 from shared.bundle import Bundle
 from shared.contracts import ScoreItem, ServiceUnavailable
+from shared.settings import Settings
 from tests.support import free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,11 +32,30 @@ LAUNCH = ("import sys, uvicorn; from services.ranking.app import create_app; "
           "log_level='warning')")
 
 
+# Each server's key prefix in the shared Redis: its rollout follower writes the bundle it serves
+# there at start-up (shared/rollout.py), and the module's teardown deletes what they wrote.
+PREFIXES: list[str] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _forget_server_keys() -> Iterator[None]:
+    yield
+    client = redis.Redis.from_url(Settings().redis_url)
+    try:
+        for prefix in PREFIXES:
+            keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+            if keys:
+                client.delete(*keys)
+    finally:
+        client.close()
+
+
 def start_server(artifacts: Path, bundle: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
+    PREFIXES.append(f"vidrec:test:{uuid.uuid4().hex}")
     env = {**os.environ, "VIDREC_ARTIFACTS_DIR": str(artifacts), "VIDREC_BUNDLE": bundle,
            "VIDREC_ADMIN_TOKEN": TOKEN, "VIDREC_USE_GPU": "false",
-           "VIDREC_ORT_INTRA_THREADS": "1", "VIDREC_KEY_PREFIX": f"vidrec:test:{uuid.uuid4().hex}"}
+           "VIDREC_ORT_INTRA_THREADS": "1", "VIDREC_KEY_PREFIX": PREFIXES[-1]}
     proc = subprocess.Popen([sys.executable, "-c", LAUNCH, str(port)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return proc, f"http://127.0.0.1:{port}"
