@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.topology import build_app, fit_ort_threads, usable_cpus
+from services.topology import BEHIND_GATEWAY, build_app, fit_ort_threads, usable_cpus
 from shared.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,7 +87,7 @@ def _niceness_after_start(service: str, nice: int, started_at: int = 0) -> dict:
     return json.loads(out.stdout)
 
 
-@pytest.mark.parametrize("service", ["retrieval", "ranking", "feature-store", "archiver"])
+@pytest.mark.parametrize("service", BEHIND_GATEWAY)
 def test_services_behind_the_gateway_yield_it_the_cpu(service: str) -> None:
     own = os.getpriority(os.PRIO_PROCESS, 0)
     expected = max(own, 10)

@@ -18,10 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from services.feature_store.loader import load_bundle
 from shared.settings import Settings
+from tests.gateway.conftest import delete_prefix
 
 from .manifests import REPO, as_argv, compose, compose_environment, subprocess_env
 from .processes import BIN, Process, free_port, http_ok, vidrec_executable, wait_for
@@ -62,11 +62,7 @@ def server(small_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         yield {"url": url, "port": port, "process": proc, "tmp": tmp, "bundle": small_bundle}
     finally:
         proc.stop()
-        client = redis.Redis.from_url(SHARED_REDIS)
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-        for i in range(0, len(keys), 500):
-            client.unlink(*keys[i:i + 500])
-        client.close()
+        delete_prefix(settings)
 
 
 def dockerfile_healthcheck() -> list[str]:

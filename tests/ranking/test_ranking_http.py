@@ -15,13 +15,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import redis
 
 from services.ranking.client import RankingClient
 from services.ranking.scorer import OnnxRanker
 from shared.bundle import Bundle
 from shared.contracts import ScoreItem, ServiceUnavailable
 from shared.settings import Settings
+from tests.gateway.conftest import delete_prefix
 from tests.support import free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,14 +40,8 @@ PREFIXES: list[str] = []
 @pytest.fixture(scope="module", autouse=True)
 def _forget_server_keys() -> Iterator[None]:
     yield
-    client = redis.Redis.from_url(Settings().redis_url)
-    try:
-        for prefix in PREFIXES:
-            keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-            if keys:
-                client.delete(*keys)
-    finally:
-        client.close()
+    for prefix in PREFIXES:
+        delete_prefix(Settings(key_prefix=prefix))
 
 
 def start_server(artifacts: Path, bundle: str) -> tuple[subprocess.Popen, str]:

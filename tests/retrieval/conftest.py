@@ -9,10 +9,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from services.feature_store.store import FeatureStore
 from shared.settings import Settings
+from tests.gateway.conftest import delete_prefix
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
 TOKEN = "retrieval-test-token"
@@ -38,14 +38,12 @@ def artifacts(small_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 @pytest.fixture
 def settings(artifacts: Path, tmp_path: Path) -> Iterator[Settings]:
     prefix = f"vidrec:test:{uuid.uuid4().hex[:12]}"
-    yield Settings(artifacts_dir=artifacts, bundle="ret-a", state_dir=tmp_path / "state",
-                   redis_url=SHARED_REDIS, key_prefix=prefix, redis_cluster=False,
-                   admin_token=TOKEN, use_gpu=False, ort_intra_threads=1, ort_inter_threads=1)
-    client = redis.Redis.from_url(SHARED_REDIS, decode_responses=True)
-    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-    if keys:
-        client.unlink(*keys)
-    client.close()
+    settings = Settings(artifacts_dir=artifacts, bundle="ret-a", state_dir=tmp_path / "state",
+                        redis_url=SHARED_REDIS, key_prefix=prefix, redis_cluster=False,
+                        admin_token=TOKEN, use_gpu=False, ort_intra_threads=1,
+                        ort_inter_threads=1)
+    yield settings
+    delete_prefix(settings)
 
 
 @pytest.fixture
