@@ -26,6 +26,7 @@ import os
 import platform
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -144,7 +145,7 @@ def diversity(bundle: Bundle, clusters: TagClusters, settings, n_users: int) -> 
     items = bundle.items
     metas = [ItemMeta(item_id=it["item_id"], title="", tags=it.get("tags") or [],
                       clusters=clusters.clusters(it.get("tags") or [])) for it in items]
-    plain = [m.model_copy(update={"clusters": []}) for m in metas]  # before: exact tags
+    plain = [replace(m, clusters=[]) for m in metas]  # before: exact tags
     names = ("undiversified", "before", "after")
     # Per list of 10 (each a number between 1 and 10): clusters holding at least one of its
     # videos as their main (first) tag, and the most videos any one cluster holds. Counting

@@ -16,11 +16,24 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 import httpx
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from shared.errors import AdminRejected, BundleNotServed, ServiceUnavailable
 
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M")
+
+
+_ADAPTERS: dict[type[Any], TypeAdapter[Any]] = {}
+
+
+def _adapter(model: type[M]) -> TypeAdapter[M]:
+    # a TypeAdapter builds its validator once: kept per dataclass, as a model class keeps its own
+    adapter = _ADAPTERS.get(model)
+    if adapter is None:
+        adapter = _ADAPTERS[model] = TypeAdapter(model)
+    return adapter
+
+
 JSON_HEADERS = {"content-type": "application/json"}
 
 
@@ -106,7 +119,10 @@ class ServiceClient:
         raise error if error is not None else ServiceUnavailable(failed.message)
 
     def parse(self, model: type[M], response: httpx.Response) -> M:
+        """The answer as `model`: a pydantic model, or a dataclass of shared/contracts.py."""
         try:
-            return model.model_validate_json(response.content)
+            if issubclass(model, BaseModel):
+                return model.model_validate_json(response.content)
+            return _adapter(model).validate_json(response.content)
         except ValidationError as exc:
             raise ServiceUnavailable(f"{self.where}: malformed answer") from exc

@@ -38,10 +38,7 @@ def pack_item(meta: ItemMeta) -> bytes:
 
 def unpack_item(item_id: str, packed: str | bytes) -> ItemMeta:
     d = orjson.loads(packed)
-    # (plain construction: for a model this small pydantic validates faster than
-    # model_construct copies)
-    return ItemMeta(item_id=item_id, title=d["title"], tags=d["tags"], available=d["available"],
-                    clusters=d.get("clusters") or [])
+    return ItemMeta(item_id, d["title"], d["tags"], d["available"], d.get("clusters") or [])
 
 
 # ---- overlay: items put or deleted while serving -------------------------------------------

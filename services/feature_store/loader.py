@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 from typing import Any, TypeVar
 
@@ -98,7 +98,7 @@ def _overlay_meta(o: OverlayItem, by_id: dict[str, dict[str, Any]]) -> ItemMeta 
     if o.meta.available or o.meta.title:
         return o.meta
     it = by_id.get(o.meta.item_id)
-    return None if it is None else _bundle_meta(it).model_copy(update={"available": False})
+    return None if it is None else replace(_bundle_meta(it), available=False)
 
 
 def write_items(r: SyncRedis, keys: Keys, items: list[dict[str, Any]],

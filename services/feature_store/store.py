@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from typing import cast
 
 from redis.asyncio.cluster import RedisCluster
@@ -143,7 +144,7 @@ class FeatureStore:
         The tombstone goes into the overlay even for an item Redis never held, so retrieval
         drops it from an index built before. Returns whether the item was known."""
         known = (await self.item_meta([item_id])).get(item_id)
-        meta = (known.model_copy(update={"available": False}) if known
+        meta = (replace(known, available=False) if known
                 else ItemMeta(item_id=item_id, title="", available=False))
         entry = OverlayItem(meta=meta, embedding=None, updated_at=self.clock())
         with timed(SERVICE, "delete_item"), redis_unavailable_as_service_unavailable():

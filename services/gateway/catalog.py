@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from services.gateway.catalog_meta import CatalogMeta
 from shared.bundle import Bundle
@@ -74,7 +74,7 @@ class Catalog:
         """A deleted item: keep its title for history views, but never propose it again."""
         old = self.meta.get(item_id)
         if old is not None:
-            self.meta[item_id] = old.model_copy(update={"available": False})
+            self.meta[item_id] = replace(old, available=False)
             self.changed.add(item_id)
             self.revision += 1
 

@@ -1,8 +1,8 @@
 """item id -> ItemMeta for a whole bundle, held as columns (shared/columns.py) instead of one
-pydantic model per item: at 1M items the models took ~1.4 GB of the gateway's 1.6 GB and most
-of its 31 s start-up (bench/scale.py). An ItemMeta is built when asked for (`model_construct`:
-the build validated the bundle's items); items upserted or deleted through this gateway are
-kept as models on top of the columns.
+object per item: at 1M items pydantic models took ~1.4 GB of the gateway's 1.6 GB and most of
+its 31 s start-up (bench/scale.py). An ItemMeta is built when asked for (the build validated
+the bundle's items); items upserted or deleted through this gateway are kept as objects on top
+of the columns.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class CatalogMeta(MutableMapping[str, ItemMeta]):
         if meta is not None:
             return meta
         row = self._row_of[item_id]
-        meta = ItemMeta.model_construct(
+        meta = ItemMeta(
             item_id=item_id, title=self._titles[row], tags=list(self._tags[row]),
             available=True,
             clusters=list(self._clusters[row]) if self._clusters is not None else [])

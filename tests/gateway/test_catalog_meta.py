@@ -4,6 +4,7 @@ ItemMeta per bundle item answered, on a real bundle, and keep upserts and delete
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from services.gateway.catalog import Catalog
@@ -51,7 +52,7 @@ def test_upserts_and_deletes_sit_on_top_of_the_columns(small_bundle: Path) -> No
     assert catalog.meta[first].title == expected[first].title
     assert catalog.meta["brand-new"] == new and "brand-new" in catalog.meta
     assert len(catalog.meta) == len(expected) + 1 and list(catalog.meta)[-1] == "brand-new"
-    expected[first] = expected[first].model_copy(update={"available": False})
+    expected[first] = replace(expected[first], available=False)
     expected["brand-new"] = new
     assert dict(catalog.tag_counts()) == _counts(expected)
     assert catalog.meta[second] == expected[second]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, status
@@ -50,7 +51,7 @@ async def get_item(gateway: GatewayDep, item_id: ItemId) -> JSON:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"item {item_id!r} not found")
     if not meta.available:  # deleted: its metadata is kept (events may still name it)
         raise HTTPException(status.HTTP_410_GONE, f"item {item_id!r} was deleted")
-    return JSON(meta.model_dump())
+    return JSON(asdict(meta))
 
 
 @router.get("/v1/items/{item_id}/similar", response_model=SimilarItems,
@@ -90,7 +91,7 @@ async def popular(
                if not wanted or c.matched_tags]
     meta = await lookup_meta(gateway, ids)
     items = [meta[i] for i in ids if i in meta and meta[i].available][:k]
-    return JSON({"items": [m.model_dump() for m in items]})
+    return JSON({"items": [asdict(m) for m in items]})
 
 
 @router.put("/v1/items/{item_id}", response_model=ItemMeta, dependencies=[Admin],
@@ -99,7 +100,7 @@ async def upsert_item(gateway: GatewayDep, item_id: ItemId, body: ItemUpsert) ->
     async with asyncio.timeout(ADMIN_TIMEOUT_S):
         meta = await gateway.retrieval.upsert_item(item_id, body)
     gateway.catalog.remember(meta)
-    return JSON(meta.model_dump())
+    return JSON(asdict(meta))
 
 
 @router.delete("/v1/items/{item_id}", status_code=204, dependencies=[Admin],
