@@ -246,9 +246,11 @@ class OnnxRanker:
             top = attention.argmax(axis=-1)  # [B, C] history position
             ids = self.table.item_ids
             for row, u in enumerate(users):
-                hist = inputs.hist_ids[row]
-                attended = [ids[hist[p] - FIRST_ITEM_INDEX] if hist[p] >= FIRST_ITEM_INDEX
-                            else None for p in top[row, : lengths[u]].tolist()]
+                # the model index at each candidate's most-attended position, gathered by numpy
+                # (indexing the array per candidate cost ~2 us each)
+                at = inputs.hist_ids[row][top[row, : lengths[u]]].tolist()
+                attended = [ids[h - FIRST_ITEM_INDEX] if h >= FIRST_ITEM_INDEX else None
+                            for h in at]
                 out[u] = Scored(scores[row, : lengths[u]], attended,
                                 feats[row, :lengths[u]] if with_features else None)
         return out
