@@ -496,7 +496,13 @@ def main(argv: list[str] | None = None) -> int:
         results: dict = {
             "bundle": bundle.version, "items": len(bundle.items), "k": K,
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-            "settings": {"max_in_flight": settings.max_in_flight,
+            "settings": {"max_in_flight": settings.max_in_flight,  # None: by topology
+                         "gateway_max_in_flight": {
+                             "one_process": settings.model_copy(update={
+                                 "feature_store_url": None, "retrieval_url": None,
+                                 "ranking_url": None}).gateway_max_in_flight(),
+                             "four_services": settings.model_copy(update={
+                                 "retrieval_url": "http://retrieval"}).gateway_max_in_flight()},
                          "admission_adaptive": settings.admission_adaptive,
                          "admission_min_in_flight": settings.admission_min_in_flight,
                          "admission_target_lag_s": settings.admission_target_lag_s,

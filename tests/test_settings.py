@@ -103,3 +103,13 @@ def test_the_default_admin_token_is_refused_outside_development(service: str) ->
         create_app(Settings(environment="production", admin_token=DEFAULT_ADMIN_TOKEN))
     create_app(Settings(environment="production", admin_token="a-real-secret"))  # starts
     create_app(Settings(environment="development", admin_token=DEFAULT_ADMIN_TOKEN))
+
+
+def test_the_gateways_bound_is_set_or_follows_how_it_reaches_the_services() -> None:
+    local = {"feature_store_url": None, "retrieval_url": None, "ranking_url": None}
+    assert Settings(max_in_flight=None, **local).gateway_max_in_flight() == 4
+    for name in local:  # any one service over HTTP: the gateway's requests mostly wait on it
+        remote = {**local, name: "http://127.0.0.1:9"}
+        assert Settings(max_in_flight=None, **remote).gateway_max_in_flight() == 6
+    assert Settings(max_in_flight=9, **local).gateway_max_in_flight() == 9
+    assert Settings(max_in_flight=2, retrieval_url="http://x:1").gateway_max_in_flight() == 2

@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 
 from shared.admission import add_admission
 from shared.observability import add_ops_routes
-from shared.settings import Settings
+from shared.settings import MAX_IN_FLIGHT_IN_PROCESS, MAX_IN_FLIGHT_OVER_HTTP, Settings
 from tests.gateway.conftest import serving
 
 LIMIT = 3
@@ -36,8 +36,8 @@ class Gate:
 
 
 def make_app(gate: Gate, **overrides) -> FastAPI:
-    settings = Settings(max_in_flight=LIMIT, max_body_bytes=1000, body_timeout_s=1.0,
-                        admission_adaptive=False, **overrides)
+    settings = Settings(**{"max_in_flight": LIMIT, "max_body_bytes": 1000, "body_timeout_s": 1.0,
+                           "admission_adaptive": False, **overrides})
     app = FastAPI()
 
     @app.get("/slow")
@@ -83,13 +83,14 @@ def metric(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-async def _fill(base: str, gate: Gate, client: httpx.AsyncClient) -> list[asyncio.Task]:
-    held = [asyncio.create_task(client.get(f"{base}/slow")) for _ in range(LIMIT)]
+async def _fill(base: str, gate: Gate, client: httpx.AsyncClient,
+                limit: int = LIMIT) -> list[asyncio.Task]:
+    held = [asyncio.create_task(client.get(f"{base}/slow")) for _ in range(limit)]
     for _ in range(400):
-        if gate.entered >= LIMIT:
+        if gate.entered >= limit:
             break
         await asyncio.sleep(0.01)
-    assert gate.entered == LIMIT
+    assert gate.entered == limit
     return held
 
 
@@ -123,6 +124,28 @@ def test_past_the_limit_a_request_is_refused_at_once_with_retry_after(base: str,
             assert metric(text, "vidrec_admission_in_flight", service="gateway") == 0
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("urls", "limit"), [
+    ({}, MAX_IN_FLIGHT_IN_PROCESS),
+    ({"retrieval_url": "http://127.0.0.1:9", "ranking_url": "http://127.0.0.1:9"},
+     MAX_IN_FLIGHT_OVER_HTTP),
+])
+def test_unset_the_gateways_limit_follows_how_it_reaches_the_services(
+        gate: Gate, urls: dict[str, str], limit: int) -> None:
+    async def scenario(base: str) -> None:
+        async with httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=20)) as c:
+            held = await _fill(base, gate, c, limit)  # `limit` requests are served at once
+            refused = await c.get(f"{base}/slow")
+            assert refused.status_code == 503 and f"limit of {limit}" in refused.json()["detail"]
+            text = (await c.get(f"{base}/metrics")).text
+            assert metric(text, "vidrec_admission_limit", service="gateway") == limit
+            gate.opened.set()
+            assert [r.status_code for r in await asyncio.gather(*held)] == [200] * limit
+
+    local = {"feature_store_url": None, "retrieval_url": None, "ranking_url": None}
+    with serving(make_app(gate, max_in_flight=None, **{**local, **urls})) as url:
+        asyncio.run(scenario(url))
 
 
 def test_a_shed_post_never_reaches_the_handler(base: str, gate: Gate) -> None:
