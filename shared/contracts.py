@@ -155,8 +155,8 @@ class RetrievalQuery(BaseModel):
 # A plain slotted dataclass, not a BaseModel: a request carries ~135 candidates, and in one
 # process retrieval hands them to the gateway with no wire in between. Built by their
 # constructor they cost 26 us a request against 124 us validated as models, and leave fewer
-# objects to the garbage collector (bench/results/side_by_side.json: whole requests, before and
-# after). pydantic still validates them wherever they arrive as JSON (RetrieveResponse) and
+# objects to the garbage collector (bench/results/serving_side_by_side_dataclasses.json: whole
+# requests before and after). pydantic still validates them wherever they arrive as JSON and
 # documents them in the OpenAPI schema. Code that builds one gives a source of shared/sources.py.
 @dataclass(slots=True)
 class Candidate:
