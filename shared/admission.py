@@ -28,7 +28,7 @@ flight (Little's law on the quiet run: 1.6), so 4 costs little goodput, and 4 x 
 room in a 50 ms p99 even when a request's CPU time doubles. 8 gave an accepted p99 of 55-95 ms
 on a quiet box; the limit sweep put 4 at half the p99 of 8 for 4% less goodput. A gateway that
 calls the services over HTTP holds a request mostly while it waits on them: 6 there (at 4 it
-refused 7-30% of its capacity's load, at 8 its p99 passed 50 ms; docs/capacity.md).
+refused 10-30% of its capacity's load, at 8 its p99 passed 50 ms; docs/capacity.md).
 Where the CPU a request gets varies widely (a shared or noisy host), VIDREC_ADMISSION_ADAPTIVE=
 true lets the gateway's limit follow event-loop lag (shared/adaptive_limit.py).
 

@@ -159,8 +159,8 @@ class Settings(BaseSettings):
         "503 (or the popular list, see shed_recommendations). Health/ready/metrics never count. "
         "Unset: 4 when the services run in the gateway's process (all of a request is CPU there, "
         "and 4 x ~5 ms stays well inside a 50 ms p99), 6 when the gateway calls them over HTTP "
-        "(a request mostly waits on them: at 4 a four-service gateway refused 7-30% of its "
-        "capacity's load, at 6 1-5%, at 8 its p99 passed 50 ms). docs/capacity.md.")
+        "(a request mostly waits on them: at 4 a four-service gateway refused 10-30% of its "
+        "capacity's load, at 6 2-7%, at 8 its p99 passed 50 ms). docs/capacity.md.")
     internal_max_in_flight: int = Field(
         32, ge=1, description="Retrieval, ranking, feature store: the same bound. Higher than "
         "the gateway's, whose own bound already limits what it sends them.")
