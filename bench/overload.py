@@ -42,7 +42,15 @@ from pathlib import Path
 import numpy as np
 
 from bench.openloop import Request, open_loop, summarise
-from bench.serving import KEY_PREFIX, Servers, bench_env, ensure_loaded, free_port, warm_up
+from bench.serving import (
+    KEY_PREFIX,
+    Servers,
+    bench_env,
+    bench_users,
+    ensure_loaded,
+    free_port,
+    warm_up,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "results" / "overload.json"
@@ -486,8 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings.model_copy(update={"redis_url": own_redis.url})
     try:
         ensure_loaded(settings)
-        all_users = [u for u, seq in bundle.users().items() if seq]
-        users = random.Random(42).sample(all_users, min(5000, len(all_users)))
+        users = bench_users(bundle)
         work = Path(os.environ.get("TMPDIR", "/tmp")) / f"vidrec-overload-{os.getpid()}"
         work.mkdir(parents=True, exist_ok=True)
         users_file = work / "users.json"

@@ -459,10 +459,15 @@ def main(argv: list[str] | None = None) -> int:
             own_redis.stop()
 
 
+def bench_users(bundle, n: int = 5000) -> list[str]:
+    """The users the benchmarks ask for: up to `n` with a history, the same sample every run."""
+    with_history = [u for u, seq in bundle.users().items() if seq]
+    return random.Random(42).sample(with_history, min(n, len(with_history)))
+
+
 def run_all(args: argparse.Namespace, settings, bundle) -> int:
     ensure_loaded(settings)
-    all_users = [u for u, seq in bundle.users().items() if seq]
-    users = random.Random(42).sample(all_users, min(5000, len(all_users)))
+    users = bench_users(bundle)
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"vidrec-bench-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
     users_file = work / "users.json"

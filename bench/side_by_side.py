@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from bench.serving import (
     KEY_PREFIX,
     Servers,
     bench_env,
+    bench_users,
     cpu_per_request,
     ensure_loaded,
     free_port,
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         ensure_loaded(settings)
         bundle = Bundle.open(settings.artifacts_dir, settings.bundle)
         bundle_version = bundle.version
-        users = random.Random(42).sample([u for u, seq in bundle.users().items() if seq], 5000)
+        users = bench_users(bundle)
         users_file = work / "users.json"
         users_file.write_text(json.dumps(users))
         for name, checkout in versions.items():
@@ -148,10 +148,11 @@ def main(argv: list[str] | None = None) -> int:
         for s in servers.values():
             s.stop()
         own_redis.stop()
+    median = {name: medians(blocks[name]) for name in versions}
     result = {name: {"checkout": git_head(path), "uncommitted_changes": dirty(path),
-                     "median": medians(blocks[name]), "blocks": blocks[name]}
+                     "median": median[name], "blocks": blocks[name]}
               for name, path in versions.items()}
-    this, against = medians(blocks["this"]), medians(blocks["against"])
+    this, against = median["this"], median["against"]
     doc = {"when": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": platform.node(),
            "cpus": os.cpu_count(), "bundle": bundle_version, "rate_rps": args.rate,
            "block_s": args.block_s, "rounds": args.rounds,

@@ -86,11 +86,9 @@ def matched_tags(state: RetrievalState, p: Prepared, rows: np.ndarray,
     """Per candidate, the query's clusters it carries. Only a candidate in one of those
     clusters' rows can carry one (a quarter of them, MicroLens-50k); the rest skip the lookup
     of their clusters, which was most of `assemble`'s time."""
-    if not p.tags:
-        return [[] for _ in row_list]
     wanted, item_clusters = p.tags, state.clusters
     in_wanted = [state.tag_rows[t] for t in wanted if t in state.tag_rows]
-    if not in_wanted:
+    if not in_wanted:  # no query tags, or none the catalogue holds
         return [[] for _ in row_list]
     # a mask over the catalogue: O(rows of the clusters), where np.isin would sort them all
     mask = np.zeros(len(state.item_ids), dtype=bool)

@@ -1,4 +1,4 @@
-"""bench/serving.py's CPU per answered request, read from real processes."""
+"""bench/serving.py: CPU per answered request, read from real processes; the users it asks for."""
 
 from __future__ import annotations
 
@@ -44,3 +44,16 @@ def test_servers_read_the_cpu_their_processes_spend(tmp_path: Path) -> None:
         servers.stop()
     assert used["busy"] >= 0.28  # its 0.3 s of spinning, read in clock ticks (10 ms)
     assert used["idle"] < 0.05
+
+
+def test_the_benchmarks_users_are_a_fixed_sample_of_those_with_a_history(
+        small_bundle: Path) -> None:
+    from bench.serving import bench_users
+    from shared.bundle import Bundle
+
+    bundle = Bundle.open(small_bundle.parent, small_bundle.name)
+    with_history = {u for u, seq in bundle.users().items() if seq}
+    assert len(with_history) < 5000  # ml-latest-small: fewer users than the sample asks for
+    assert sorted(bench_users(bundle)) == sorted(with_history)
+    assert bench_users(bundle, 50) == bench_users(bundle, 50)
+    assert len(bench_users(bundle, 50)) == 50 and set(bench_users(bundle, 50)) <= with_history
