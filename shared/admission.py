@@ -52,6 +52,7 @@ from prometheus_client import Counter, Gauge
 
 from shared.adaptive_limit import LoopLagLimit
 from shared.settings import Settings
+from shared.steps import PAUSE_WHEN
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -138,6 +139,10 @@ class Admission:
             self.adaptive.saw(self.in_flight + 1)
         busy = self.in_flight >= self.limit or bool(self._waiters)
         return busy and len(self._waiters) >= self.queue
+
+    def at_limit(self) -> bool:
+        """Every slot taken: a request arriving now would be refused (or wait)."""
+        return self.in_flight >= self.limit
 
     def release(self) -> None:
         while self._waiters:
@@ -235,9 +240,11 @@ class AdmissionMiddleware:
         if not await self.admission.acquire():
             await self._shed(scope, send)
             return
+        paused = PAUSE_WHEN.set(self.admission.at_limit)  # in this request's task only
         try:
             await self.app(scope, receive, send)
         finally:
+            PAUSE_WHEN.reset(paused)
             self.admission.release()
 
     async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import socket
 import subprocess
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -53,3 +56,27 @@ def thread_niceness(pid: int) -> dict[int, int]:
             continue
         out[int(task.name)] = int(fields[16])
     return out
+
+
+async def loop_turns_during(work: Awaitable[T]) -> tuple[T, int]:
+    """(work's result, how many times another task got the event loop while it ran): 0 for work
+    that holds the loop from start to end."""
+    turns = 0
+    running = True
+
+    async def count() -> None:
+        nonlocal turns
+        while running:
+            await asyncio.sleep(0)
+            turns += 1
+
+    counter = asyncio.create_task(count())
+    await asyncio.sleep(0)  # the counter is waiting for its first turn
+    before = turns
+    try:
+        result = await work
+    finally:
+        running = False
+    during = turns - before
+    await counter
+    return result, during

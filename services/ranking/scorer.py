@@ -35,6 +35,7 @@ from shared.onnx_session import SessionLoadError, make_session
 from shared.ranker_features import NUM_FEATURES, SOURCES, STATS_FILE, ItemStats, union_ranks
 from shared.ranker_features import build as build_features
 from shared.settings import Settings
+from shared.steps import Steps, finish
 from shared.transitions import TRANSITIONS_FILE
 
 log = logging.getLogger(__name__)
@@ -217,6 +218,15 @@ class OnnxRanker:
                    new_content: Mapping[str, np.ndarray] | None = None,
                    sources: Sequence[Sequence[tuple[str, float]] | None] | None = None,
                    with_features: bool = False) -> list[Scored]:
+        """`score_steps` run through at once."""
+        return finish(self.score_steps(histories, candidates, new_content, sources,
+                                       with_features))
+
+    def score_steps(self, histories: Sequence[Sequence[str]],
+                    candidates: Sequence[Sequence[str]],
+                    new_content: Mapping[str, np.ndarray] | None = None,
+                    sources: Sequence[Sequence[tuple[str, float]] | None] | None = None,
+                    with_features: bool = False) -> Steps[list[Scored]]:
         """Scores per user, and from a candidate ranker also the history item each candidate
         attended to most and (with_features) the features it was given.
 
@@ -224,6 +234,10 @@ class OnnxRanker:
         item is scored on the model's unknown-item embedding and a zero content row.
         `sources` gives per user (source, source score) per candidate, in retrieval's union
         order (the candidate ranker's source features); None: unknown.
+
+        In steps (shared/steps.py): a pause before each run of the model, between building its
+        inputs and running it (each about half of a request's scoring), so that an event loop
+        scoring in process can read its sockets in between.
         """
         if len(histories) != len(candidates):
             raise ValueError(f"{len(histories)} histories for {len(candidates)} candidate lists")
@@ -234,6 +248,7 @@ class OnnxRanker:
                           [candidates[u] for u in users], self.max_history, new_content,
                           self.history_width)
             if self.stats is None:
+                yield
                 scores = self.run(inputs)
                 for row, u in enumerate(users):
                     out[u] = Scored(scores[row, : lengths[u]])
@@ -242,6 +257,7 @@ class OnnxRanker:
             for row, u in enumerate(users):
                 feats[row, :lengths[u]] = candidate_features(
                     self.stats, inputs, row, lengths[u], sources[u] if sources else None)
+            yield
             scores, attention = self.run_candidate(inputs, feats)
             top = attention.argmax(axis=-1)  # [B, C] history position
             ids = self.table.item_ids

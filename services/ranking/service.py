@@ -30,6 +30,7 @@ from shared.contracts import BundleNotServed, ScoreItem, ScoreResponse, ServiceU
 from shared.memory import freeze_loaded
 from shared.observability import BUNDLE_BYTES, DEGRADED, timed
 from shared.settings import Settings
+from shared.steps import run_in_steps
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,8 @@ class RankingService:
             unknown = ranker.unknown_items(histories, candidates)
             new_content = await self._content_of(unknown, ranker.info.content_dim)
             try:
-                scored = ranker.score_full(histories, candidates, new_content, sources, features)
+                scored = await run_in_steps(ranker.score_steps(
+                    histories, candidates, new_content, sources, features))
             except ScoreCountMismatch:
                 raise
             except Exception as exc:  # onnxruntime's errors are untyped; degrade, not 500

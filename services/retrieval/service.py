@@ -29,7 +29,7 @@ from services.retrieval.errors import (
     MetadataNotStored,
 )
 from services.retrieval.overlay import OverlayLog, merge
-from services.retrieval.retrieve import retrieve_batch
+from services.retrieval.retrieve import retrieve_batch, retrieve_steps
 from services.retrieval.similar import MAX_SIMILAR, similar_items
 from services.retrieval.state import RetrievalState, load_state
 from services.retrieval.writes import apply_overlay, apply_put, check_item_id, validated_embedding
@@ -47,6 +47,7 @@ from shared.data.types import normalise_tag
 from shared.memory import freeze_loaded, return_freed_memory
 from shared.observability import BUNDLE_BYTES, CANDIDATES, DEGRADED, timed
 from shared.settings import Settings
+from shared.steps import run_in_steps
 from shared.text import item_text
 
 log = logging.getLogger(__name__)
@@ -217,7 +218,13 @@ class RetrievalService:
     # ---- reads --------------------------------------------------------------------------
     async def retrieve(self, queries: list[RetrievalQuery],
                        bundle: str | None = None) -> list[RetrievalResult]:
-        return self.retrieve_now(queries, bundle)[0]
+        """In process (the one-process gateway): the same work as `retrieve_now`, pausing for
+        the event loop between its steps (shared/steps.py)."""
+        state = self.state_for(bundle)  # one reference for the whole batch
+        with timed(SERVICE, "retrieve"):
+            results = await run_in_steps(retrieve_steps(state, queries, self.default_caps))
+        self._count(results)
+        return results
 
     def retrieve_now(self, queries: list[RetrievalQuery],
                      bundle: str | None = None) -> tuple[list[RetrievalResult], str]:
@@ -225,9 +232,12 @@ class RetrievalService:
         state = self.state_for(bundle)  # one reference for the whole batch
         with timed(SERVICE, "retrieve"):
             results = retrieve_batch(state, queries, self.default_caps)
+        self._count(results)
+        return results, state.version
+
+    def _count(self, results: list[RetrievalResult]) -> None:
         for source in self.default_caps:
             CANDIDATES.labels(source).inc(sum(r.per_source[source] for r in results))
-        return results, state.version
 
     async def similar(self, item_id: str, k: int) -> list[Neighbour]:
         return self.similar_now(item_id, k)

@@ -128,6 +128,9 @@ class RetrievalState:
                                         # bundle predates them
     dead_in_index: int = 0              # dead rows FAISS could not remove: search deeper by this
     overlay_applied: int = 0
+    # Rows added or killed so far: a read that paused for the event loop (retrieve.py
+    # retrieve_steps) checks it did not change under it.
+    changes: int = 0
     notes: list[str] = field(default_factory=list)
     item_encoder_loader: Callable[[], ort.InferenceSession] | None = None
 
@@ -182,6 +185,7 @@ class RetrievalState:
         the bundle does not know join their nearest cluster (the text encoder embeds them;
         upsert_item does that in a worker thread first, so here they are usually known)."""
         clusters = self.tag_clusters.assign(tags, self.text_encoder)
+        self.changes += 1
         old = self.row_of.get(item_id)
         popularity = float(self.popularity.view[old]) if old is not None else 0.0
         row = self.dead.append(False)
@@ -213,6 +217,7 @@ class RetrievalState:
         """Never propose this row again; drop it from FAISS where the index allows removal."""
         if self.dead.view[row]:
             return
+        self.changes += 1
         self.dead.view[row] = True
         # The popularity and tag lists hold live rows only, so a prefix of them stays enough.
         self.popular_rows = self.popular_rows[self.popular_rows != row]

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from shared.admission import add_admission
 from shared.observability import add_ops_routes
 from shared.settings import MAX_IN_FLIGHT_IN_PROCESS, MAX_IN_FLIGHT_OVER_HTTP, Settings
+from shared.steps import PAUSE_WHEN
 from tests.gateway.conftest import serving
 
 LIMIT = 3
@@ -51,6 +52,12 @@ def make_app(gate: Gate, **overrides) -> FastAPI:
         gate.bodies.append(body)
         await gate.wait()
         return {"size": len(body)}
+
+    @app.get("/pauses")
+    async def pauses() -> dict:
+        # what in-process steps (shared/steps.py) would be told while this request runs
+        pause_when = PAUSE_WHEN.get()
+        return {"told": pause_when is not None, "pause": bool(pause_when and pause_when())}
 
     @app.post("/admin/reload")
     async def reload() -> dict:
@@ -122,6 +129,22 @@ def test_past_the_limit_a_request_is_refused_at_once_with_retry_after(base: str,
             assert (await client.get(f"{base}/slow")).status_code == 200
             text = (await client.get(f"{base}/metrics")).text
             assert metric(text, "vidrec_admission_in_flight", service="gateway") == 0
+
+    asyncio.run(scenario())
+
+
+def test_an_admitted_request_pauses_its_steps_only_while_every_slot_is_taken(
+        base: str, gate: Gate) -> None:
+    # In-process retrieval and scoring pause for the event loop only when an arrival would be
+    # refused (shared/steps.py); below the limit they run through.
+    async def scenario() -> None:
+        async with httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=20)) as c:
+            assert (await c.get(f"{base}/pauses")).json() == {"told": True, "pause": False}
+            held = await _fill(base, gate, c, LIMIT - 1)  # with this one: every slot taken
+            assert (await c.get(f"{base}/pauses")).json() == {"told": True, "pause": True}
+            gate.opened.set()
+            await asyncio.gather(*held)
+            assert (await c.get(f"{base}/pauses")).json() == {"told": True, "pause": False}
 
     asyncio.run(scenario())
 

@@ -24,7 +24,7 @@ from shared.bundle import Bundle
 from shared.contracts import ItemMeta, ScoreItem, ServiceUnavailable
 from shared.observability import DEGRADED
 from shared.redis_conn import make_redis
-from tests.support import arm_frozen_then_freed
+from tests.support import arm_frozen_then_freed, loop_turns_during
 
 
 @pytest.fixture
@@ -58,7 +58,10 @@ def test_score_implements_the_ranking_api(artifacts, bundle, make_settings) -> N
             await service.score(reqs)
         assert await service.reload() == "rank-a"
         assert await service.ready() is True
-        return await service.score(reqs)
+        # scoring pauses for the event loop before running the model (shared/steps.py)
+        answer, turns = await loop_turns_during(service.score(reqs))
+        assert turns >= 1
+        return answer
 
     scores, version = asyncio.run(go())
     assert version == "rank-a"

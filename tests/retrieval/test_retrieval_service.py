@@ -14,15 +14,18 @@ import pytest
 
 from services.retrieval.errors import InvalidRequest, ItemNotFound
 from services.retrieval.overlay import FILE_NAME
+from services.retrieval.retrieve import retrieve_steps
 from services.retrieval.service import RetrievalService
+from services.retrieval.sources import SOURCES
 from shared.bundle import FIRST_ITEM_INDEX, Bundle, BundleError
 from shared.contracts import Candidate, ItemUpsert, RetrievalQuery, sources_only
 from shared.settings import Settings
 from shared.sources import MAX_CANDIDATES_PER_SOURCE
+from shared.steps import finish
 from shared.tags import TagClusters
 from shared.text import item_text
 from shared.text_encoder import OnnxTextEncoder
-from tests.support import arm_frozen_then_freed
+from tests.support import arm_frozen_then_freed, loop_turns_during
 
 CAPS = {"ann": 40, "cooc": 20, "content": 20, "tags": 15, "popular": 10}
 
@@ -92,6 +95,49 @@ def test_batch_returns_every_source_and_never_history_or_excluded(settings) -> N
     assert cold.per_source == sources_only(popular=settings.candidate_caps["popular"])
     expected = sorted((it["popularity"] for it in bundle.items), reverse=True)
     assert [c.score for c in cold.candidates] == expected[:settings.candidate_caps["popular"]]
+
+
+def test_in_process_retrieval_gives_the_loop_a_turn_per_source_and_answers_the_same(
+        settings) -> None:
+    # The one-process gateway awaits `retrieve` on its event loop: a pause after each source
+    # and before assembly (shared/steps.py), so requests arriving meanwhile are read (or
+    # refused) without waiting for the whole read path; the answer is retrieve_now's.
+    bundle = bundle_of(settings)
+    queries = [RetrievalQuery(history=h, tags=tag_profile(bundle, h), caps=CAPS)
+               for h in warm_histories(bundle, 2)]
+
+    async def go():
+        service = await RetrievalService.open(settings)
+        stepped, turns = await loop_turns_during(service.retrieve(queries))
+        at_once, _ = service.retrieve_now(queries)
+        return stepped, turns, at_once
+
+    stepped, turns, at_once = asyncio.run(go())
+    assert turns >= len(SOURCES)
+    assert [r.model_dump() for r in stepped] == [r.model_dump() for r in at_once]
+
+
+def test_a_write_during_a_paused_read_restarts_it_on_the_new_catalogue(settings) -> None:
+    # A delete lands while an in-process read is paused after its first source (ann): what
+    # ann found before the delete must not be answered; the read starts again.
+    bundle = bundle_of(settings)
+    query = RetrievalQuery(history=warm_histories(bundle, 1)[0], caps=CAPS)
+
+    async def go():
+        service = await RetrievalService.open(settings)
+        state = service.state
+        (before,), _ = service.retrieve_now([query])
+        victim = next(c.item_id for c in before.candidates if c.source == "ann")
+        steps = retrieve_steps(state, [query], service.default_caps)
+        next(steps)  # paused after the ann source searched
+        await service.delete_item(victim)
+        (during,) = finish(steps)
+        (after,), _ = service.retrieve_now([query])
+        return victim, during, after
+
+    victim, during, after = asyncio.run(go())
+    assert victim not in {c.item_id for c in during.candidates}
+    assert during.model_dump() == after.model_dump()
 
 
 def test_ann_candidates_match_brute_force_over_item_vectors(settings) -> None:
