@@ -54,10 +54,24 @@ def prepare(state: RetrievalState, query: RetrievalQuery, caps: dict[str, int]) 
 
 def propose(state: RetrievalState, batch: list[Prepared]) -> list[list[Found]]:
     """Per query, what each source proposed (in the registry's order)."""
+    return finish(propose_steps(state, batch))
+
+
+class CatalogueChanged(Exception):
+    """An upsert or delete landed while a stepped read was paused."""
+
+
+def propose_steps(state: RetrievalState, batch: list[Prepared]) -> Steps[list[list[Found]]]:
+    """`propose`, pausing after each source. A catalogue that changed during a pause raises
+    CatalogueChanged: the batch's blocked masks no longer match the indexes."""
+    changes = state.changes
     by_source = []
     for source in SOURCES:
         with timed(SERVICE, source.name):
             by_source.append(source.search(state, batch))
+        yield
+        if state.changes != changes:
+            raise CatalogueChanged
     return [list(found) for found in zip(*by_source, strict=True)]
 
 
@@ -86,18 +100,14 @@ def retrieve_steps(state: RetrievalState, queries: list[RetrievalQuery],
     An upsert or delete may land during a pause: the rows prepared for (the blocked mask) would
     no longer match the indexes. So after each pause, a changed catalogue (`state.changes`)
     means the read starts again, at once and without pauses: writes are rare, reads ~1 ms."""
-    changes = state.changes
     caps = [resolve_caps(q, default_caps, i) for i, q in enumerate(queries)]
     with timed(SERVICE, "prepare"):
         batch = [prepare(state, q, c) for q, c in zip(queries, caps, strict=True)]
-    by_source = []
-    for source in SOURCES:
-        with timed(SERVICE, source.name):
-            by_source.append(source.search(state, batch))
-        yield
-        if state.changes != changes:
-            return retrieve_batch(state, queries, default_caps)
-    found = [list(f) for f in zip(*by_source, strict=True)]
+    # prepared in the same step as the first search, so the masks fit the indexes until a pause
+    try:
+        found = yield from propose_steps(state, batch)
+    except CatalogueChanged:
+        return retrieve_batch(state, queries, default_caps)
     with timed(SERVICE, "assemble"):
         return [assemble(state, p, f) for p, f in zip(batch, found, strict=True)]
 
