@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from bench.openloop import Conn, Request
+from bench.openloop import Conn, Request, open_loop
 from shared.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,62 +70,24 @@ class LoadResult:
 
 async def run_load(host: str, port: int, users: list[str], rate: float, duration: float,
                    timeout_s: float = 2.0) -> dict:
-    idle: list[Conn] = []
-    result = LoadResult()
-
-    clock = time.perf_counter  # uvloop's loop.time() only has millisecond resolution
-
-    async def one(path: str, due: float) -> None:
-        if clock() - due > 0.001:
-            result.late_starts += 1
-        conn = None
-        while idle and conn is None:
-            conn = idle.pop()
-            if not conn.fresh():
-                conn.writer.close()
-                conn = None
-        try:
-            if conn is None:
-                conn = Conn(*await asyncio.open_connection(host, port))
-            # from when it was due, or sent if that was earlier: uvloop's timers work in whole
-            # milliseconds and may wake the loop up to one early (bench/openloop.py)
-            since = min(due, clock())
-            status, body = await asyncio.wait_for(conn.send(host, Request("GET", path)), timeout_s)
-        except Exception as exc:  # every failure is counted, by kind
-            kind = type(exc).__name__
-            result.errors[kind] = result.errors.get(kind, 0) + 1
-            if conn is not None:
-                conn.writer.close()
-            return
-        done = clock()
-        conn.last_used = done
-        idle.append(conn)
-        if status != 200:
-            result.errors[f"http_{status}"] = result.errors.get(f"http_{status}", 0) + 1
-            return
-        result.latencies.append(done - since)
-        answer = orjson.loads(body)
-        for stage in answer["degraded"]:
-            result.degraded[stage] = result.degraded.get(stage, 0) + 1
-        if len(answer["items"]) < K:
-            result.short_lists += 1
-
+    """Open-loop load (bench/openloop.py) at `rate` for `duration` s, summarised."""
     rng = random.Random(7)
-    n = int(rate * duration)
-    tasks = []
-    start = clock() + 0.05
-    for i in range(n):
-        due = start + i / rate
-        delay = due - clock()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        path = f"/v1/users/{rng.choice(users)}/recommendations?k={K}"
-        tasks.append(asyncio.ensure_future(one(path, due)))
-    await asyncio.gather(*tasks)
-    elapsed = clock() - start
-    for conn in idle:
-        conn.writer.close()
-    return summarise(result, n, elapsed, rate, duration)
+    paths = [f"/v1/users/{rng.choice(users)}/recommendations?k={K}"
+             for _ in range(int(rate * duration))]
+    run = await open_loop(host, port, lambda i: Request("GET", paths[i]), rate, duration,
+                          timeout_s=timeout_s, keep_bodies=True)
+    result = LoadResult(late_starts=run.late_starts)
+    for o in run.outcomes:
+        if o.status != 200:  # every failure is counted, by kind
+            kind = o.error or f"http_{o.status}"
+            result.errors[kind] = result.errors.get(kind, 0) + 1
+            continue
+        result.latencies.append(o.latency_s)
+        for stage in o.degraded:
+            result.degraded[stage] = result.degraded.get(stage, 0) + 1
+        if o.payload is not None and len(o.payload["items"]) < K:
+            result.short_lists += 1
+    return summarise(result, len(paths), run.elapsed_s, rate, duration)
 
 
 async def run_sequential(host: str, port: int, users: list[str], n: int) -> dict:

@@ -10,6 +10,7 @@ import pytest
 import uvloop
 
 from bench.openloop import Request, open_loop, summarise
+from bench.serving import run_load
 
 
 class Server:
@@ -129,3 +130,20 @@ def test_a_stop_event_ends_the_run_early() -> None:
     run = uvloop.run(go())
     assert 20 <= len(run.outcomes) <= 40
     assert all(o.status == 200 for o in run.outcomes)
+
+
+def test_make_bench_load_summarises_the_open_loop() -> None:
+    # bench/serving.py's load is this generator: answers with fewer than k items are counted
+    async def go():
+        server = Server()
+        listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        try:
+            return await run_load("127.0.0.1", port, ["a", "b"], rate=100, duration=0.5)
+        finally:
+            listener.close()
+
+    out = uvloop.run(go())
+    assert (out["sent"], out["ok"], out["errors"]) == (50, 50, 0)
+    assert out["short_lists"] == 50  # the stand-in server answers no items
+    assert out["degraded"] == {} and 0 < out["p50_ms"] < 1000
