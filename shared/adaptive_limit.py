@@ -52,6 +52,9 @@ class LoopLagLimit:
         if in_flight > self.peak:
             self.peak = in_flight
 
+    def done(self, seconds: float, healthy: bool) -> None:
+        """Request times say nothing here: the loop's lag is the signal."""
+
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         due = time.perf_counter() + PROBE_S
         loop.call_later(PROBE_S, self._tick, loop, due)

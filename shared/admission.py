@@ -44,13 +44,16 @@ included, and answers 503 without Retry-After or metrics.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from contextvars import ContextVar
+from typing import Any, Protocol
 
 import orjson
 from prometheus_client import Counter, Gauge
 
 from shared.adaptive_limit import LoopLagLimit
+from shared.latency_limit import LatencyLimit
 from shared.settings import Settings
 from shared.steps import PAUSE_WHEN
 
@@ -83,12 +86,44 @@ REFUSED = Counter("vidrec_request_refused_total",
                   ["service", "status"])
 
 
+class LimitRule(Protocol):
+    """A limit that moves (shared/adaptive_limit.py, shared/latency_limit.py)."""
+
+    limit: int
+    on_change: Callable[[int], None]
+
+    def start(self) -> None: ...
+
+    def saw(self, in_flight: int) -> None: ...
+
+    def done(self, seconds: float, healthy: bool) -> None: ...
+
+
+class _Outcome:
+    __slots__ = ("degraded",)
+
+    def __init__(self) -> None:
+        self.degraded = False
+
+
+_OUTCOME: ContextVar[_Outcome | None] = ContextVar("vidrec_admission_outcome", default=None)
+
+
+def mark_degraded() -> None:
+    """Tell admission control that this request's answer is degraded (a dependency failed or
+    timed out): its time says how slow the dependency was, not how many requests the service
+    can hold, so a latency limit does not learn from it (shared/latency_limit.py)."""
+    outcome = _OUTCOME.get()
+    if outcome is not None:
+        outcome.degraded = True
+
+
 class Admission:
     """The in-flight bound of one service: a counter, not a semaphore, so that refusing costs
     nothing when there is no queue."""
 
     def __init__(self, service: str, limit: int, queue: int, queue_wait_s: float,
-                 adaptive: LoopLagLimit | None = None) -> None:
+                 adaptive: LimitRule | None = None) -> None:
         if limit < 1:
             raise ValueError(f"admission limit must be >= 1, got {limit}")
         self.service, self._limit = service, limit
@@ -153,6 +188,11 @@ class Admission:
         self.in_flight -= 1
         self._in_flight_gauge.set(self.in_flight)
 
+    def finished(self, seconds: float, healthy: bool) -> None:
+        """An admitted request is done (after release): what a moving limit learns from."""
+        if self.adaptive is not None:
+            self.adaptive.done(seconds, healthy)
+
     def _take(self) -> None:
         self.in_flight += 1
         self._in_flight_gauge.set(self.in_flight)
@@ -216,7 +256,7 @@ class AdmissionMiddleware:
     def __init__(self, app: ASGIApp, *, service: str, limit: int, queue: int = 0,
                  queue_wait_s: float = 0.0, max_body_bytes: int, body_timeout_s: float,
                  retry_after_s: int = 1, degraded: Degraded | None = None,
-                 adaptive: LoopLagLimit | None = None,
+                 adaptive: LimitRule | None = None,
                  admission: Admission | None = None) -> None:
         self.app = app
         self.service = service
@@ -241,11 +281,18 @@ class AdmissionMiddleware:
             await self._shed(scope, send)
             return
         paused = PAUSE_WHEN.set(self.admission.at_limit)  # in this request's task only
+        outcome = _Outcome()
+        told = _OUTCOME.set(outcome)
+        healthy = False
+        started = time.perf_counter()
         try:
             await self.app(scope, receive, send)
+            healthy = not outcome.degraded
         finally:
+            _OUTCOME.reset(told)
             PAUSE_WHEN.reset(paused)
             self.admission.release()
+            self.admission.finished(time.perf_counter() - started, healthy)
 
     async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         declared = _content_length(scope)
@@ -331,11 +378,7 @@ def add_admission(app: Any, settings: Settings, service: str,
     """Install admission control and body limits on a FastAPI app (outermost middleware)."""
     public = service == "gateway"
     limit = settings.gateway_max_in_flight() if public else settings.internal_max_in_flight
-    # Only the gateway adapts: the internal services are fed by gateways that are bounded
-    # already, and a shrinking internal bound would only turn the gateway's answers degraded.
-    adaptive = (LoopLagLimit(limit, settings.admission_min_in_flight,
-                             settings.admission_target_lag_s)
-                if settings.admission_adaptive and public else None)
+    adaptive = limit_rule(settings, limit) if public else None
     admission = Admission(service, limit, settings.admission_queue,
                           settings.admission_queue_wait_s, adaptive)
     degraded = degraded if settings.shed_recommendations == "popular" else None
@@ -349,3 +392,18 @@ def add_admission(app: Any, settings: Settings, service: str,
         max_body_bytes=settings.max_body_bytes if public else settings.internal_max_body_bytes,
         body_timeout_s=settings.body_timeout_s, retry_after_s=settings.shed_retry_after_s,
         degraded=degraded, admission=admission)
+
+
+def limit_rule(settings: Settings, limit: int) -> LimitRule | None:
+    """The gateway's moving limit, if settings ask for one, starting from `limit`. Only the
+    gateway's limit moves: the internal services are fed by gateways that are bounded already,
+    and a shrinking internal bound would only turn the gateway's answers degraded."""
+    rule = settings.admission_rule()
+    if rule == "loop-lag":
+        return LoopLagLimit(limit, settings.admission_min_in_flight,
+                            settings.admission_target_lag_s)
+    if rule == "latency":
+        return LatencyLimit(limit, min(settings.admission_min_in_flight, limit),
+                            max(settings.admission_ceiling, limit),
+                            settings.admission_target_latency_s)
+    return None

@@ -164,13 +164,21 @@ class Settings(BaseSettings):
     internal_max_in_flight: int = Field(
         32, ge=1, description="Retrieval, ranking, feature store: the same bound. Higher than "
         "the gateway's, whose own bound already limits what it sends them.")
+    admission_limit: Literal["fixed", "latency", "loop-lag"] = Field(
+        "fixed", description="Gateway: how its in-flight bound is set. fixed: max_in_flight. "
+        "latency: starts there and follows the time an admitted request takes, toward "
+        "admission_target_latency_s, between admission_min_in_flight and admission_ceiling "
+        "(Little's law: the target times the throughput it measures; shared/latency_limit.py). "
+        "loop-lag: lowered while the event loop lags (shared/adaptive_limit.py).")
     admission_adaptive: bool = Field(
-        False, description="Gateway: lower the limit (down to admission_min_in_flight) while the "
-        "event loop lags, raise it back (up to max_in_flight) when it does not: follows the "
-        "CPU a request really gets (shared/adaptive_limit.py).")
-    admission_min_in_flight: int = Field(2, ge=1, description="Floor of the adaptive limit.")
+        False, description="Deprecated: true is admission_limit=loop-lag.")
+    admission_min_in_flight: int = Field(2, ge=1, description="Floor of a moving limit.")
+    admission_ceiling: int = Field(16, ge=1, description="Highest the latency limit goes.")
+    admission_target_latency_s: float = Field(
+        0.025, gt=0, le=10, description="Mean time an admitted request may take, for the "
+        "latency limit (a 50 ms p99 is about twice the mean under load).")
     admission_target_lag_s: float = Field(0.004, gt=0, description="Event-loop lag the "
-                                          "adaptive limit keeps under.")
+                                          "loop-lag limit keeps under.")
     admission_at_door: bool = Field(
         True, description="Refuse body-less requests past the limit in the HTTP protocol, "
         "before a task is made for them (shared/admission.py Door); false: in the middleware.")
@@ -251,6 +259,12 @@ class Settings(BaseSettings):
             return self.max_in_flight
         over_http = any((self.feature_store_url, self.retrieval_url, self.ranking_url))
         return MAX_IN_FLIGHT_OVER_HTTP if over_http else MAX_IN_FLIGHT_IN_PROCESS
+
+    def admission_rule(self) -> str:
+        """admission_limit, with the deprecated admission_adaptive=true read as loop-lag."""
+        if self.admission_adaptive and self.admission_limit == "fixed":
+            return "loop-lag"
+        return self.admission_limit
 
     def check_serving(self, service: str) -> None:
         """Raise ValueError when a service must not start with these settings: the default

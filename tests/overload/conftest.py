@@ -3,6 +3,7 @@
 from tests.gateway.conftest import (  # noqa: F401 - fixtures
     admin,
     bundle,
+    dead_url,
     gw_settings,
     live,
     serve_app,

@@ -16,6 +16,7 @@ from services.gateway.experiments.assignment import HEADER, Assignment, UnknownA
 from services.gateway.pipeline import RecContext, RecRequest
 from services.gateway.responses import JSON
 from services.gateway.schemas import Recommendations
+from shared.admission import mark_degraded
 from shared.validation import MAX_LIST_PARAMS, Identifier, TagQuery
 
 router = APIRouter(tags=["recommendations"])
@@ -73,6 +74,8 @@ async def recommendations(
         if assignment is not None:
             gateway.log_error(assignment, time.perf_counter() - start)
         raise
+    if ctx.degraded:
+        mark_degraded()  # its time is a dependency's timer, not our capacity
     request_id = uuid.uuid4().hex
     gateway.log_answer(ctx, request_id, assignment, time.perf_counter() - start)
     return JSON(render(ctx, request_id, assignment))
