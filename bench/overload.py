@@ -39,6 +39,7 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 from bench.openloop import Request, open_loop, summarise
@@ -217,13 +218,15 @@ def levels(ports: dict[str, int], users_file: Path, capacity: float, level_s: fl
                 r = run_loadgen(ports[name], users_file, rate, level_s,
                                 seed=100 * i + int(factor * 10))
                 r["config"] = name
+                r["gateway_limit_after"] = gateway_limit(ports[name])
                 runs[name].append(r)
                 print(f"[overload]   {name}: {factor:g}x = {rate:g} req/s (run {i + 1}): "
                       f"accepted p99 {r['accepted_p99_ms']} ms, refused p99 "
                       f"{r['refused_p99_ms']} ms, /healthz p99 {r['probe_healthz']['p99_ms']} "
                       f"ms, goodput {r['goodput_rps']}, refused {r['refused']}, timeouts "
                       f"{r['client_timeouts']}, degraded {r['degraded_share']}, generator cpu "
-                      f"{r['generator_cpu']}, load {r['load_avg_1m']}", flush=True)
+                      f"{r['generator_cpu']}, limit after {r['gateway_limit_after']}, load "
+                      f"{r['load_avg_1m']}", flush=True)
         for name, rs in runs.items():
             median = dict(sorted(rs, key=lambda r: r["accepted_p99_ms"] or 1e9)[len(rs) // 2])
             median["runs"] = rs
@@ -236,6 +239,16 @@ def levels(ports: dict[str, int], users_file: Path, capacity: float, level_s: fl
                 if any(r[key] is not None for r in flat)}
             out[name][f"{factor:g}x"] = median
     return out
+
+
+def gateway_limit(port: int) -> float | None:
+    """The gateway's admission limit now, from its /metrics (one scrape, after a run: where a
+    moving limit settled)."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith("vidrec_admission_limit{") and 'service="gateway"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return None
 
 
 def topology_run(name: str, topology: str, users: list[str], users_file: Path, work: Path,
@@ -298,6 +311,7 @@ def limit_sweep(users: list[str], users_file: Path, work: Path, capacity: float,
         servers = Servers(work, SERVER_CPUS)
         try:
             base = start(servers, "one", {"VIDREC_MAX_IN_FLIGHT": str(limit),
+                                          "VIDREC_ADMISSION_LIMIT": "fixed",
                                           "VIDREC_ADMISSION_ADAPTIVE": "false"})
             warm_up(base, users)
             r = run_loadgen(int(base.rsplit(":", 1)[1]), users_file, capacity * 3,
@@ -471,6 +485,9 @@ def main(argv: list[str] | None = None) -> int:
                         "rest; with fewer, nothing is pinned (halving a 2-core server would "
                         "measure something else) and the generator's CPU use is reported. "
                         "Example: 0-2/3.")
+    p.add_argument("--neighbours", type=int, default=0, metavar="N",
+                   help="Run N busy-looping processes beside the servers for the whole run: a "
+                   "host whose neighbours take CPU (how the limits hold when capacity drops).")
     p.add_argument("--only", choices=["one", "four", "memory"], action="append")
     p.add_argument("--out", default=str(OUT))
     args = p.parse_args(argv)
@@ -488,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings().model_copy(update={"key_prefix": KEY_PREFIX})
     bundle = Bundle.open(settings.artifacts_dir, settings.bundle)
     own_redis = None
+    neighbours = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                  for _ in range(args.neighbours)]
     if shutil.which("redis-server"):
         own_redis = LocalRedis(free_port()).start()
         os.environ["VIDREC_REDIS_URL"] = own_redis.url
@@ -510,8 +529,15 @@ def main(argv: list[str] | None = None) -> int:
                                  "ranking_url": None}).gateway_max_in_flight(),
                              "four_services": settings.model_copy(update={
                                  "retrieval_url": "http://retrieval"}).gateway_max_in_flight()},
-                         "admission_adaptive": settings.admission_adaptive,
+                         "admission_limit": {
+                             "one_process": settings.model_copy(update={
+                                 "feature_store_url": None, "retrieval_url": None,
+                                 "ranking_url": None}).admission_rule(),
+                             "four_services": settings.model_copy(update={
+                                 "retrieval_url": "http://retrieval"}).admission_rule()},
                          "admission_min_in_flight": settings.admission_min_in_flight,
+                         "admission_ceiling": settings.admission_ceiling,
+                         "admission_target_latency_s": settings.admission_target_latency_s,
                          "admission_target_lag_s": settings.admission_target_lag_s,
                          "internal_max_in_flight": settings.internal_max_in_flight,
                          "admission_queue": settings.admission_queue,
@@ -520,7 +546,8 @@ def main(argv: list[str] | None = None) -> int:
             "pinning": {"servers": SERVER_CPUS or "not pinned",
                         "load_generator": LOADGEN_CPUS or "not pinned"},
             "command": " ".join(["python -m bench.overload", *(argv or sys.argv[1:])]),
-            "repeats": args.repeats, "load_avg_start": round(os.getloadavg()[0], 2),
+            "repeats": args.repeats, "neighbours": args.neighbours,
+            "load_avg_start": round(os.getloadavg()[0], 2),
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "logs": str(work),
         }
         if "one" in only:
@@ -536,6 +563,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[overload] memory: {json.dumps(results['memory'])}", flush=True)
         results["load_avg_end"] = round(os.getloadavg()[0], 2)
     finally:
+        for neighbour in neighbours:
+            neighbour.kill()
+            neighbour.wait()
         if own_redis is not None:
             own_redis.stop()
     out = Path(args.out)

@@ -96,7 +96,7 @@ class LimitRule(Protocol):
 
     def saw(self, in_flight: int) -> None: ...
 
-    def done(self, seconds: float, healthy: bool) -> None: ...
+    def done(self, seconds: float, healthy: bool, crowded: bool) -> None: ...
 
 
 class _Outcome:
@@ -188,10 +188,11 @@ class Admission:
         self.in_flight -= 1
         self._in_flight_gauge.set(self.in_flight)
 
-    def finished(self, seconds: float, healthy: bool) -> None:
-        """An admitted request is done (after release): what a moving limit learns from."""
+    def finished(self, seconds: float, healthy: bool, crowded: bool) -> None:
+        """An admitted request is done (after release): what a moving limit learns from.
+        crowded: it took the last free slot (at_limit() right after it was admitted)."""
         if self.adaptive is not None:
-            self.adaptive.done(seconds, healthy)
+            self.adaptive.done(seconds, healthy, crowded)
 
     def _take(self) -> None:
         self.in_flight += 1
@@ -284,6 +285,7 @@ class AdmissionMiddleware:
         outcome = _Outcome()
         told = _OUTCOME.set(outcome)
         healthy = False
+        crowded = self.admission.at_limit()
         started = time.perf_counter()
         try:
             await self.app(scope, receive, send)
@@ -292,7 +294,7 @@ class AdmissionMiddleware:
             _OUTCOME.reset(told)
             PAUSE_WHEN.reset(paused)
             self.admission.release()
-            self.admission.finished(time.perf_counter() - started, healthy)
+            self.admission.finished(time.perf_counter() - started, healthy, crowded)
 
     async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         declared = _content_length(scope)

@@ -8,32 +8,41 @@ morning, where 6 and 4 were the bounds that met a 50 ms p99. This limit measures
 assuming. Unlike the loop-lag limit (shared/adaptive_limit.py) it sees the time a gateway spends
 waiting on the services behind it, which is where a four-service gateway's requests spend it.
 
-Rule, once per WINDOW_S in which the limit was binding (an arrival found every slot taken):
+Rule, once per WINDOW_S: take the healthy requests of the window that were admitted into the
+last free slot ("crowded": every slot taken once they were in), and
 
-    limit <- limit x T / (mean time of the healthy requests completed in the window)
+    limit <- limit x T / (median time of those requests)
 
 the factor bounded to [MIN_STEP, MAX_STEP] and the limit to [floor, ceiling]. With the service
-saturated the mean time is limit / X, so this is T x X; when bursts, not a full service, hit the
-limit, the mean time is under T and the limit grows. It must not:
+saturated every request is crowded and their time is about limit / X, so this is T x X. Only the
+crowded requests count because they are the latency tail a bound decides: at 1x, bursts fill the
+slots now and then, and the mean over all requests (mostly admitted into an idle service) would
+say "room for more" while those in the burst were slow (a first version did that: at 1x its
+limit rose to 7-8 and the accepted p99 to 56-75 ms). The median, because a host stall slows
+every request in flight at once and no bound helps with that. It must not:
 - shrink because a dependency fails: such a request is bounded by a stage timer and answered
   degraded, and shedding would only turn degraded answers into 503s. A window in which more than
   UNHEALTHY_SHARE of the requests were degraded (mark_degraded in shared/admission.py) or failed
   leaves the limit as it is;
-- move on noise: a window needs MIN_SAMPLES healthy completions, and one without a refusal leaves
-  the limit alone (it did not matter).
+- move on noise: a window needs MIN_SAMPLES crowded requests (when the limit is never reached,
+  it does not matter), and a step is at most a quarter.
 Hand-written: no maintained Python library bounds concurrency on a latency target (Netflix's
 concurrency-limits, whose gradient rule this resembles, is Java).
 """
 
 from __future__ import annotations
 
+import logging
+import statistics
 import time
 from collections.abc import Callable
 
+log = logging.getLogger(__name__)
+
 WINDOW_S = 0.25
-MIN_SAMPLES = 10
+MIN_SAMPLES = 5
 UNHEALTHY_SHARE = 0.1
-MIN_STEP, MAX_STEP = 0.5, 1.5
+MIN_STEP, MAX_STEP = 0.75, 1.25
 
 
 class LatencyLimit:
@@ -50,9 +59,8 @@ class LatencyLimit:
         self.on_change = on_change
         self._clock = clock
         self._window_start: float | None = None
-        self._binding = 0  # arrivals that found every slot taken
+        self._crowded: list[float] = []  # times of this window's healthy crowded requests
         self._healthy = 0
-        self._healthy_s = 0.0
         self._unhealthy = 0
         self.healthy_total = self.unhealthy_total = 0  # what it learned from, and did not
 
@@ -60,17 +68,17 @@ class LatencyLimit:
         """Nothing to start: windows close on the requests' own events."""
 
     def saw(self, in_flight: int) -> None:
-        """An arrival that would make `in_flight` requests (itself included)."""
-        if in_flight > self.limit:
-            self._binding += 1
+        """An arrival (refused or not): windows close on arrivals too."""
         self._roll()
 
-    def done(self, seconds: float, healthy: bool) -> None:
-        """A request admitted `seconds` ago has finished; unhealthy: degraded or failed."""
+    def done(self, seconds: float, healthy: bool, crowded: bool) -> None:
+        """A request admitted `seconds` ago has finished; unhealthy: degraded or failed;
+        crowded: it took the last free slot."""
         if healthy:
             self._healthy += 1
-            self._healthy_s += seconds
             self.healthy_total += 1
+            if crowded:
+                self._crowded.append(seconds)
         else:
             self._unhealthy += 1
             self.unhealthy_total += 1
@@ -83,18 +91,22 @@ class LatencyLimit:
         elif now - self._window_start >= WINDOW_S:
             self._adjust()
             self._window_start = now
-            self._binding = self._healthy = self._unhealthy = 0
-            self._healthy_s = 0.0
+            self._healthy = self._unhealthy = 0
+            self._crowded = []
 
     def _adjust(self) -> None:
         finished = self._healthy + self._unhealthy
-        if (not self._binding or self._healthy < MIN_SAMPLES
-                or self._unhealthy > UNHEALTHY_SHARE * finished):
+        if len(self._crowded) < MIN_SAMPLES or self._unhealthy > UNHEALTHY_SHARE * finished:
             return
-        mean_s = self._healthy_s / self._healthy
-        step = min(MAX_STEP, max(MIN_STEP, self.target_s / mean_s)) if mean_s > 0 else MAX_STEP
+        typical_s = statistics.median(self._crowded)
+        step = (min(MAX_STEP, max(MIN_STEP, self.target_s / typical_s)) if typical_s > 0
+                else MAX_STEP)
         self._value = min(self.ceiling, max(self.floor, self._value * step))
         limit = round(self._value)
         if limit != self.limit:
+            # a few lines a second at most (one window each): how an operator sees it move
+            log.info("admission limit %d -> %d: requests admitted at the limit took %.1f ms "
+                     "(median of %d; target %.1f ms)", self.limit, limit, typical_s * 1000,
+                     len(self._crowded), self.target_s * 1000)
             self.limit = limit
             self.on_change(limit)

@@ -164,12 +164,15 @@ class Settings(BaseSettings):
     internal_max_in_flight: int = Field(
         32, ge=1, description="Retrieval, ranking, feature store: the same bound. Higher than "
         "the gateway's, whose own bound already limits what it sends them.")
-    admission_limit: Literal["fixed", "latency", "loop-lag"] = Field(
-        "fixed", description="Gateway: how its in-flight bound is set. fixed: max_in_flight. "
-        "latency: starts there and follows the time an admitted request takes, toward "
-        "admission_target_latency_s, between admission_min_in_flight and admission_ceiling "
-        "(Little's law: the target times the throughput it measures; shared/latency_limit.py). "
-        "loop-lag: lowered while the event loop lags (shared/adaptive_limit.py).")
+    admission_limit: Literal["fixed", "latency", "loop-lag"] | None = Field(
+        None, description="Gateway: how its in-flight bound is set. fixed: max_in_flight. "
+        "latency: starts there and follows the time a request admitted at the limit takes, "
+        "toward admission_target_latency_s, between admission_min_in_flight and "
+        "admission_ceiling (Little's law: the target times the throughput; degraded answers "
+        "are not learnt from; shared/latency_limit.py). loop-lag: lowered while the event loop "
+        "lags (shared/adaptive_limit.py). Unset: latency when the gateway calls the services "
+        "over HTTP (the right bound there moved from 6 to 4 with the machine's speed), fixed in "
+        "one process (docs/capacity.md).")
     admission_adaptive: bool = Field(
         False, description="Deprecated: true is admission_limit=loop-lag.")
     admission_min_in_flight: int = Field(2, ge=1, description="Floor of a moving limit.")
@@ -257,14 +260,20 @@ class Settings(BaseSettings):
         reaches the services (any of them over HTTP: its requests mostly wait, not compute)."""
         if self.max_in_flight is not None:
             return self.max_in_flight
-        over_http = any((self.feature_store_url, self.retrieval_url, self.ranking_url))
-        return MAX_IN_FLIGHT_OVER_HTTP if over_http else MAX_IN_FLIGHT_IN_PROCESS
+        return MAX_IN_FLIGHT_OVER_HTTP if self.gateway_over_http() else MAX_IN_FLIGHT_IN_PROCESS
+
+    def gateway_over_http(self) -> bool:
+        """Whether the gateway calls any of the services over HTTP."""
+        return any((self.feature_store_url, self.retrieval_url, self.ranking_url))
 
     def admission_rule(self) -> str:
-        """admission_limit, with the deprecated admission_adaptive=true read as loop-lag."""
-        if self.admission_adaptive and self.admission_limit == "fixed":
+        """How the gateway's bound moves: admission_limit when set (the deprecated
+        admission_adaptive=true reads as loop-lag), else by how it reaches the services."""
+        if self.admission_limit is not None:
+            return self.admission_limit
+        if self.admission_adaptive:
             return "loop-lag"
-        return self.admission_limit
+        return "latency" if self.gateway_over_http() else "fixed"
 
     def check_serving(self, service: str) -> None:
         """Raise ValueError when a service must not start with these settings: the default

@@ -1,9 +1,9 @@
-"""The latency limit (shared/latency_limit.py): while it binds, it moves toward the bound at
-which an admitted request takes the target time (down when requests take longer, up when they
-take less); it holds when it does not bind, on too few samples, and when answers are degraded
-(a failing dependency's timer, not the service's capacity). The rule is checked with a clock the
-test moves; then on a real app over real HTTP, and in the gateway, where a degraded answer is
-told to admission control."""
+"""The latency limit (shared/latency_limit.py): it moves toward the bound at which a request
+admitted into the last free slot takes the target time (down when such requests take longer, up
+when they take less); it holds when the limit is not reached, on too few samples, and when
+answers are degraded (a failing dependency's timer, not the service's capacity). The rule is
+checked with a clock the test moves; then on a real app over real HTTP, and in the gateway,
+where a degraded answer is told to admission control."""
 
 from __future__ import annotations
 
@@ -31,57 +31,61 @@ class Clock:
         return self.now
 
 
-def window(limit: LatencyLimit, clock: Clock, *, binding: int, healthy: int, seconds: float,
+def window(limit: LatencyLimit, clock: Clock, *, crowded: list[float], calm: int = 0,
            unhealthy: int = 0) -> int:
-    """One window's events, then the first event of the next one (which closes it)."""
-    limit.saw(0)  # opens the first window
-    for _ in range(binding):
-        limit.saw(limit.limit + 1)
-    for _ in range(healthy):
-        limit.done(seconds, healthy=True)
+    """One window's completions, then an arrival in the next one (which closes it). calm:
+    healthy requests admitted below the limit, fast (1 ms)."""
+    limit.saw(1)  # opens the first window
+    for seconds in crowded:
+        limit.done(seconds, healthy=True, crowded=True)
+    for _ in range(calm):
+        limit.done(0.001, healthy=True, crowded=False)
     for _ in range(unhealthy):
-        limit.done(1.0, healthy=False)
+        limit.done(1.0, healthy=False, crowded=True)
     clock.now += WINDOW_S
-    limit.saw(0)
+    limit.saw(1)
     return limit.limit
 
 
-def test_it_moves_toward_the_target_only_while_it_binds() -> None:
+def test_it_moves_toward_the_target_by_requests_admitted_at_the_limit() -> None:
     clock = Clock()
     seen: list[int] = []
-    limit = LatencyLimit(start=8, floor=2, ceiling=16, target_s=0.025, on_change=seen.append,
+    limit = LatencyLimit(start=8, floor=2, ceiling=16, target_s=0.03, on_change=seen.append,
                          clock=clock)
-    # requests take 40 ms against a 25 ms target: 8 x 25/40 = 5
-    assert window(limit, clock, binding=3, healthy=20, seconds=0.040) == 5
-    # the same times without a refusal: the limit did not matter, it holds
-    assert window(limit, clock, binding=0, healthy=20, seconds=0.040) == 5
-    # 20 ms: 5 x 25/20 = 6.25 -> 6, kept fractional (a second window: 7.8 -> 8)
-    assert window(limit, clock, binding=1, healthy=20, seconds=0.020) == 6
-    assert window(limit, clock, binding=1, healthy=20, seconds=0.020) == 8
-    assert seen == [5, 6, 8]
+    # at the limit requests take 36 ms (median; one stalled) against 30: 8 x 30/36 = 6.7 -> 7
+    assert window(limit, clock, crowded=[0.036] * 10 + [0.5]) == 7
+    # many fast requests admitted below the limit do not say "room for more" ...
+    assert window(limit, clock, crowded=[0.036] * 10, calm=100) == 6  # 6.67 x 5/6 = 5.6
+    # ... and without requests at the limit it holds
+    assert window(limit, clock, crowded=[], calm=100) == 6
+    # 25 ms at the limit: 5.56 x 1.2 = 6.67 -> 7
+    assert window(limit, clock, crowded=[0.025] * 10) == 7
+    assert seen == [7, 6, 7]
 
 
 def test_steps_are_bounded_and_so_is_the_limit() -> None:
     clock = Clock()
-    limit = LatencyLimit(start=8, floor=2, ceiling=12, target_s=0.025, clock=clock)
-    assert window(limit, clock, binding=1, healthy=20, seconds=1.0) == 4  # at most halved
-    assert window(limit, clock, binding=1, healthy=20, seconds=1.0) == 2
-    assert window(limit, clock, binding=1, healthy=20, seconds=1.0) == 2  # the floor
-    assert window(limit, clock, binding=1, healthy=20, seconds=0.001) == 3  # at most x1.5
+    limit = LatencyLimit(start=8, floor=2, ceiling=12, target_s=0.03, clock=clock)
+    assert window(limit, clock, crowded=[1.0] * 10) == 6  # at most a quarter down
     for _ in range(10):
-        window(limit, clock, binding=1, healthy=20, seconds=0.001)
+        window(limit, clock, crowded=[1.0] * 10)
+    assert limit.limit == 2  # the floor
+    assert window(limit, clock, crowded=[0.001] * 10) == 2  # 2.5 rounds to 2 (banker's)
+    assert window(limit, clock, crowded=[0.001] * 10) == 3  # at most a quarter up: 3.1
+    for _ in range(20):
+        window(limit, clock, crowded=[0.001] * 10)
     assert limit.limit == 12  # the ceiling
 
 
 def test_it_holds_on_too_few_samples_or_degraded_answers() -> None:
     clock = Clock()
-    limit = LatencyLimit(start=8, floor=2, ceiling=16, target_s=0.025, clock=clock)
-    assert window(limit, clock, binding=5, healthy=MIN_SAMPLES - 1, seconds=0.1) == 8
+    limit = LatencyLimit(start=8, floor=2, ceiling=16, target_s=0.03, clock=clock)
+    assert window(limit, clock, crowded=[0.1] * (MIN_SAMPLES - 1)) == 8
     # a failing dependency: 30% of the answers degraded, the healthy ones slow as well
-    assert window(limit, clock, binding=5, healthy=14, unhealthy=6, seconds=0.1) == 8
+    assert window(limit, clock, crowded=[0.1] * 14, unhealthy=6) == 8
     assert limit.unhealthy_total == 6 and limit.healthy_total == MIN_SAMPLES - 1 + 14
     # a few degraded answers among many healthy ones do not stop it learning
-    assert window(limit, clock, binding=5, healthy=19, unhealthy=1, seconds=0.05) == 4
+    assert window(limit, clock, crowded=[0.1] * 19, unhealthy=1) == 6
 
 
 def test_bad_bounds_are_refused() -> None:
@@ -93,7 +97,7 @@ def test_bad_bounds_are_refused() -> None:
 
 def _app(degrade: bool) -> FastAPI:
     settings = Settings(max_in_flight=8, admission_limit="latency", admission_min_in_flight=2,
-                        admission_target_latency_s=0.025)
+                        admission_target_latency_s=0.025)  # a quarter of what /work takes
     app = FastAPI()
 
     @app.get("/work")
