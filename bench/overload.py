@@ -519,22 +519,19 @@ def main(argv: list[str] | None = None) -> int:
         users_file = work / "users.json"
         users_file.write_text(json.dumps(users))
         only = set(args.only or ["one", "four", "memory"])
+        # the gateway's settings as each topology sees them (its bound depends on the URLs)
+        gateways = [("one_process", settings.model_copy(update={
+                        "feature_store_url": None, "retrieval_url": None, "ranking_url": None})),
+                    ("four_services", settings.model_copy(update={
+                        "retrieval_url": "http://retrieval"}))]
         results: dict = {
             "bundle": bundle.version, "items": len(bundle.items), "k": K,
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
             "settings": {"max_in_flight": settings.max_in_flight,  # None: by topology
                          "gateway_max_in_flight": {
-                             "one_process": settings.model_copy(update={
-                                 "feature_store_url": None, "retrieval_url": None,
-                                 "ranking_url": None}).gateway_max_in_flight(),
-                             "four_services": settings.model_copy(update={
-                                 "retrieval_url": "http://retrieval"}).gateway_max_in_flight()},
+                             t: gateway.gateway_max_in_flight() for t, gateway in gateways},
                          "admission_limit": {
-                             "one_process": settings.model_copy(update={
-                                 "feature_store_url": None, "retrieval_url": None,
-                                 "ranking_url": None}).admission_rule(),
-                             "four_services": settings.model_copy(update={
-                                 "retrieval_url": "http://retrieval"}).admission_rule()},
+                             t: gateway.admission_rule() for t, gateway in gateways},
                          "admission_min_in_flight": settings.admission_min_in_flight,
                          "admission_ceiling": settings.admission_ceiling,
                          "admission_target_latency_s": settings.admission_target_latency_s,

@@ -29,8 +29,11 @@ room in a 50 ms p99 even when a request's CPU time doubles. 8 gave an accepted p
 on a quiet box; the limit sweep put 4 at half the p99 of 8 for 4% less goodput. A gateway that
 calls the services over HTTP holds a request mostly while it waits on them: 6 there (at 4 it
 refused 10-30% of its capacity's load, at 8 its p99 passed 50 ms; docs/capacity.md).
-Where the CPU a request gets varies widely (a shared or noisy host), VIDREC_ADMISSION_ADAPTIVE=
-true lets the gateway's limit follow event-loop lag (shared/adaptive_limit.py).
+The right bound over HTTP moved with the machine's speed (6 on a fast night, 4 on a slow
+morning), so there it starts at 6 and follows the time a request admitted at the limit takes
+(VIDREC_ADMISSION_LIMIT=latency, the default over HTTP: shared/latency_limit.py); the route
+tells it which answers were degraded (mark_degraded), so that a failing dependency is not read
+as overload. VIDREC_ADMISSION_LIMIT=loop-lag follows event-loop lag (shared/adaptive_limit.py).
 
 A refusal is answered as early as the server allows: body-less requests (recommendations) by
 the HTTP protocol itself, before a task exists for them (`Door`, used by shared/server.py);
