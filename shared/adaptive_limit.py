@@ -52,7 +52,7 @@ class LoopLagLimit:
         if in_flight > self.peak:
             self.peak = in_flight
 
-    def done(self, seconds: float, healthy: bool, crowded: bool) -> None:
+    def done(self, seconds: float, healthy: bool, crowded: bool, alone: bool) -> None:
         """Request times say nothing here: the loop's lag is the signal."""
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:

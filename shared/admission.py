@@ -99,7 +99,7 @@ class LimitRule(Protocol):
 
     def saw(self, in_flight: int) -> None: ...
 
-    def done(self, seconds: float, healthy: bool, crowded: bool) -> None: ...
+    def done(self, seconds: float, healthy: bool, crowded: bool, alone: bool) -> None: ...
 
 
 class _Outcome:
@@ -191,11 +191,12 @@ class Admission:
         self.in_flight -= 1
         self._in_flight_gauge.set(self.in_flight)
 
-    def finished(self, seconds: float, healthy: bool, crowded: bool) -> None:
+    def finished(self, seconds: float, healthy: bool, crowded: bool, alone: bool) -> None:
         """An admitted request is done (after release): what a moving limit learns from.
-        crowded: it took the last free slot (at_limit() right after it was admitted)."""
+        crowded: it took the last free slot; alone: no other request was in flight (both
+        as admission saw it right after admitting it)."""
         if self.adaptive is not None:
-            self.adaptive.done(seconds, healthy, crowded)
+            self.adaptive.done(seconds, healthy, crowded, alone)
 
     def _take(self) -> None:
         self.in_flight += 1
@@ -288,7 +289,7 @@ class AdmissionMiddleware:
         outcome = _Outcome()
         told = _OUTCOME.set(outcome)
         healthy = False
-        crowded = self.admission.at_limit()
+        crowded, alone = self.admission.at_limit(), self.admission.in_flight == 1
         started = time.perf_counter()
         try:
             await self.app(scope, receive, send)
@@ -297,7 +298,7 @@ class AdmissionMiddleware:
             _OUTCOME.reset(told)
             PAUSE_WHEN.reset(paused)
             self.admission.release()
-            self.admission.finished(time.perf_counter() - started, healthy, crowded)
+            self.admission.finished(time.perf_counter() - started, healthy, crowded, alone)
 
     async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         declared = _content_length(scope)

@@ -178,8 +178,9 @@ class Settings(BaseSettings):
     admission_min_in_flight: int = Field(2, ge=1, description="Floor of a moving limit.")
     admission_ceiling: int = Field(16, ge=1, description="Highest the latency limit goes.")
     admission_target_latency_s: float = Field(
-        0.025, gt=0, le=10, description="Mean time an admitted request may take, for the "
-        "latency limit (a 50 ms p99 is about twice the mean under load).")
+        0.025, gt=0, le=10, description="Latency limit: the median time a request admitted at "
+        "the limit may take (the accepted p99 ran at about twice that), or 1.5 x the time of a "
+        "request served alone when that is longer (a dependency slow for everyone).")
     admission_target_lag_s: float = Field(0.004, gt=0, description="Event-loop lag the "
                                           "loop-lag limit keeps under.")
     admission_at_door: bool = Field(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Sequence
 
 import httpx
 import pytest
@@ -32,16 +33,18 @@ class Clock:
 
 
 def window(limit: LatencyLimit, clock: Clock, *, crowded: list[float], calm: int = 0,
-           unhealthy: int = 0) -> int:
+           unhealthy: int = 0, alone: Sequence[float] = ()) -> int:
     """One window's completions, then an arrival in the next one (which closes it). calm:
-    healthy requests admitted below the limit, fast (1 ms)."""
+    healthy requests admitted below the limit, fast (1 ms); alone: served by themselves."""
     limit.saw(1)  # opens the first window
     for seconds in crowded:
-        limit.done(seconds, healthy=True, crowded=True)
+        limit.done(seconds, healthy=True, crowded=True, alone=False)
     for _ in range(calm):
-        limit.done(0.001, healthy=True, crowded=False)
+        limit.done(0.001, healthy=True, crowded=False, alone=False)
+    for seconds in alone:
+        limit.done(seconds, healthy=True, crowded=False, alone=True)
     for _ in range(unhealthy):
-        limit.done(1.0, healthy=False, crowded=True)
+        limit.done(1.0, healthy=False, crowded=True, alone=False)
     clock.now += WINDOW_S
     limit.saw(1)
     return limit.limit
@@ -88,6 +91,26 @@ def test_it_holds_on_too_few_samples_or_degraded_answers() -> None:
     assert window(limit, clock, crowded=[0.1] * 19, unhealthy=1) == 6
 
 
+def test_where_a_request_alone_is_slower_than_the_target_it_only_stops_queueing() -> None:
+    clock = Clock()
+    limit = LatencyLimit(start=6, floor=2, ceiling=16, target_s=0.025, clock=clock)
+    # a dependency slow within its timer: 70 ms alone, 80 ms at the limit. No bound makes that
+    # 25 ms; the bar is 1.5 x 70 = 105 ms, and 80 ms is under it: room for more
+    assert window(limit, clock, crowded=[0.08] * 10, alone=[0.07] * 5) == 8
+    assert limit.alone_s == pytest.approx(0.07)
+    # requests queueing behind each other (150 ms at the limit) still bring it down
+    assert window(limit, clock, crowded=[0.15] * 10) == 6
+    # the lone time is a running median: the dependency recovers, 10 ms alone -> 40 ms bar
+    assert window(limit, clock, crowded=[], alone=[0.01] * 5) == 6
+    assert limit.alone_s == pytest.approx(0.04)
+    assert window(limit, clock, crowded=[0.08] * 10) == 4  # 5.6 x 0.75 = 4.2
+    # lone requests back within the target (2 ms): the bar is the target again, not 1.5 x 2 ms
+    for _ in range(6):
+        window(limit, clock, crowded=[], alone=[0.002] * 5)
+    assert limit.alone_s is not None and limit.alone_s < 0.025
+    assert window(limit, clock, crowded=[0.02] * 10) == 5  # 4.22 x 1.25 = 5.3
+
+
 def test_bad_bounds_are_refused() -> None:
     with pytest.raises(ValueError, match="floor"):
         LatencyLimit(start=4, floor=5, ceiling=3, target_s=0.025)
@@ -95,14 +118,14 @@ def test_bad_bounds_are_refused() -> None:
         LatencyLimit(start=4, floor=1, ceiling=8, target_s=0)
 
 
-def _app(degrade: bool) -> FastAPI:
+def _app(degrade: bool, seconds: float = 0.1) -> FastAPI:
     settings = Settings(max_in_flight=8, admission_limit="latency", admission_min_in_flight=2,
-                        admission_target_latency_s=0.025)  # a quarter of what /work takes
+                        admission_target_latency_s=seconds / 4)
     app = FastAPI()
 
     @app.get("/work")
     async def work() -> dict:
-        await asyncio.sleep(0.1)  # four times the target
+        await asyncio.sleep(seconds)  # four times the target: a slow dependency
         if degrade:
             mark_degraded()
         return {"ok": True}
@@ -148,6 +171,21 @@ def test_over_http_slow_answers_bring_it_down_degraded_ones_do_not() -> None:
         counts = _flood(base, 2.0)
     assert counts.get(503, 0) > 0 and counts.get(200, 0) > MIN_SAMPLES, counts
     assert _rule(degraded).limit == 8  # the same times, all degraded: held
+
+
+def test_over_http_a_dependency_slow_for_everyone_does_not_bring_it_down() -> None:
+    """Answers that take as long alone as in a crowd are slow for a reason no bound changes:
+    once the gateway has seen them alone, a flood does not lower its bound."""
+    app = _app(degrade=False, seconds=0.05)
+    with serving(app) as base:
+        with httpx.Client(base_url=base, timeout=10) as http:
+            for _ in range(30):  # one at a time: 1.5 s of lone requests
+                assert http.get("/work").status_code == 200
+        rule = _rule(app)
+        assert isinstance(rule, LatencyLimit) and rule.alone_s is not None
+        counts = _flood(base, 2.0)
+    assert counts.get(200, 0) > MIN_SAMPLES, counts
+    assert rule.limit >= 8, (rule.limit, rule.alone_s)  # the slow app over HTTP above: < 8
 
 
 @pytest.fixture(scope="module")
