@@ -26,8 +26,9 @@ windows) already takes longer than the target: then no bound meets it (a depende
 its timer), and a bound that went on falling would refuse requests that are slow for reasons it
 cannot change (the issue's rule: a slow dependency slows or degrades an answer, it does not
 fail it). T is then QUEUEING x that lone time: the bound only keeps requests from queueing
-behind each other. Only past the target, not always: four services' lone requests took 15-20
-ms on this VM, and a bar of 1.5 x that would have let the bound rise where the target held it.
+behind each other. Only past the target, not always: four services' requests at low load took
+10-13 ms (median, step-load in bench/results/overload.json), so 1.5 x that is under 25 ms, but
+on a host twice as slow it would not be, and the bar would rise where the target should hold.
 
 It must not:
 - shrink because a dependency fails: such a request is bounded by a stage timer and answered
