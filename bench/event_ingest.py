@@ -41,6 +41,8 @@ import httpx
 import orjson
 import psutil
 
+from bench.metrics import sample
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "results" / "event_ingest.json"
 PROCS = ("redis", "gateway", "archiver")
@@ -69,11 +71,8 @@ def _stop(p: subprocess.Popen) -> None:
 
 
 def _metric(port: int, name: str) -> float:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    for line in text.splitlines():
-        if line.startswith(f'{name}{{stream="events"}}'):
-            return float(line.rsplit(" ", 1)[1])
-    return float("nan")
+    value = sample(f"http://127.0.0.1:{port}/metrics", name, timeout_s=5, stream="events")
+    return float("nan") if value is None else value
 
 
 def _cpu(procs: dict[str, psutil.Process]) -> dict[str, float]:

@@ -39,9 +39,9 @@ import time
 import uuid
 from pathlib import Path
 
-import httpx
 import numpy as np
 
+from bench.metrics import sample
 from bench.openloop import Request, open_loop, summarise
 from bench.serving import (
     KEY_PREFIX,
@@ -244,11 +244,8 @@ def levels(ports: dict[str, int], users_file: Path, capacity: float, level_s: fl
 def gateway_limit(port: int) -> float | None:
     """The gateway's admission limit now, from its /metrics (one scrape, after a run: where a
     moving limit settled)."""
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    for line in text.splitlines():
-        if line.startswith("vidrec_admission_limit{") and 'service="gateway"' in line:
-            return float(line.rsplit(" ", 1)[1])
-    return None
+    return sample(f"http://127.0.0.1:{port}/metrics", "vidrec_admission_limit",
+                  service="gateway")
 
 
 def topology_run(name: str, topology: str, users: list[str], users_file: Path, work: Path,
@@ -311,8 +308,7 @@ def limit_sweep(users: list[str], users_file: Path, work: Path, capacity: float,
         servers = Servers(work, SERVER_CPUS)
         try:
             base = start(servers, "one", {"VIDREC_MAX_IN_FLIGHT": str(limit),
-                                          "VIDREC_ADMISSION_LIMIT": "fixed",
-                                          "VIDREC_ADMISSION_ADAPTIVE": "false"})
+                                          "VIDREC_ADMISSION_LIMIT": "fixed"})
             warm_up(base, users)
             r = run_loadgen(int(base.rsplit(":", 1)[1]), users_file, capacity * 3,
                             args.level_s, seed=limit)
