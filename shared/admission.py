@@ -31,7 +31,7 @@ calls the services over HTTP holds a request mostly while it waits on them: 6 th
 refused 10-30% of its capacity's load, at 8 its p99 passed 50 ms; docs/capacity.md).
 The right bound over HTTP moved with the machine's speed (6 on a fast night, 4 on a slow
 morning), so there it starts at 6 and follows the time a request admitted at the limit takes
-(VIDREC_ADMISSION_LIMIT=latency, the default over HTTP: shared/latency_limit.py); the route
+(VIDREC_ADMISSION_LIMIT=latency, opt-in: shared/latency_limit.py); the route
 tells it which answers were degraded (mark_degraded), so that a failing dependency is not read
 as overload. VIDREC_ADMISSION_LIMIT=loop-lag follows event-loop lag (shared/adaptive_limit.py).
 
