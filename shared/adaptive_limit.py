@@ -34,6 +34,7 @@ class LoopLagLimit:
         self.target_lag_s = target_lag_s
         self.limit = ceiling
         self.on_change = on_change
+        self.held: Callable[[], bool] = lambda: False  # a bundle change: Admission.steady
         self.peak = 0  # most requests in flight in this window
         self._lag_sum = 0.0
         self._ticks = 0
@@ -71,6 +72,8 @@ class LoopLagLimit:
             self._schedule(loop)
 
     def _adjust(self, mean_lag: float) -> None:
+        if self.held():  # loading a bundle lags the loop for a while; not overload
+            return
         limit = self.limit
         if mean_lag > self.target_lag_s:
             limit = max(self.floor, min(limit - 1, int(limit * DECREASE)))

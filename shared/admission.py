@@ -48,7 +48,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Protocol
 
@@ -74,6 +75,10 @@ NEVER_SHED = frozenset({"/healthz", "/readyz", "/metrics"})
 # capacity, so they bypass the bound.
 UNLIMITED_PREFIX = "/admin/"
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# How long a moving limit stays still after a bundle change has finished (Admission.steady):
+# the first requests after a swap run on cold caches and the collector catches up, and
+# replicas that follow a rollout by themselves may still be loading.
+SETTLE_AFTER_CHANGE_S = 5.0
 
 IN_FLIGHT = Gauge("vidrec_admission_in_flight", "Requests being served now (limited ones).",
                   ["service"], multiprocess_mode="livesum")
@@ -94,6 +99,8 @@ class LimitRule(Protocol):
 
     limit: int
     on_change: Callable[[int], None]
+    # True while the limit must not move (a bundle change: Admission.steady); set by Admission
+    held: Callable[[], bool]
 
     def start(self) -> None: ...
 
@@ -138,8 +145,28 @@ class Admission:
         gauge = LIMIT.labels(service)
         gauge.set(limit)
         self.adaptive = adaptive
+        self._changes = 0  # bundle changes in progress (steady)
+        self._settled_at = 0.0  # perf_counter time after which the limit may move again
         if adaptive is not None:
             adaptive.on_change = gauge.set
+            adaptive.held = self.held
+
+    @contextmanager
+    def steady(self, settle_s: float = SETTLE_AFTER_CHANGE_S) -> Iterator[None]:
+        """Hold a moving limit still while a bundle change runs and for `settle_s` after.
+        A reload makes every request slower for a few seconds (loading, cold caches) while
+        the answers stay healthy; a latency or loop-lag limit would read that as overload
+        and refuse requests the service can serve once the swap is done. A fixed limit is
+        unaffected (it never moves)."""
+        self._changes += 1
+        try:
+            yield
+        finally:
+            self._changes -= 1
+            self._settled_at = max(self._settled_at, time.perf_counter() + settle_s)
+
+    def held(self) -> bool:
+        return self._changes > 0 or time.perf_counter() < self._settled_at
 
     @property
     def limit(self) -> int:
@@ -390,6 +417,7 @@ def add_admission(app: Any, settings: Settings, service: str,
     degraded = degraded if settings.shed_recommendations == "popular" else None
     # The protocol refuses body-less requests itself when it can (Door); not when a degraded
     # answer is configured (that one is built by the app).
+    app.state.admission = admission  # the gateway holds its limit still during reloads
     app.state.admission_door = (Door(admission, settings.shed_retry_after_s)
                                 if degraded is None and settings.admission_at_door else None)
     app.add_middleware(

@@ -35,6 +35,10 @@ It must not:
   degraded, and shedding would only turn degraded answers into 503s. A window in which more than
   UNHEALTHY_SHARE of the requests were degraded (mark_degraded in shared/admission.py) or failed
   leaves the limit as it is;
+- move while a bundle reloads (`held`, set by shared/admission.py's Admission.steady): a reload
+  slows every request for a few seconds and the answers stay healthy, so the rule would read it
+  as overload (a clean-clone CI run saw 25 of 80 requests refused during one); the windows of
+  a reload and its settling time are dropped;
 - move on noise: a window needs MIN_SAMPLES crowded requests (when the limit is never reached,
   it does not matter), and a step is at most a quarter.
 Hand-written: no maintained Python library bounds concurrency on a latency target (Netflix's
@@ -71,6 +75,7 @@ class LatencyLimit:
         self._value = float(min(max(start, floor), ceiling))  # kept fractional between windows
         self.limit = round(self._value)
         self.on_change = on_change
+        self.held: Callable[[], bool] = lambda: False
         self._clock = clock
         self._window_start: float | None = None
         self._crowded: list[float] = []  # times of this window's healthy crowded requests
@@ -114,7 +119,7 @@ class LatencyLimit:
 
     def _adjust(self) -> None:
         finished = self._healthy + self._unhealthy
-        if self._unhealthy > UNHEALTHY_SHARE * finished:
+        if self._unhealthy > UNHEALTHY_SHARE * finished or self.held():
             return
         if len(self._alone) >= MIN_ALONE:
             alone_s = statistics.median(self._alone)

@@ -57,7 +57,8 @@ def create_app(settings: Settings, feature_store: FeatureStoreAPI | None = None,
             log.warning("gateway: VIDREC_ADMIN_TOKEN is the default %r; set your own before "
                         "exposing the admin routes", DEFAULT_ADMIN_TOKEN)
         parts, closers = await connect(settings, feature_store, retrieval, ranking)
-        gateway = Gateway(settings, *parts, catalog=load_catalog(settings), closers=closers)
+        gateway = Gateway(settings, *parts, catalog=load_catalog(settings), closers=closers,
+                          bundle_change=app.state.admission.steady)
         await gateway.start()  # impressions ledger, experiments file
         app.state.gateway = gateway
         freeze_loaded(collect=True)  # the bundle, catalog and models: out of full GC passes

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -88,6 +89,9 @@ class Gateway:
     arms: Arms = field(default_factory=Arms)
     ledger: Ledger | None = None  # set by start(): impressions and per-arm counters in Redis
     rollout: RolloutFollower | None = None  # set by start(): follows the active bundle
+    # Wraps a bundle change: admission control holds a moving limit still meanwhile
+    # (shared/admission.py, Admission.steady), so a reload is not read as overload.
+    bundle_change: Callable[[], AbstractContextManager[None]] = nullcontext
     # HTTP clients of arms' own deployments (experiments), by URL
     _arm_clients: dict[str, Any] = field(default_factory=dict)
 
@@ -262,6 +266,10 @@ class Gateway:
 
     async def reload(self, version: str | None = None) -> dict[str, Any]:
         """New bundle in retrieval and ranking (each swaps atomically), then in the gateway."""
+        with self.bundle_change():
+            return await self._reload(version)
+
+    async def _reload(self, version: str | None) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name, service in (("retrieval", self.retrieval), ("ranking", self.ranking)):
             reload = getattr(service, "reload", None)
@@ -286,6 +294,10 @@ class Gateway:
     async def follow(self, version: str) -> None:
         """The active bundle changed (shared/rollout.py): the parts in this process swap it in;
         remote retrieval and ranking replicas follow by themselves."""
+        with self.bundle_change():
+            await self._follow(version)
+
+    async def _follow(self, version: str) -> None:
         for service in (self.retrieval, self.ranking):
             reload = getattr(service, "reload", None)
             if reload is not None and not getattr(service, "base_url", None):

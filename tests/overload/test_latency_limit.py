@@ -1,9 +1,10 @@
 """The latency limit (shared/latency_limit.py): it moves toward the bound at which a request
 admitted into the last free slot takes the target time (down when such requests take longer, up
 when they take less); it holds when the limit is not reached, on too few samples, and when
-answers are degraded (a failing dependency's timer, not the service's capacity). The rule is
-checked with a clock the test moves; then on a real app over real HTTP, and in the gateway,
-where a degraded answer is told to admission control."""
+answers are degraded (a failing dependency's timer, not the service's capacity), and while a
+bundle reloads (every request slower for a while, not overload). The rule is checked with a
+clock the test moves; then on a real app over real HTTP, and in the gateway, where a degraded
+answer is told to admission control and a reload holds the limit."""
 
 from __future__ import annotations
 
@@ -18,7 +19,13 @@ from fastapi import FastAPI
 
 from services.feature_store.store import FeatureStore
 from services.gateway.app import create_app
-from shared.admission import LimitRule, add_admission, door_of, mark_degraded
+from shared.admission import (
+    Admission,
+    LimitRule,
+    add_admission,
+    door_of,
+    mark_degraded,
+)
 from shared.latency_limit import MIN_SAMPLES, WINDOW_S, LatencyLimit
 from shared.settings import Settings
 from tests.gateway.conftest import serving
@@ -89,6 +96,33 @@ def test_it_holds_on_too_few_samples_or_degraded_answers() -> None:
     assert limit.unhealthy_total == 6 and limit.healthy_total == MIN_SAMPLES - 1 + 14
     # a few degraded answers among many healthy ones do not stop it learning
     assert window(limit, clock, crowded=[0.1] * 19, unhealthy=1) == 6
+
+
+def test_it_holds_while_held_and_learns_again_after() -> None:
+    clock = Clock()
+    limit = LatencyLimit(start=8, floor=2, ceiling=16, target_s=0.03, clock=clock)
+    held = True
+    limit.held = lambda: held
+    for _ in range(5):  # a reload: every request 4x the target, healthy
+        assert window(limit, clock, crowded=[0.12] * 10) == 8
+    held = False
+    assert window(limit, clock, crowded=[0.12] * 10) == 6
+
+
+def test_admission_is_held_during_a_change_and_while_it_settles() -> None:
+    admission = Admission("gateway", 8, 0, 0.0,
+                          LatencyLimit(start=8, floor=2, ceiling=16, target_s=0.03))
+    assert not admission.held()
+    with admission.steady(settle_s=0.0):
+        assert admission.held()
+        with admission.steady(settle_s=0.0):  # two at once: held until both end
+            pass
+        assert admission.held()
+    assert not admission.held()
+    with admission.steady(settle_s=60.0):
+        pass
+    assert admission.held()  # settling
+    assert admission.adaptive is not None and admission.adaptive.held()  # what the rule reads
 
 
 def test_where_a_request_alone_is_slower_than_the_target_it_only_stops_queueing() -> None:
@@ -173,6 +207,19 @@ def test_over_http_slow_answers_bring_it_down_degraded_ones_do_not() -> None:
     assert _rule(degraded).limit == 8  # the same times, all degraded: held
 
 
+def test_over_http_a_flood_during_a_change_leaves_it_and_after_brings_it_down() -> None:
+    app = _app(degrade=False)
+    with serving(app) as base:
+        door = door_of(app)
+        assert door is not None
+        with door.admission.steady(settle_s=0.0):
+            counts = _flood(base, 1.5)
+            assert counts.get(200, 0) > MIN_SAMPLES, counts
+            assert _rule(app).limit == 8  # 4x the target, but a reload was running
+        _flood(base, 1.5)
+    assert _rule(app).limit < 8  # the same load once it was over
+
+
 def test_over_http_a_dependency_slow_for_everyone_does_not_bring_it_down() -> None:
     """Answers that take as long alone as in a crowd are slow for a reason no bound changes:
     once the gateway has seen them alone, a flood does not lower its bound."""
@@ -226,3 +273,14 @@ def test_the_gateway_tells_admission_which_answers_were_degraded(
     assert isinstance(rule, LatencyLimit)
     assert (rule.healthy_total, rule.unhealthy_total) == (0, 5)
 
+
+
+def test_a_gateway_reload_holds_its_limit(latency_settings: Settings,
+                                                     admin: dict[str, str]) -> None:
+    app = create_app(latency_settings)
+    with serving(app) as base:
+        admission: Admission = app.state.admission
+        assert not admission.held()
+        reply = httpx.post(f"{base}/admin/reload", headers=admin, timeout=120)
+        assert reply.status_code == 200, reply.text
+        assert admission.held()  # settling after the swap (SETTLE_AFTER_CHANGE_S)
