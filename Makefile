@@ -51,6 +51,7 @@ typecheck: venv
 bench: venv
 	$(BIN)/python -m bench.serving
 	$(BIN)/python -m bench.overload
+	$(BIN)/python -m bench.reload_under_load
 
 # A/B simulation on the served bundle: popularity vs the full model (docs/experiments.md).
 simulate: venv

@@ -152,19 +152,25 @@ def run_loadgen(port: int, users_file: Path, rate: float, duration: float, seed:
 
 # ---- topologies -------------------------------------------------------------------------------
 def start(servers: Servers, topology: str, extra: dict[str, str]) -> str:
+    """The topology's processes, ready; returns the gateway's base URL."""
+    return start_all(servers, topology, extra)["gateway"]
+
+
+def start_all(servers: Servers, topology: str, extra: dict[str, str]) -> dict[str, str]:
+    """The topology's processes, ready; the base URL of each by service ("gateway" always)."""
     if topology == "one":
-        base = servers.start("all", free_port(), bench_env(**extra))
+        urls = {"gateway": servers.start("all", free_port(), bench_env(**extra))}
     else:
         urls = {s: servers.start(s, free_port(), bench_env(**extra))
                 for s in ("feature-store", "retrieval", "ranking")}
         for url in urls.values():
             servers.wait_ready(url)
-        base = servers.start("gateway", free_port(), bench_env(
+        urls["gateway"] = servers.start("gateway", free_port(), bench_env(
             VIDREC_FEATURE_STORE_URL=urls["feature-store"],
             VIDREC_RETRIEVAL_URL=urls["retrieval"], VIDREC_RANKING_URL=urls["ranking"],
             **extra))
-    servers.wait_ready(base)
-    return base
+    servers.wait_ready(urls["gateway"])
+    return urls
 
 
 def step_load(port: int, users_file: Path, first: float, step: float, step_s: float,
