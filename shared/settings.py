@@ -170,9 +170,9 @@ class Settings(BaseSettings):
         "toward admission_target_latency_s, between admission_min_in_flight and "
         "admission_ceiling (Little's law: the target times the throughput; degraded answers "
         "are not learnt from; shared/latency_limit.py). loop-lag: lowered while the event loop "
-        "lags (shared/adaptive_limit.py). Unset: fixed. latency is not the default: while a "
-        "bundle reloads, requests slow down and it shed some of 8 concurrent ones "
-        "(docs/capacity.md).")
+        "lags (shared/adaptive_limit.py). Unset: latency when the gateway calls the services "
+        "over HTTP (the right bound there moved from 6 to 4 with the machine's speed), fixed in "
+        "one process (docs/capacity.md). A moving limit holds still while a bundle reloads.")
     admission_adaptive: bool = Field(
         False, description="Deprecated: true is admission_limit=loop-lag.")
     admission_min_in_flight: int = Field(2, ge=1, description="Floor of a moving limit.")
@@ -269,10 +269,12 @@ class Settings(BaseSettings):
 
     def admission_rule(self) -> str:
         """How the gateway's bound moves: admission_limit when set (the deprecated
-        admission_adaptive=true reads as loop-lag), else fixed."""
+        admission_adaptive=true reads as loop-lag), else by how it reaches the services."""
         if self.admission_limit is not None:
             return self.admission_limit
-        return "loop-lag" if self.admission_adaptive else "fixed"
+        if self.admission_adaptive:
+            return "loop-lag"
+        return "latency" if self.gateway_over_http() else "fixed"
 
     def check_serving(self, service: str) -> None:
         """Raise ValueError when a service must not start with these settings: the default

@@ -115,12 +115,11 @@ def test_the_gateways_bound_is_set_or_follows_how_it_reaches_the_services() -> N
     assert Settings(max_in_flight=2, retrieval_url="http://x:1").gateway_max_in_flight() == 2
 
 
-def test_the_gateways_bound_is_fixed_unless_told_otherwise() -> None:
+def test_the_gateways_bound_moves_by_latency_over_http_unless_told_otherwise() -> None:
     local = {"feature_store_url": None, "retrieval_url": None, "ranking_url": None}
     remote = {**local, "ranking_url": "http://127.0.0.1:9"}
     assert Settings(**local).admission_rule() == "fixed"
-    assert Settings(**remote).admission_rule() == "fixed"
-    assert Settings(admission_limit="latency", **remote).admission_rule() == "latency"
+    assert Settings(**remote).admission_rule() == "latency"
     assert Settings(admission_limit="fixed", **remote).admission_rule() == "fixed"
     assert Settings(admission_limit="latency", **local).admission_rule() == "latency"
     # the deprecated switch still means what it did, unless the new one is set
